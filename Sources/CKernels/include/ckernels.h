@@ -1,0 +1,72 @@
+// CKernels: the few loops where SwiftVLM spends its time, in C so each can carry its own ISA attributes.
+// Every entry point picks an AVX2/FMA(/F16C) or NEON body at run time and falls back to portable scalar C.
+// Matrices are row-major. Weights keep their checkpoint dtype (f32, f16, bf16) and are read in place.
+#ifndef CKERNELS_H
+#define CKERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// Weight element types understood by the kernels (values match VLMCore's DType raw values).
+typedef enum {
+    VK_F32 = 0,
+    VK_F16 = 1,
+    VK_BF16 = 2,
+} vk_dtype;
+
+/// 1 when the AVX2+FMA+F16C bodies are in use (x86-64), 2 for NEON (arm64), 0 for the scalar fallback.
+int vk_simd_level(void);
+/// Force the scalar fallback (1) or restore automatic choice (0); used by the kernel tests.
+void vk_force_scalar(int on);
+
+/// y[t, n] = sum_k x[t, k] * w[n, k] (+ bias[n]) for t in [0, T) and n in [n0, n1).
+/// x: [T, K] f32 with row stride ldx; w: [N, K] of `dtype` with row stride K; y: [T, N] with row stride ldy.
+/// `scratch` must hold at least 4*K floats (one panel of converted weight rows) when dtype is not f32.
+void vk_matmul(const float *x, size_t T, size_t K, size_t ldx,
+               const void *w, vk_dtype dtype,
+               size_t n0, size_t n1,
+               const float *bias,
+               float *y, size_t ldy,
+               float *scratch);
+
+/// Converts `count` elements of `dtype` at src into f32 at dst.
+void vk_to_f32(const void *src, vk_dtype dtype, size_t count, float *dst);
+
+/// Rounds f32 to bf16 (round to nearest even), as torch does.
+void vk_f32_to_bf16(const float *src, size_t count, uint16_t *dst);
+
+/// out[i] = x[i] / sqrt(mean(x^2) + eps) * w[i], for one row of n.
+void vk_rmsnorm(const float *x, const float *w, size_t n, float eps, float *out);
+
+/// Dot product of two f32 vectors.
+float vk_dot(const float *a, const float *b, size_t n);
+
+/// y += a * x.
+void vk_axpy(float a, const float *x, float *y, size_t n);
+
+/// In place: x[i] = silu(gate[i]) * x[i]  (SwiGLU with x the "up" projection).
+void vk_silu_mul(const float *gate, float *x, size_t n);
+
+/// Numerically stable in-place softmax over n values.
+void vk_softmax(float *x, size_t n);
+
+/// One attention head for `nq` consecutive queries. Query i sits at position q_pos0 + i and (causal) sees
+/// keys 0 ... q_pos0 + i; keys/values j live at k + j*kv_stride, v + j*kv_stride (head_dim floats each).
+/// q: [nq, q_stride], out: [nq, out_stride]. scores: scratch of at least (q_pos0 + nq) floats.
+void vk_attention_head(const float *q, size_t nq, size_t q_stride,
+                       const float *k, const float *v, size_t kv_stride, size_t head_dim,
+                       size_t q_pos0, int causal, size_t n_keys, float scale,
+                       float *out, size_t out_stride, float *scores);
+
+/// Measured memory read bandwidth helper: sums `count` floats (so the compiler cannot drop the reads).
+float vk_sum(const float *x, size_t count);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,315 @@
+// Llama-family decoder (SmolLM2, Llama 3.x, and Qwen2 through Qwen2.swift).
+// Reference: transformers 5.23 models/llama/modeling_llama.py (LlamaForCausalLM, eager attention).
+//
+//   x = embed(tokens)
+//   for each layer:  h = x + o_proj(attention(rope(q_proj(norm(x))), rope(k_proj(norm(x))), v_proj(norm(x))))
+//                    x = h + down_proj(silu(gate_proj(norm(h))) * up_proj(norm(h)))
+//   logits = lm_head(norm(x))
+import CKernels
+import Foundation
+import VLMCore
+
+// MARK: - Configuration
+
+/// config.json of `llama` and `qwen2` models, in the transformers 4.x or 5.x layout.
+public struct LlamaConfiguration: Decodable, Sendable {
+    public var modelType: String
+    public var hiddenSize: Int
+    public var intermediateSize: Int
+    public var numHiddenLayers: Int
+    public var numAttentionHeads: Int
+    public var numKeyValueHeads: Int
+    public var headDim: Int
+    public var rmsNormEps: Float
+    public var vocabSize: Int
+    public var maxPositionEmbeddings: Int
+    public var tieWordEmbeddings: Bool
+    public var rope: RopeConfiguration
+    /// Bias on q/k/v projections (Qwen2 always; Llama when attention_bias is set, which also biases o_proj).
+    public var qkvBias: Bool
+    public var outputBias: Bool
+    public var mlpBias: Bool
+    public var hiddenAct: String
+    public var useSlidingWindow: Bool
+    public var eosTokenIDs: [Int]
+    public var bosTokenID: Int?
+
+    enum CodingKeys: String, CodingKey {
+        case modelType = "model_type", hiddenSize = "hidden_size", intermediateSize = "intermediate_size"
+        case numHiddenLayers = "num_hidden_layers", numAttentionHeads = "num_attention_heads"
+        case numKeyValueHeads = "num_key_value_heads", headDim = "head_dim", rmsNormEps = "rms_norm_eps"
+        case vocabSize = "vocab_size", maxPositionEmbeddings = "max_position_embeddings"
+        case tieWordEmbeddings = "tie_word_embeddings", ropeTheta = "rope_theta", ropeScaling = "rope_scaling"
+        case ropeParameters = "rope_parameters", attentionBias = "attention_bias", mlpBias = "mlp_bias"
+        case hiddenAct = "hidden_act", useSlidingWindow = "use_sliding_window"
+        case eosTokenID = "eos_token_id", bosTokenID = "bos_token_id"
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        modelType = try c.decodeIfPresent(String.self, forKey: .modelType) ?? "llama"
+        hiddenSize = try c.decode(Int.self, forKey: .hiddenSize)
+        intermediateSize = try c.decode(Int.self, forKey: .intermediateSize)
+        numHiddenLayers = try c.decode(Int.self, forKey: .numHiddenLayers)
+        numAttentionHeads = try c.decode(Int.self, forKey: .numAttentionHeads)
+        numKeyValueHeads = try c.decodeIfPresent(Int.self, forKey: .numKeyValueHeads) ?? numAttentionHeads
+        headDim = try c.decodeIfPresent(Int.self, forKey: .headDim)
+            ?? (numAttentionHeads > 0 ? hiddenSize / numAttentionHeads : 0)
+        rmsNormEps = try c.decodeIfPresent(Float.self, forKey: .rmsNormEps) ?? 1e-6
+        vocabSize = try c.decode(Int.self, forKey: .vocabSize)
+        maxPositionEmbeddings = try c.decodeIfPresent(Int.self, forKey: .maxPositionEmbeddings) ?? 2048
+        tieWordEmbeddings = try c.decodeIfPresent(Bool.self, forKey: .tieWordEmbeddings) ?? false
+        rope = RopeConfiguration(
+            ropeParameters: try c.decodeIfPresent(RopeConfiguration.Fields.self, forKey: .ropeParameters),
+            ropeScaling: try c.decodeIfPresent(RopeConfiguration.Fields.self, forKey: .ropeScaling),
+            topLevelTheta: try c.decodeIfPresent(Double.self, forKey: .ropeTheta),
+            defaultTheta: 10_000)
+        let attentionBias = try c.decodeIfPresent(Bool.self, forKey: .attentionBias) ?? false
+        qkvBias = modelType == "qwen2" ? true : attentionBias
+        outputBias = modelType == "qwen2" ? false : attentionBias
+        mlpBias = try c.decodeIfPresent(Bool.self, forKey: .mlpBias) ?? false
+        hiddenAct = try c.decodeIfPresent(String.self, forKey: .hiddenAct) ?? "silu"
+        useSlidingWindow = try c.decodeIfPresent(Bool.self, forKey: .useSlidingWindow) ?? false
+        eosTokenIDs = try c.decodeIfPresent(OneOrManyInts.self, forKey: .eosTokenID)?.values ?? []
+        bosTokenID = try? c.decodeIfPresent(Int.self, forKey: .bosTokenID)
+    }
+
+    /// Checks the values make a runnable model; the message names the field and the value.
+    public func validate(file: String = "config.json") throws {
+        func positive(_ v: Int, _ name: String) throws {
+            guard v > 0 else { throw ModelFileError(file: file, "'\(name)' must be positive, found \(v)") }
+        }
+        try positive(hiddenSize, "hidden_size")
+        try positive(intermediateSize, "intermediate_size")
+        try positive(numHiddenLayers, "num_hidden_layers")
+        try positive(numAttentionHeads, "num_attention_heads")
+        try positive(numKeyValueHeads, "num_key_value_heads")
+        try positive(headDim, "head_dim")
+        try positive(vocabSize, "vocab_size")
+        try positive(maxPositionEmbeddings, "max_position_embeddings")
+        guard numAttentionHeads % numKeyValueHeads == 0 else {
+            throw ModelFileError(file: file, "num_attention_heads \(numAttentionHeads) is not a multiple of num_key_value_heads \(numKeyValueHeads)")
+        }
+        guard headDim % 2 == 0 else {
+            throw ModelFileError(file: file, "head_dim \(headDim) must be even for rotary embeddings")
+        }
+        guard hiddenAct == "silu" else {
+            throw ModelFileError(file: file, "hidden_act '\(hiddenAct)' is not supported for \(modelType) (supported: silu)")
+        }
+        guard !useSlidingWindow else {
+            throw ModelFileError(file: file, "use_sliding_window true is not supported yet")
+        }
+        try rope.validate(file: file)
+    }
+}
+
+// MARK: - Weights
+
+/// One decoder layer's weights, addressed by their checkpoint names `model.layers.{i}.*`.
+struct LlamaLayer: @unchecked Sendable {
+    let inputNorm: [Float]          // input_layernorm.weight [hidden]
+    let q: Linear                   // self_attn.q_proj [heads*headDim, hidden]
+    let k: Linear                   // self_attn.k_proj [kvHeads*headDim, hidden]
+    let v: Linear                   // self_attn.v_proj [kvHeads*headDim, hidden]
+    let o: Linear                   // self_attn.o_proj [hidden, heads*headDim]
+    let postAttentionNorm: [Float]  // post_attention_layernorm.weight [hidden]
+    let gate: Linear                // mlp.gate_proj [intermediate, hidden]
+    let up: Linear                  // mlp.up_proj [intermediate, hidden]
+    let down: Linear                // mlp.down_proj [hidden, intermediate]
+}
+
+// MARK: - Model
+
+public final class LlamaModel: LanguageModel, @unchecked Sendable {
+    public let config: LlamaConfiguration
+    let embedTokens: Tensor          // model.embed_tokens.weight [vocab, hidden]
+    let layers: [LlamaLayer]
+    let finalNorm: [Float]           // model.norm.weight [hidden]
+    let lmHead: Linear               // lm_head.weight, or the embedding when tied
+    let rotary: RotaryEmbedding
+    let pool: ThreadPool
+    private let workspace = DecoderWorkspace()
+    private let lock = NSLock()
+
+    public var vocabularySize: Int { config.vocabSize }
+    public var hiddenSize: Int { config.hiddenSize }
+    public var maxContextLength: Int { config.maxPositionEmbeddings }
+    public var eosTokenIDs: [Int] { config.eosTokenIDs }
+    public var weightDType: DType { embedTokens.dtype }
+
+    public init(config: LlamaConfiguration, checkpoint: Checkpoint, pool: ThreadPool) throws {
+        try config.validate()
+        self.config = config
+        self.pool = pool
+        let d = config.hiddenSize, hd = config.headDim, i = config.intermediateSize
+        let qOut = config.numAttentionHeads * hd, kvOut = config.numKeyValueHeads * hd
+
+        var expected = ["model.embed_tokens.weight", "model.norm.weight"]
+        if !config.tieWordEmbeddings { expected.append("lm_head.weight") }
+        for l in 0..<config.numHiddenLayers {
+            let p = "model.layers.\(l)."
+            expected += ["input_layernorm.weight", "post_attention_layernorm.weight", "self_attn.q_proj.weight",
+                         "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
+                         "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"].map { p + $0 }
+            if config.qkvBias { expected += ["self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"].map { p + $0 } }
+            if config.outputBias { expected.append(p + "self_attn.o_proj.bias") }
+            if config.mlpBias { expected += ["mlp.gate_proj.bias", "mlp.up_proj.bias", "mlp.down_proj.bias"].map { p + $0 } }
+        }
+        try checkpoint.requireAll(expected)
+
+        func vector(_ name: String, _ n: Int) throws -> [Float] { try checkpoint.tensor(name, shape: [n]).floats() }
+        func linear(_ name: String, out: Int, in inFeatures: Int, bias: Bool) throws -> Linear {
+            Linear(weight: try checkpoint.tensor(name + ".weight", shape: [out, inFeatures]),
+                   bias: bias ? try vector(name + ".bias", out) : nil)
+        }
+
+        embedTokens = try checkpoint.tensor("model.embed_tokens.weight", shape: [config.vocabSize, d])
+        finalNorm = try vector("model.norm.weight", d)
+        if config.tieWordEmbeddings {
+            lmHead = Linear(weight: embedTokens)
+            // Some tied checkpoints still store a copy of the head; it is the same matrix, so it is not read.
+            checkpoint.ignore { $0 == "lm_head.weight" }
+        } else {
+            lmHead = try linear("lm_head", out: config.vocabSize, in: d, bias: false)
+        }
+        var layers: [LlamaLayer] = []
+        for l in 0..<config.numHiddenLayers {
+            let p = "model.layers.\(l)."
+            layers.append(LlamaLayer(
+                inputNorm: try vector(p + "input_layernorm.weight", d),
+                q: try linear(p + "self_attn.q_proj", out: qOut, in: d, bias: config.qkvBias),
+                k: try linear(p + "self_attn.k_proj", out: kvOut, in: d, bias: config.qkvBias),
+                v: try linear(p + "self_attn.v_proj", out: kvOut, in: d, bias: config.qkvBias),
+                o: try linear(p + "self_attn.o_proj", out: d, in: qOut, bias: config.outputBias),
+                postAttentionNorm: try vector(p + "post_attention_layernorm.weight", d),
+                gate: try linear(p + "mlp.gate_proj", out: i, in: d, bias: config.mlpBias),
+                up: try linear(p + "mlp.up_proj", out: i, in: d, bias: config.mlpBias),
+                down: try linear(p + "mlp.down_proj", out: d, in: i, bias: config.mlpBias)))
+        }
+        self.layers = layers
+        // Older checkpoints carry precomputed rotary tables; we compute them from the config instead.
+        checkpoint.ignore { $0.hasSuffix("rotary_emb.inv_freq") }
+        try checkpoint.checkAllUsed()
+        rotary = RotaryEmbedding(headDim: hd, configuration: config.rope)
+    }
+
+    public var weightBytesPerToken: Int {
+        let perLayer = layers.first.map { l in
+            [l.q, l.k, l.v, l.o, l.gate, l.up, l.down].reduce(0) { $0 + $1.weight.count * $1.weight.dtype.byteSize }
+        } ?? 0
+        return perLayer * layers.count + lmHead.weight.count * lmHead.weight.dtype.byteSize
+    }
+
+    public func makeCache(maxTokens: Int?) -> KVCache {
+        KVCache(layers: config.numHiddenLayers, kvHeads: config.numKeyValueHeads, headDim: config.headDim,
+                maxTokens: min(maxTokens ?? config.maxPositionEmbeddings, config.maxPositionEmbeddings))
+    }
+
+    public func embed(_ ids: [Int], into out: UnsafeMutablePointer<Float>) throws {
+        for (r, id) in ids.enumerated() {
+            guard id >= 0, id < config.vocabSize else {
+                throw ModelRunError.tokenOutOfRange(id: id, vocabularySize: config.vocabSize)
+            }
+            embedTokens.copyRow(id, into: out + r * config.hiddenSize)
+        }
+    }
+
+    public func forward(embeddings: UnsafePointer<Float>, rows: Int, cache: KVCache) throws -> [Float] {
+        guard rows > 0 else { throw ModelRunError.emptyInput }
+        guard cache.count + rows <= cache.maxTokens else {
+            throw ModelRunError.contextOverflow(needed: cache.count + rows, limit: cache.maxTokens)
+        }
+        lock.lock(); defer { lock.unlock() }
+        let d = config.hiddenSize, hd = config.headDim
+        let heads = config.numAttentionHeads, kvHeads = config.numKeyValueHeads
+        let qWidth = heads * hd, kvWidth = kvHeads * hd
+        let p0 = cache.count
+        cache.reserve(rows)
+        let ws = workspace
+        ws.reserve(rows: rows, hidden: d, qWidth: qWidth, kvWidth: kvWidth, intermediate: config.intermediateSize,
+                   keys: p0 + rows, threads: pool.threadCount)
+        let x = ws.x, xn = ws.normed, q = ws.q, att = ws.attention, gate = ws.gate, up = ws.up, out = ws.out
+        x.update(from: embeddings, count: rows * d)
+        let scale = 1 / Float(hd).squareRoot()
+        let groups = heads / kvHeads
+
+        for (l, layer) in layers.enumerated() {
+            // Attention block.
+            for r in 0..<rows { vk_rmsnorm(x + r * d, layer.inputNorm, d, config.rmsNormEps, xn + r * d) }
+            let kRows = cache.keys(layer: l) + p0 * kvWidth, vRows = cache.values(layer: l) + p0 * kvWidth
+            layer.q.apply(xn, rows: rows, into: q, pool: pool)
+            layer.k.apply(xn, rows: rows, into: kRows, pool: pool)   // written straight into the cache
+            layer.v.apply(xn, rows: rows, into: vRows, pool: pool)
+            rotary.apply(q, rows: rows, rowStride: qWidth, heads: heads, position0: p0)
+            rotary.apply(kRows, rows: rows, rowStride: kvWidth, heads: kvHeads, position0: p0)
+            let keys = cache.keys(layer: l), values = cache.values(layer: l)
+            pool.parallelRanges(heads) { slice, range in
+                let scores = ws.scores(slice)
+                for h in range {
+                    let g = h / groups  // grouped-query attention: query head h reads KV head h / groups
+                    vk_attention_head(q + h * hd, rows, qWidth, keys + g * hd, values + g * hd, kvWidth, hd,
+                                      p0, 1, p0 + rows, scale, att + h * hd, qWidth, scores)
+                }
+            }
+            layer.o.apply(att, rows: rows, into: out, pool: pool)
+            vk_axpy(1, out, x, rows * d)
+
+            // MLP block (SwiGLU).
+            for r in 0..<rows { vk_rmsnorm(x + r * d, layer.postAttentionNorm, d, config.rmsNormEps, xn + r * d) }
+            layer.gate.apply(xn, rows: rows, into: gate, pool: pool)
+            layer.up.apply(xn, rows: rows, into: up, pool: pool)
+            vk_silu_mul(gate, up, rows * config.intermediateSize)
+            layer.down.apply(up, rows: rows, into: out, pool: pool)
+            vk_axpy(1, out, x, rows * d)
+        }
+        cache.advance(by: rows)
+
+        // Only the last position's logits are needed to pick the next token.
+        let last = x + (rows - 1) * d
+        vk_rmsnorm(last, finalNorm, d, config.rmsNormEps, xn)
+        var logits = [Float](repeating: 0, count: config.vocabSize)
+        logits.withUnsafeMutableBufferPointer { lmHead.apply(xn, rows: 1, into: $0.baseAddress!, pool: pool) }
+        return logits
+    }
+}
+
+/// Activation buffers reused across forward calls, grown to the largest chunk seen.
+final class DecoderWorkspace: @unchecked Sendable {
+    private(set) var x: UnsafeMutablePointer<Float> = .allocate(capacity: 1)
+    private(set) var normed: UnsafeMutablePointer<Float> = .allocate(capacity: 1)
+    private(set) var q: UnsafeMutablePointer<Float> = .allocate(capacity: 1)
+    private(set) var attention: UnsafeMutablePointer<Float> = .allocate(capacity: 1)
+    private(set) var gate: UnsafeMutablePointer<Float> = .allocate(capacity: 1)
+    private(set) var up: UnsafeMutablePointer<Float> = .allocate(capacity: 1)
+    private(set) var out: UnsafeMutablePointer<Float> = .allocate(capacity: 1)
+    private var scoreBuffers: [UnsafeMutablePointer<Float>] = []
+    private var rows = 0, keys = 0, threads = 0
+
+    func reserve(rows: Int, hidden: Int, qWidth: Int, kvWidth: Int, intermediate: Int, keys: Int, threads: Int) {
+        if rows > self.rows {
+            for p in [x, normed, q, attention, gate, up, out] { p.deallocate() }
+            x = .allocate(capacity: rows * hidden)
+            normed = .allocate(capacity: rows * max(hidden, qWidth))
+            q = .allocate(capacity: rows * qWidth)
+            attention = .allocate(capacity: rows * qWidth)
+            gate = .allocate(capacity: rows * intermediate)
+            up = .allocate(capacity: rows * intermediate)
+            out = .allocate(capacity: rows * hidden)
+            self.rows = rows
+        }
+        if keys > self.keys || threads != self.threads {
+            for p in scoreBuffers { p.deallocate() }
+            let n = max(keys, self.keys * 2)
+            scoreBuffers = (0..<threads).map { _ in .allocate(capacity: n) }
+            self.keys = n
+            self.threads = threads
+        }
+    }
+
+    func scores(_ slice: Int) -> UnsafeMutablePointer<Float> { scoreBuffers[slice] }
+
+    deinit {
+        for p in [x, normed, q, attention, gate, up, out] { p.deallocate() }
+        for p in scoreBuffers { p.deallocate() }
+    }
+}

@@ -1,0 +1,43 @@
+import Foundation
+import VLMCore
+
+/// Maps config.json's `model_type` to the code that builds the model. Adding an architecture means adding its
+/// file and one entry here.
+public enum ModelRegistry {
+    public typealias LanguageModelLoader = (_ config: Data, _ checkpoint: Checkpoint, _ pool: ThreadPool) throws -> LanguageModel
+
+    public static let languageModels: [String: LanguageModelLoader] = [
+        "llama": { data, checkpoint, pool in
+            try LlamaModel(config: decodeConfig(LlamaConfiguration.self, from: data, file: "config.json"), checkpoint: checkpoint, pool: pool)
+        },
+        "qwen2": { data, checkpoint, pool in
+            try Qwen2.load(config: decodeConfig(LlamaConfiguration.self, from: data, file: "config.json"), checkpoint: checkpoint, pool: pool)
+        },
+    ]
+
+    public static var supportedModelTypes: [String] { languageModels.keys.sorted() }
+
+    /// Reads `model_type` from the folder's config.json.
+    public static func modelType(directory: URL) throws -> (type: String, config: Data) {
+        let url = directory.appendingPathComponent("config.json")
+        guard FileManager.default.fileExists(atPath: url.path) else {
+            throw ModelFileError(file: directory.path, "no config.json (is this a Hugging Face model folder?)")
+        }
+        let data = try Data(contentsOf: url)
+        let header = try decodeConfig(ModelTypeHeader.self, from: data, file: "config.json")
+        guard let type = header.modelType else {
+            throw ModelFileError(file: "config.json", "missing field 'model_type' (supported: \(supportedModelTypes.joined(separator: ", ")))")
+        }
+        return (type, data)
+    }
+
+    /// Loads the language model in `directory`, weights memory-mapped from its safetensors.
+    public static func loadLanguageModel(directory: URL, pool: ThreadPool) throws -> LanguageModel {
+        let (type, data) = try modelType(directory: directory)
+        guard let loader = languageModels[type] else {
+            throw ModelFileError(file: "config.json", "model_type '\(type)' is not supported (supported: \(supportedModelTypes.joined(separator: ", ")))")
+        }
+        let checkpoint = try Checkpoint(directory: directory)
+        return try loader(data, checkpoint, pool)
+    }
+}

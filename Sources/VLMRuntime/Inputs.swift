@@ -1,0 +1,82 @@
+/// One piece of a runner's input, in order (ExecuTorch's MultimodalInput): text to tokenize, token ids used
+/// as they are, or (for multimodal runners) an image.
+public enum InputPart: Sendable, Equatable {
+    /// Text tokenized as is, without the chat template; special-token strings inside it become their ids.
+    case text(String)
+    case tokens([Int])
+}
+
+/// Why generation ended.
+public enum StopReason: String, Sendable, Codable {
+    case endOfSequence = "eos"
+    case maxTokens = "max_tokens"
+    case stopString = "stop_string"
+    case cancelled
+    case contextFull = "context_full"
+}
+
+/// Sampling and length settings for one `generate` call.
+public struct GenerationConfig: Sendable, Equatable {
+    /// Most tokens to generate.
+    public var maxNewTokens: Int = 256
+    /// Most positions (prompt + generated) the KV cache may hold; nil = the model's max_position_embeddings.
+    public var seqLen: Int? = nil
+    /// 0 means greedy (argmax).
+    public var temperature: Float = 0
+    /// 0 disables.
+    public var topK: Int = 0
+    /// 1 disables.
+    public var topP: Float = 1
+    /// 0 disables.
+    public var minP: Float = 0
+    /// 1 disables; >1 penalises tokens already in the prompt or reply (as transformers does).
+    public var repetitionPenalty: Float = 1
+    public var seed: UInt64 = 0
+    /// Keep generating past end-of-sequence tokens (benchmarks).
+    public var ignoreEOS = false
+    /// Generation stops when the reply contains one of these; the reply is cut before it.
+    public var stopStrings: [String] = []
+    /// Also emit the prompt text through the token callback before the reply.
+    public var echo = false
+    /// Record the top-N log-probabilities of every generated token (0 = off).
+    public var topLogprobs = 0
+    /// Prompt tokens run through the model per forward call.
+    public var prefillChunkSize = 128
+
+    public init() {}
+
+    /// Checks values a user can set; the message names the option and the allowed range.
+    public func validate() throws {
+        func fail(_ m: String) -> RunnerError { .invalidConfig(m) }
+        guard maxNewTokens >= 0 else { throw fail("max new tokens must be >= 0, found \(maxNewTokens)") }
+        if let seqLen, seqLen <= 0 { throw fail("seq len must be positive, found \(seqLen)") }
+        guard temperature >= 0, temperature.isFinite else { throw fail("temperature must be >= 0, found \(temperature)") }
+        guard topK >= 0 else { throw fail("top-k must be >= 0, found \(topK)") }
+        guard topP > 0, topP <= 1 else { throw fail("top-p must be in (0, 1], found \(topP)") }
+        guard minP >= 0, minP <= 1 else { throw fail("min-p must be in [0, 1], found \(minP)") }
+        guard repetitionPenalty > 0, repetitionPenalty.isFinite else { throw fail("repetition penalty must be > 0, found \(repetitionPenalty)") }
+        guard topLogprobs >= 0, topLogprobs <= 100 else { throw fail("top logprobs must be in 0...100, found \(topLogprobs)") }
+        guard prefillChunkSize > 0 else { throw fail("prefill chunk size must be positive, found \(prefillChunkSize)") }
+    }
+}
+
+/// Errors from the runtime layer.
+public enum RunnerError: Error, CustomStringConvertible, Equatable {
+    case notLoaded
+    case invalidConfig(String)
+    case promptTooLong(promptTokens: Int, limit: Int)
+    case emptyPrompt
+    case noChatTemplate(String)
+
+    public var description: String {
+        switch self {
+        case .notLoaded: return "the runner is not loaded; call load() first"
+        case .invalidConfig(let m): return m
+        case .promptTooLong(let n, let limit):
+            return "the prompt is \(n) tokens but the context holds \(limit) (seq len); shorten the prompt or raise --seq-len"
+        case .emptyPrompt: return "the prompt is empty"
+        case .noChatTemplate(let dir):
+            return "\(dir) has no chat template (chat_template.jinja, chat_template.json or tokenizer_config.json); use --raw to send the prompt as is"
+        }
+    }
+}
