@@ -395,10 +395,54 @@ void vk_attention_head(const float *q, size_t nq, size_t q_stride, const float *
     }
 }
 
+#if VK_X86
+VK_AVX2 static float sum_avx2(const float *x, size_t count) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 32 <= count; i += 32) {
+        s0 = _mm256_add_ps(s0, _mm256_loadu_ps(x + i));
+        s1 = _mm256_add_ps(s1, _mm256_loadu_ps(x + i + 8));
+        s2 = _mm256_add_ps(s2, _mm256_loadu_ps(x + i + 16));
+        s3 = _mm256_add_ps(s3, _mm256_loadu_ps(x + i + 24));
+    }
+    float s = hsum256(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+    for (; i < count; i++) s += x[i];
+    return s;
+}
+
+VK_AVX2 static double fma_loop_avx2(size_t iterations) {
+    __m256 a[10];
+    for (int i = 0; i < 10; i++) a[i] = _mm256_set1_ps(0.001f * (float)i);
+    const __m256 m = _mm256_set1_ps(0.999999f), c = _mm256_set1_ps(1e-7f);
+    for (size_t it = 0; it < iterations; it++)
+        for (int i = 0; i < 10; i++) a[i] = _mm256_fmadd_ps(a[i], m, c);
+    __m256 s = a[0];
+    for (int i = 1; i < 10; i++) s = _mm256_add_ps(s, a[i]);
+    volatile float sink = hsum256(s);
+    (void)sink;
+    return (double)iterations * 10 * 8 * 2;
+}
+#endif
+
 float vk_sum(const float *x, size_t count) {
+#if VK_X86
+    if (vk_simd_level() == 1) return sum_avx2(x, count);
+#endif
     float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
     size_t i = 0;
     for (; i + 4 <= count; i += 4) { s0 += x[i]; s1 += x[i + 1]; s2 += x[i + 2]; s3 += x[i + 3]; }
     for (; i < count; i++) s0 += x[i];
     return s0 + s1 + s2 + s3;
+}
+
+double vk_fma_loop(size_t iterations) {
+#if VK_X86
+    if (vk_simd_level() == 1) return fma_loop_avx2(iterations);
+#endif
+    float a[8] = {0};
+    for (size_t it = 0; it < iterations; it++)
+        for (int i = 0; i < 8; i++) a[i] = a[i] * 0.999999f + 1e-7f;
+    volatile float sink = a[0] + a[7];
+    (void)sink;
+    return (double)iterations * 8 * 2;
 }

@@ -144,3 +144,25 @@ extension TextRunner {
         return logits
     }
 }
+
+extension TextRunner {
+    /// Generates a reply to `fullPrompt`, the text of the whole conversation so far. The tokens it shares with
+    /// the KV cache are kept and only the rest is prefilled; if an earlier part was rewritten, the cache is
+    /// rolled back to the longest common prefix. `promptTokenIDs` of the result is the whole prompt, and
+    /// `stats.cachedTokens` how many of its tokens were reused.
+    public func generate(continuing fullPrompt: String, config: GenerationConfig,
+                         onToken: @escaping (GeneratedToken) -> Void) throws -> GenerationResult {
+        guard let tokenizer, let cache else { throw RunnerError.notLoaded }
+        let ids = tokenizer.encode(fullPrompt, addSpecialTokens: false)
+        guard !ids.isEmpty else { throw RunnerError.emptyPrompt }
+        var common = 0
+        while common < min(ids.count, cachedTokenIDs.count), ids[common] == cachedTokenIDs[common] { common += 1 }
+        // At least one token must run through the model to produce the next logits.
+        let keep = min(common, ids.count - 1)
+        cache.truncate(to: keep)
+        cachedTokenIDs.removeSubrange(keep...)
+        var result = try generate([.tokens(Array(ids[keep...]))], config: config, onToken: onToken)
+        result.promptTokenIDs = ids
+        return result
+    }
+}

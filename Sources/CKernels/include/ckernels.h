@@ -62,8 +62,12 @@ void vk_attention_head(const float *q, size_t nq, size_t q_stride,
                        size_t q_pos0, int causal, size_t n_keys, float scale,
                        float *out, size_t out_stride, float *scores);
 
-/// Measured memory read bandwidth helper: sums `count` floats (so the compiler cannot drop the reads).
+/// Sums `count` floats with the widest loads available: the read loop of the bandwidth measurement.
 float vk_sum(const float *x, size_t count);
+
+/// Runs `iterations` rounds of independent fused multiply-adds in registers and returns the flop count,
+/// for measuring the FMA peak of one core.
+double vk_fma_loop(size_t iterations);
 
 #ifdef __cplusplus
 }

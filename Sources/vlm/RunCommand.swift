@@ -1,0 +1,151 @@
+import ArgumentParser
+import Foundation
+import VLMRuntime
+import VLMTokenizers
+
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Generate a reply to one or more prompts (each --prompt is one user turn).")
+
+    @Option(name: .long, help: "Hugging Face model folder (config.json, *.safetensors, tokenizer.json).")
+    var model: String
+
+    @Option(name: .long, help: "User prompt; repeat for several turns of one conversation.")
+    var prompt: [String] = []
+
+    @Option(name: .long, help: "System prompt.")
+    var system: String?
+
+    @OptionGroup var sampling: SamplingOptions
+
+    @Flag(name: .long, help: "Tokenize the prompt as is, without the chat template.")
+    var raw = false
+
+    @Flag(name: .long, help: "Print the ExecuTorch-style stats line (PyTorchObserver {json}) after each reply.")
+    var stats = false
+
+    @Option(name: .long, help: "Record the N most likely tokens and log-probabilities at each step (JSON output).")
+    var topLogprobs: Int = 0
+
+    @Option(name: .long, help: "Output format: text (streamed) or json (one object at the end).")
+    var outputFormat: OutputFormat = .text
+
+    func run() async throws {
+        do {
+            try execute()
+        } catch {
+            failAndExit(error)
+        }
+    }
+
+    private func execute() throws {
+        guard !prompt.isEmpty else { throw ValidationError("give at least one --prompt") }
+        var config = try sampling.generationConfig()
+        config.topLogprobs = topLogprobs
+        try config.validate()
+        let runner = TextRunner(modelDirectory: URL(fileURLWithPath: (model as NSString).expandingTildeInPath),
+                                threads: sampling.threads ?? ThreadPoolDefaults.threads)
+        try runner.load()
+
+        var history: [ChatMessage] = []
+        if let system { history.append(ChatMessage(role: "system", content: .text(system))) }
+        var turns: [Any] = []
+        var transcript = ""  // --raw: the running text of all turns and replies
+        for userText in prompt {
+            let promptText: String
+            if raw {
+                transcript += userText
+                promptText = transcript
+            } else {
+                history.append(ChatMessage(role: "user", content: .text(userText)))
+                promptText = try runner.renderChat(history)
+            }
+            // Each turn re-renders the whole conversation; the runner keeps the cached prefix and prefills the rest.
+            let streaming = outputFormat == .text
+            let result = try runner.generate(continuing: promptText, config: config) { token in
+                if streaming, !token.text.isEmpty {
+                    FileHandle.standardOutput.write(Data(token.text.utf8))
+                }
+            }
+            if streaming {
+                print("")
+                if stats { print(result.stats.observerLine) }
+            }
+            if raw {
+                transcript += result.text
+            } else {
+                history.append(ChatMessage(role: "assistant", content: .text(result.text)))
+            }
+            turns.append(JSONObject([
+                ("prompt", userText),
+                ("prompt_token_ids", result.promptTokenIDs),
+                ("token_ids", result.tokenIDs),
+                ("top_logprobs", result.topLogprobs.map { $0.map { [$0.id, Double($0.logprob)] as [Any] } }),
+                ("text", result.text),
+                ("stop_reason", result.stopReason.rawValue),
+                ("stats", JSONObject(result.stats.orderedFields.map { ($0.0, $0.1 as Any) }
+                    + [("cached_tokens", result.stats.cachedTokens)])),
+            ]))
+        }
+        if outputFormat == .json {
+            let top = JSONObject([("model", runner.modelDirectory.path), ("turns", turns)])
+            print(top.serialized())
+        }
+    }
+}
+
+enum ThreadPoolDefaults {
+    static var threads: Int { max(1, ProcessInfo.processInfo.activeProcessorCount) }
+}
+
+/// Sampling options shared by run and serve.
+struct SamplingOptions: ParsableArguments {
+    @Option(name: .long, help: "Most tokens to generate per turn.")
+    var maxNewTokens: Int = 256
+
+    @Option(name: .long, help: "Most positions (prompt + reply) to use; default: the model's context.")
+    var seqLen: Int?
+
+    @Option(name: .long, help: "Sampling temperature; 0 = greedy.")
+    var temperature: Float = 0
+
+    @Option(name: .long, help: "Keep only the K most likely tokens (0 = off).")
+    var topK: Int = 0
+
+    @Option(name: .long, help: "Nucleus sampling mass (1 = off).")
+    var topP: Float = 1
+
+    @Option(name: .long, help: "Drop tokens below this fraction of the best token's probability (0 = off).")
+    var minP: Float = 0
+
+    @Option(name: .long, help: "Penalty > 1 discourages repeating tokens (1 = off).")
+    var repetitionPenalty: Float = 1
+
+    @Option(name: .long, help: "Random seed for sampling.")
+    var seed: UInt64 = 0
+
+    @Option(name: .long, help: "Stop when the reply contains this string (repeatable).")
+    var stop: [String] = []
+
+    @Flag(name: .long, help: "Keep generating past end-of-sequence tokens.")
+    var ignoreEos = false
+
+    @Option(name: .long, help: "Worker threads (default: all cores).")
+    var threads: Int?
+
+    func generationConfig() throws -> GenerationConfig {
+        var c = GenerationConfig()
+        c.maxNewTokens = maxNewTokens
+        c.seqLen = seqLen
+        c.temperature = temperature
+        c.topK = topK
+        c.topP = topP
+        c.minP = minP
+        c.repetitionPenalty = repetitionPenalty
+        c.seed = seed
+        c.stopStrings = stop
+        c.ignoreEOS = ignoreEos
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1, found \(threads)") }
+        return c
+    }
+}
