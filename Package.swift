@@ -36,6 +36,8 @@ let package = Package(
         .testTarget(name: "VLMTokenizersTests", dependencies: ["VLMTokenizers"]),
         .testTarget(name: "VLMModelsTests", dependencies: ["VLMModels", "VLMRuntime"]),
         .testTarget(name: "VLMRuntimeTests", dependencies: ["VLMRuntime"]),
+        // Runs the built `vlm` binary as a user would.
+        .testTarget(name: "VLMCLITests", dependencies: ["vlm"]),
     ],
     // Swift 5 mode: the kernels hand raw buffers to worker threads by design (each thread owns a disjoint
     // slice), which Swift 6's Sendable checking cannot express without unsafe casts at every call.

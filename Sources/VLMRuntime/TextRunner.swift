@@ -24,6 +24,18 @@ public final class TextRunner: Runner {
         pool = ThreadPool(threadCount: threads)
     }
 
+    /// A runner over an already-built model and tokenizer (tests, embedding apps); it is loaded at once.
+    public init(model: LanguageModel, tokenizer: Tokenizer, chatTemplate: ChatTemplate? = nil,
+                eosTokenIDs: Set<Int>? = nil, threads: Int = 1) {
+        modelDirectory = URL(fileURLWithPath: "/")
+        pool = ThreadPool(threadCount: threads)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.chatPrompt = chatTemplate.map { ChatPromptBuilder(template: $0, tokenizer: tokenizer) }
+        self.eosTokenIDs = eosTokenIDs ?? Set(model.eosTokenIDs)
+        cache = model.makeCache(maxTokens: nil)
+    }
+
     public var isLoaded: Bool { model != nil }
 
     public func load() throws {

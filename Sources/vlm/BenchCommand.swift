@@ -78,11 +78,11 @@ struct Bench: AsyncParsableCommand {
             lastModel = lm
         }
         guard let lm = lastModel else { return }
+        let peakRSSMb = Double(peakResidentBytes()) / 1_048_576  // before the probes allocate their buffers
         let bandwidth = noProbe ? 0 : HardwareProbe.readBandwidth(threads: threadCount)
         let peak = noProbe ? 0 : HardwareProbe.fmaPeak(threads: threadCount)
         let bytesPerToken = lm.weightBytesPerToken
         let bound = bandwidth > 0 ? bandwidth / Double(bytesPerToken) : 0
-        let peakRSSMb = Double(peakResidentBytes()) / 1_048_576
 
         func summary(_ values: [Double]) -> JSONObject {
             let s = values.sorted()
