@@ -363,6 +363,30 @@ void vk_rmsnorm(const float *x, const float *w, size_t n, float eps, float *out)
     for (size_t i = 0; i < n; i++) out[i] = w[i] * (x[i] * r);
 }
 
+void vk_layernorm(const float *x, const float *w, const float *b, size_t n, float eps, float *out) {
+    // Two passes in double: mean, then variance of the centred values (torch's CPU kernel is as stable).
+    double mean = 0, var = 0;
+    for (size_t i = 0; i < n; i++) mean += x[i];
+    mean /= (double)n;
+    for (size_t i = 0; i < n; i++) { double d = x[i] - mean; var += d * d; }
+    var /= (double)n;
+    float r = (float)(1.0 / sqrt(var + eps));
+    float m = (float)mean;
+    for (size_t i = 0; i < n; i++) out[i] = (x[i] - m) * r * w[i] + (b ? b[i] : 0.0f);
+}
+
+void vk_gelu_tanh(float *x, size_t n) {
+    const float k = 0.7978845608028654f;  // sqrt(2/pi)
+    for (size_t i = 0; i < n; i++) {
+        float v = x[i];
+        x[i] = 0.5f * v * (1.0f + tanhf(k * (v + 0.044715f * v * v * v)));
+    }
+}
+
+void vk_gelu_erf(float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.7071067811865476f));
+}
+
 void vk_silu_mul(const float *gate, float *x, size_t n) {
     for (size_t i = 0; i < n; i++) {
         float g = gate[i];

@@ -7,12 +7,16 @@ import Foundation
 public final class Checkpoint: @unchecked Sendable {
     public let directory: URL
     private var files: [String: SafetensorsFile] = [:]
-    /// Tensor name → file name.
-    public private(set) var location: [String: String] = [:]
+    /// Tensor name → file name (names as the file spells them).
+    private var location: [String: String] = [:]
+    /// Canonical name (after `rename`) → name in the file.
+    private var fileName: [String: String] = [:]
     private var used: Set<String> = []
     private let lock = NSLock()
 
-    public init(directory: URL) throws {
+    /// `rename` maps names as stored to the names the model asks for (older checkpoint layouts of the same
+    /// architecture); it must be one-to-one.
+    public init(directory: URL, rename: ((String) -> String)? = nil) throws {
         self.directory = directory
         let fm = FileManager.default
         let index = directory.appendingPathComponent("model.safetensors.index.json")
@@ -48,6 +52,16 @@ public final class Checkpoint: @unchecked Sendable {
         } else {
             throw ModelFileError(file: directory.path, "no model.safetensors or model.safetensors.index.json (only safetensors checkpoints are supported)")
         }
+        var canonicalLocation: [String: String] = [:]
+        for (stored, file) in location {
+            let canonical = rename?(stored) ?? stored
+            if let other = fileName[canonical] {
+                throw ModelFileError(file: directory.lastPathComponent, "tensors '\(other)' and '\(stored)' both map to '\(canonical)'")
+            }
+            fileName[canonical] = stored
+            canonicalLocation[canonical] = file
+        }
+        location = canonicalLocation
     }
 
     public var tensorNames: [String] { location.keys.sorted() }
@@ -56,18 +70,18 @@ public final class Checkpoint: @unchecked Sendable {
 
     /// The shape recorded for `name`, without marking it used.
     public func shape(of name: String) -> [Int]? {
-        guard let file = location[name] else { return nil }
-        return files[file]?.entries[name]?.shape
+        guard let file = location[name], let stored = fileName[name] else { return nil }
+        return files[file]?.entries[stored]?.shape
     }
 
     /// The tensor `name`, checked against `shape` when given. Marks it used.
     public func tensor(_ name: String, shape expected: [Int]? = nil) throws -> Tensor {
-        guard let fileName = location[name], let file = files[fileName] else {
+        guard let shard = location[name], let file = files[shard], let stored = fileName[name] else {
             throw ModelFileError(file: directory.lastPathComponent, "missing tensor '\(name)'")
         }
-        let t = try file.tensor(name)
+        let t = try file.tensor(stored)
         if let expected, t.shape != expected {
-            throw ModelFileError(file: fileName, "tensor '\(name)' has shape \(t.shape), expected \(expected) from config.json")
+            throw ModelFileError(file: shard, "tensor '\(stored)' has shape \(t.shape), expected \(expected) from config.json")
         }
         lock.lock(); used.insert(name); lock.unlock()
         return t

@@ -19,6 +19,13 @@ public struct Tensor: @unchecked Sendable {
 
     public var count: Int { shape.reduce(1, *) }
 
+    /// The same elements under another shape with the same element count (e.g. a conv kernel
+    /// [out, c, kh, kw] seen as the matrix [out, c*kh*kw]); nil when the counts differ.
+    public func reshaped(_ newShape: [Int]) -> Tensor? {
+        guard newShape.reduce(1, *) == count else { return nil }
+        return Tensor(name: name, dtype: dtype, shape: newShape, data: data, storage: storage)
+    }
+
     /// All elements converted to f32 (for small tensors: norms, biases).
     public func floats() -> [Float] {
         [Float](unsafeUninitializedCapacity: count) { buf, n in

@@ -45,19 +45,26 @@ public struct LlamaConfiguration: Decodable, Sendable {
         case eosTokenID = "eos_token_id", bosTokenID = "bos_token_id"
     }
 
+    /// transformers writes config.json as a diff against the class defaults, so a field equal to its default may
+    /// be missing; these are LlamaConfig's and Qwen2Config's defaults (transformers 5.23).
+    static func defaults(for modelType: String) -> (vocab: Int, hidden: Int, intermediate: Int, layers: Int, heads: Int, maxPositions: Int) {
+        modelType == "qwen2" ? (151_936, 4096, 22016, 32, 32, 32768) : (32000, 4096, 11008, 32, 32, 2048)
+    }
+
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         modelType = try c.decodeIfPresent(String.self, forKey: .modelType) ?? "llama"
-        hiddenSize = try c.decode(Int.self, forKey: .hiddenSize)
-        intermediateSize = try c.decode(Int.self, forKey: .intermediateSize)
-        numHiddenLayers = try c.decode(Int.self, forKey: .numHiddenLayers)
-        numAttentionHeads = try c.decode(Int.self, forKey: .numAttentionHeads)
+        let d = Self.defaults(for: modelType)
+        hiddenSize = try c.decodeIfPresent(Int.self, forKey: .hiddenSize) ?? d.hidden
+        intermediateSize = try c.decodeIfPresent(Int.self, forKey: .intermediateSize) ?? d.intermediate
+        numHiddenLayers = try c.decodeIfPresent(Int.self, forKey: .numHiddenLayers) ?? d.layers
+        numAttentionHeads = try c.decodeIfPresent(Int.self, forKey: .numAttentionHeads) ?? d.heads
         numKeyValueHeads = try c.decodeIfPresent(Int.self, forKey: .numKeyValueHeads) ?? numAttentionHeads
         headDim = try c.decodeIfPresent(Int.self, forKey: .headDim)
             ?? (numAttentionHeads > 0 ? hiddenSize / numAttentionHeads : 0)
         rmsNormEps = try c.decodeIfPresent(Float.self, forKey: .rmsNormEps) ?? 1e-6
-        vocabSize = try c.decode(Int.self, forKey: .vocabSize)
-        maxPositionEmbeddings = try c.decodeIfPresent(Int.self, forKey: .maxPositionEmbeddings) ?? 2048
+        vocabSize = try c.decodeIfPresent(Int.self, forKey: .vocabSize) ?? d.vocab
+        maxPositionEmbeddings = try c.decodeIfPresent(Int.self, forKey: .maxPositionEmbeddings) ?? d.maxPositions
         tieWordEmbeddings = try c.decodeIfPresent(Bool.self, forKey: .tieWordEmbeddings) ?? false
         rope = RopeConfiguration(
             ropeParameters: try c.decodeIfPresent(RopeConfiguration.Fields.self, forKey: .ropeParameters),
@@ -137,17 +144,21 @@ public final class LlamaModel: LanguageModel, @unchecked Sendable {
     public var eosTokenIDs: [Int] { config.eosTokenIDs }
     public var weightDType: DType { embedTokens.dtype }
 
-    public init(config: LlamaConfiguration, checkpoint: Checkpoint, pool: ThreadPool) throws {
+    /// `prefix` is where the decoder's weights live ("model." for text models, "model.text_model." inside
+    /// Idefics3, "model.language_model." inside InternVL); `checkUnused` is off when the decoder is part of a
+    /// larger model whose loader checks the whole checkpoint.
+    public init(config: LlamaConfiguration, checkpoint: Checkpoint, pool: ThreadPool,
+                prefix: String = "model.", checkUnused: Bool = true) throws {
         try config.validate()
         self.config = config
         self.pool = pool
         let d = config.hiddenSize, hd = config.headDim, i = config.intermediateSize
         let qOut = config.numAttentionHeads * hd, kvOut = config.numKeyValueHeads * hd
 
-        var expected = ["model.embed_tokens.weight", "model.norm.weight"]
+        var expected = [prefix + "embed_tokens.weight", prefix + "norm.weight"]
         if !config.tieWordEmbeddings { expected.append("lm_head.weight") }
         for l in 0..<config.numHiddenLayers {
-            let p = "model.layers.\(l)."
+            let p = prefix + "layers.\(l)."
             expected += ["input_layernorm.weight", "post_attention_layernorm.weight", "self_attn.q_proj.weight",
                          "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
                          "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"].map { p + $0 }
@@ -163,8 +174,8 @@ public final class LlamaModel: LanguageModel, @unchecked Sendable {
                    bias: bias ? try vector(name + ".bias", out) : nil)
         }
 
-        embedTokens = try checkpoint.tensor("model.embed_tokens.weight", shape: [config.vocabSize, d])
-        finalNorm = try vector("model.norm.weight", d)
+        embedTokens = try checkpoint.tensor(prefix + "embed_tokens.weight", shape: [config.vocabSize, d])
+        finalNorm = try vector(prefix + "norm.weight", d)
         if config.tieWordEmbeddings {
             lmHead = Linear(weight: embedTokens)
             // Some tied checkpoints still store a copy of the head; it is the same matrix, so it is not read.
@@ -174,7 +185,7 @@ public final class LlamaModel: LanguageModel, @unchecked Sendable {
         }
         var layers: [LlamaLayer] = []
         for l in 0..<config.numHiddenLayers {
-            let p = "model.layers.\(l)."
+            let p = prefix + "layers.\(l)."
             layers.append(LlamaLayer(
                 inputNorm: try vector(p + "input_layernorm.weight", d),
                 q: try linear(p + "self_attn.q_proj", out: qOut, in: d, bias: config.qkvBias),
@@ -189,7 +200,7 @@ public final class LlamaModel: LanguageModel, @unchecked Sendable {
         self.layers = layers
         // Older checkpoints carry precomputed rotary tables; we compute them from the config instead.
         checkpoint.ignore { $0.hasSuffix("rotary_emb.inv_freq") }
-        try checkpoint.checkAllUsed()
+        if checkUnused { try checkpoint.checkAllUsed() }
         rotary = RotaryEmbedding(headDim: hd, configuration: config.rope)
     }
 

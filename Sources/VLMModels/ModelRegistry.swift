@@ -15,7 +15,32 @@ public enum ModelRegistry {
         },
     ]
 
-    public static var supportedModelTypes: [String] { languageModels.keys.sorted() }
+    public typealias VisionLanguageModelLoader = (_ config: Data, _ directory: URL, _ pool: ThreadPool) throws -> VisionLanguageModel
+
+    public static let visionLanguageModels: [String: VisionLanguageModelLoader] = [
+        "idefics3": { data, dir, pool in
+            try Idefics3Model(config: decodeConfig(Idefics3Configuration.self, from: data, file: "config.json"),
+                              checkpoint: Checkpoint(directory: dir), pool: pool)
+        },
+        "internvl": { data, dir, pool in
+            try InternVLModel(config: decodeConfig(InternVLConfiguration.self, from: data, file: "config.json"),
+                              checkpoint: Checkpoint(directory: dir, rename: InternVLConfiguration.canonicalName), pool: pool)
+        },
+    ]
+
+    public static var supportedModelTypes: [String] { (Array(languageModels.keys) + Array(visionLanguageModels.keys)).sorted() }
+
+    /// True when `model_type` names a vision-language architecture.
+    public static func isVisionLanguage(_ modelType: String) -> Bool { visionLanguageModels[modelType] != nil }
+
+    /// Loads the vision-language model in `directory`.
+    public static func loadVisionLanguageModel(directory: URL, pool: ThreadPool) throws -> VisionLanguageModel {
+        let (type, data) = try modelType(directory: directory)
+        guard let loader = visionLanguageModels[type] else {
+            throw ModelFileError(file: "config.json", "model_type '\(type)' is not a supported vision-language model (supported: \(visionLanguageModels.keys.sorted().joined(separator: ", ")))")
+        }
+        return try loader(data, directory, pool)
+    }
 
     /// Reads `model_type` from the folder's config.json.
     public static func modelType(directory: URL) throws -> (type: String, config: Data) {
@@ -34,6 +59,9 @@ public enum ModelRegistry {
     /// Loads the language model in `directory`, weights memory-mapped from its safetensors.
     public static func loadLanguageModel(directory: URL, pool: ThreadPool) throws -> LanguageModel {
         let (type, data) = try modelType(directory: directory)
+        if let vlm = visionLanguageModels[type] {
+            return try vlm(data, directory, pool).languageModel  // text-only use of a VLM folder
+        }
         guard let loader = languageModels[type] else {
             throw ModelFileError(file: "config.json", "model_type '\(type)' is not supported (supported: \(supportedModelTypes.joined(separator: ", ")))")
         }

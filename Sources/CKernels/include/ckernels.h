@@ -42,6 +42,15 @@ void vk_f32_to_bf16(const float *src, size_t count, uint16_t *dst);
 /// out[i] = x[i] / sqrt(mean(x^2) + eps) * w[i], for one row of n.
 void vk_rmsnorm(const float *x, const float *w, size_t n, float eps, float *out);
 
+/// out[i] = (x[i] - mean) / sqrt(var + eps) * w[i] + b[i] (biased variance, as torch.nn.LayerNorm); b may be NULL.
+void vk_layernorm(const float *x, const float *w, const float *b, size_t n, float eps, float *out);
+
+/// In place GELU, tanh approximation (transformers' "gelu_pytorch_tanh" / "gelu_new").
+void vk_gelu_tanh(float *x, size_t n);
+
+/// In place GELU, exact erf form (transformers' "gelu").
+void vk_gelu_erf(float *x, size_t n);
+
 /// Dot product of two f32 vectors.
 float vk_dot(const float *a, const float *b, size_t n);
 
