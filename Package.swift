@@ -26,10 +26,12 @@ let package = Package(
         // One file per architecture over shared blocks in Common/; the registry maps model_type to a type.
         .target(name: "VLMModels", dependencies: ["VLMCore"]),
         // Runner protocol, prefiller, token generator, decoder step, sampler, stats.
-        .target(name: "VLMRuntime", dependencies: ["VLMCore", "VLMTokenizers", "VLMModels"]),
+        // Image decoding (libjpeg-turbo/libpng, ImageIO on Apple) and each model family's preprocessing.
+        .target(name: "VLMMedia"),
+        .target(name: "VLMRuntime", dependencies: ["VLMCore", "VLMTokenizers", "VLMMedia", "VLMModels"]),
         // The `vlm` command: run, bench. No model logic here.
         .executableTarget(name: "vlm", dependencies: [
-            "VLMRuntime",
+            "VLMRuntime", "VLMMedia", "VLMTokenizers",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "VLMCoreTests", dependencies: ["VLMCore"]),

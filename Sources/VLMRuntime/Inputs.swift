@@ -1,9 +1,37 @@
+import Foundation
+import VLMMedia
+
 /// One piece of a runner's input, in order (ExecuTorch's MultimodalInput): text to tokenize, token ids used
 /// as they are, or (for multimodal runners) an image.
 public enum InputPart: Sendable, Equatable {
     /// Text tokenized as is, without the chat template; special-token strings inside it become their ids.
     case text(String)
     case tokens([Int])
+    case image(ImageInput)
+}
+
+/// An image given to a runner: a file, encoded bytes (JPEG/PNG), or pixels already decoded.
+public enum ImageInput: Sendable, Equatable {
+    case file(URL)
+    case encoded(Data, name: String)
+    case pixels(RGBImage)
+
+    /// A short name for error messages.
+    public var name: String {
+        switch self {
+        case .file(let url): return url.lastPathComponent
+        case .encoded(_, let name): return name
+        case .pixels(let image): return "\(image.width)×\(image.height) image"
+        }
+    }
+
+    public func decode(options: ImageDecodingOptions) throws -> RGBImage {
+        switch self {
+        case .file(let url): return try ImageDecoder.decode(contentsOf: url, options: options)
+        case .encoded(let data, let name): return try ImageDecoder.decode(data, source: name, options: options)
+        case .pixels(let image): return image
+        }
+    }
 }
 
 /// Why generation ended.
@@ -67,6 +95,8 @@ public enum RunnerError: Error, CustomStringConvertible, Equatable {
     case promptTooLong(promptTokens: Int, limit: Int)
     case emptyPrompt
     case noChatTemplate(String)
+    case imagesNotSupported
+    case imageCountMismatch(markers: Int, images: Int)
 
     public var description: String {
         switch self {
@@ -75,6 +105,12 @@ public enum RunnerError: Error, CustomStringConvertible, Equatable {
         case .promptTooLong(let n, let limit):
             return "the prompt is \(n) tokens but the context holds \(limit) (seq len); shorten the prompt or raise --seq-len"
         case .emptyPrompt: return "the prompt is empty"
+        case .imagesNotSupported:
+            return "this model has no vision encoder; it takes text only"
+        case .imageCountMismatch(let markers, let images):
+            return markers > images
+                ? "the prompt has \(markers) <image> marker(s) but only \(images) image(s) were given"
+                : "\(images) image(s) were given but the prompt has only \(markers) <image> marker(s); put one <image> where each image goes"
         case .noChatTemplate(let dir):
             return "\(dir) has no chat template (chat_template.jinja, chat_template.json or tokenizer_config.json); use --raw to send the prompt as is"
         }

@@ -17,6 +17,10 @@ public struct Stats: Sendable, Equatable {
     /// Our additions after ExecuTorch's fields.
     public var peakRSSBytes = 0
     public var cachedTokens = 0
+    /// Image decode + preprocessing and vision encoding (multimodal runs).
+    public var imagePreprocessMs = 0.0
+    public var visionEncodeMs = 0.0
+    public var imageTilesEncoded = 0
 
     public init() {}
 
@@ -28,7 +32,9 @@ public struct Stats: Sendable, Equatable {
          ("prompt_eval_end_ms", promptEvalEndMs), ("first_token_ms", firstTokenMs),
          ("aggregate_sampling_time_ms", aggregateSamplingTimeMs),
          ("SCALING_FACTOR_UNITS_PER_SECOND", Int64(Self.scalingFactorUnitsPerSecond)),
-         ("peak_rss_bytes", Int64(peakRSSBytes))]
+         ("peak_rss_bytes", Int64(peakRSSBytes)), ("cached_tokens", Int64(cachedTokens)),
+         ("image_preprocess_ms", Int64(imagePreprocessMs.rounded())), ("vision_encode_ms", Int64(visionEncodeMs.rounded())),
+         ("image_tiles", Int64(imageTilesEncoded))]
     }
 
     /// `{"prompt_tokens":…,…}` exactly as ExecuTorch's stats_to_json_string writes it (plus our keys at the end).

@@ -69,6 +69,7 @@ public final class TextRunner: Runner {
             switch part {
             case .text(let s): ids += tokenizer.encode(s, addSpecialTokens: false)
             case .tokens(let t): ids += t
+            case .image: throw RunnerError.imagesNotSupported
             }
         }
         return ids

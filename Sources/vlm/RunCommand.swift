@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import VLMRuntime
 import VLMTokenizers
+import VLMMedia
 
 struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -15,6 +16,18 @@ struct Run: AsyncParsableCommand {
 
     @Option(name: .long, help: "System prompt.")
     var system: String?
+
+    @Option(name: .long, help: "Image file (JPEG/PNG); repeat for several. Consumed in order by the <image> markers across all prompts.")
+    var image: [String] = []
+
+    @Flag(name: .long, help: "Idefics3/SmolVLM: encode the global image only (no tiles).")
+    var noImageSplitting = false
+
+    @Option(name: .long, help: "Most tiles per image (InternVL max_patches; SmolVLM: caps the tile grid).")
+    var maxTiles: Int?
+
+    @Option(name: .long, help: "Refuse images with more pixels than this (decompression bombs).")
+    var maxImagePixels: Int = 64_000_000
 
     @OptionGroup var sampling: SamplingOptions
 
@@ -43,38 +56,50 @@ struct Run: AsyncParsableCommand {
         var config = try sampling.generationConfig()
         config.topLogprobs = topLogprobs
         try config.validate()
-        let runner = TextRunner(modelDirectory: URL(fileURLWithPath: (model as NSString).expandingTildeInPath),
-                                threads: sampling.threads ?? ThreadPoolDefaults.threads)
+        var imageOptions = ImageOptions()
+        imageOptions.disableImageSplitting = noImageSplitting
+        imageOptions.maxTiles = maxTiles
+        imageOptions.decoding.maxPixels = maxImagePixels
+        let runner = try RunnerFactory.make(modelDirectory: URL(fileURLWithPath: (model as NSString).expandingTildeInPath),
+                                            threads: sampling.threads ?? ThreadPoolDefaults.threads, imageOptions: imageOptions)
+        // Every marker must have its image and every image its marker, checked before any work.
+        let markers = prompt.reduce(0) { $0 + $1.components(separatedBy: "<image>").count - 1 }
+        guard markers == image.count else { throw RunnerError.imageCountMismatch(markers: markers, images: image.count) }
         try runner.load()
+        guard image.isEmpty || runner.imagePlaceholder != nil else { throw RunnerError.imagesNotSupported }
+        let placeholder = runner.imagePlaceholder ?? "<image>"
 
         var history: [ChatMessage] = []
         if let system { history.append(ChatMessage(role: "system", content: .text(system))) }
         var turns: [Any] = []
         var transcript = ""  // --raw: the running text of all turns and replies
+        var imagesSoFar: [ImageInput] = []
+        var nextImage = 0
         for userText in prompt {
+            let (message, count) = ChatMessage.user(userText)
+            imagesSoFar += image[nextImage..<(nextImage + count)].map { .file(URL(fileURLWithPath: ($0 as NSString).expandingTildeInPath)) }
+            nextImage += count
             let promptText: String
             if raw {
-                transcript += userText
+                transcript += userText.replacingOccurrences(of: "<image>", with: placeholder)
                 promptText = transcript
             } else {
-                history.append(ChatMessage(role: "user", content: .text(userText)))
-                promptText = try runner.renderChat(history)
+                history.append(message)
+                promptText = try runner.renderChat(history, addGenerationPrompt: true)
             }
             // Each turn re-renders the whole conversation; the runner keeps the cached prefix and prefills the rest.
             let streaming = outputFormat == .text
-            let result = try runner.generate(continuing: promptText, config: config) { token in
-                if streaming, !token.text.isEmpty {
-                    FileHandle.standardOutput.write(Data(token.text.utf8))
-                }
+            let result = try runner.generate(continuing: promptText, images: imagesSoFar, config: config) { token in
+                if streaming, !token.text.isEmpty { writeOut(token.text) }
             }
             if streaming {
-                print("")
-                if stats { print(result.stats.observerLine) }
+                writeOut("\n")
+                if stats { writeOut(result.stats.observerLine + "\n") }
             }
             if raw {
                 transcript += result.text
             } else {
-                history.append(ChatMessage(role: "assistant", content: .text(result.text)))
+                history.append(ChatMessage(role: "assistant", content: .text(result.text)))  // as a chat client sends it back
             }
             turns.append(JSONObject([
                 ("prompt", userText),
@@ -83,15 +108,19 @@ struct Run: AsyncParsableCommand {
                 ("top_logprobs", result.topLogprobs.map { $0.map { [$0.id, Double($0.logprob)] as [Any] } }),
                 ("text", result.text),
                 ("stop_reason", result.stopReason.rawValue),
-                ("stats", JSONObject(result.stats.orderedFields.map { ($0.0, $0.1 as Any) }
-                    + [("cached_tokens", result.stats.cachedTokens)])),
+                ("stats", JSONObject(result.stats.orderedFields.map { ($0.0, $0.1 as Any) })),
             ]))
         }
         if outputFormat == .json {
-            let top = JSONObject([("model", runner.modelDirectory.path), ("turns", turns)])
-            print(top.serialized())
+            let top = JSONObject([("model", model), ("turns", turns)])
+            writeOut(top.serialized() + "\n")
         }
     }
+}
+
+/// Unbuffered stdout, so streamed tokens and whole lines stay in order.
+func writeOut(_ s: String) {
+    FileHandle.standardOutput.write(Data(s.utf8))
 }
 
 enum ThreadPoolDefaults {
