@@ -16,7 +16,11 @@ public struct Stats: Sendable, Equatable {
     public var generatedTokens = 0
     /// Our additions after ExecuTorch's fields.
     public var peakRSSBytes = 0
+    /// Prompt tokens run through the model in this call, and those reused from the KV cache.
+    public var prefilledTokens = 0
     public var cachedTokens = 0
+    /// KV-cache position after the call (the conversation's length in tokens).
+    public var totalTokens = 0
     /// Image decode + preprocessing and vision encoding (multimodal runs).
     public var imagePreprocessMs = 0.0
     public var visionEncodeMs = 0.0
@@ -32,7 +36,8 @@ public struct Stats: Sendable, Equatable {
          ("prompt_eval_end_ms", promptEvalEndMs), ("first_token_ms", firstTokenMs),
          ("aggregate_sampling_time_ms", aggregateSamplingTimeMs),
          ("SCALING_FACTOR_UNITS_PER_SECOND", Int64(Self.scalingFactorUnitsPerSecond)),
-         ("peak_rss_bytes", Int64(peakRSSBytes)), ("cached_tokens", Int64(cachedTokens)),
+         ("peak_rss_bytes", Int64(peakRSSBytes)), ("prefilled_tokens", Int64(prefilledTokens)),
+         ("cached_tokens", Int64(cachedTokens)), ("total_tokens", Int64(totalTokens)),
          ("image_preprocess_ms", Int64(imagePreprocessMs.rounded())), ("vision_encode_ms", Int64(visionEncodeMs.rounded())),
          ("image_tiles", Int64(imageTilesEncoded))]
     }
@@ -47,7 +52,7 @@ public struct Stats: Sendable, Equatable {
 
     public var prefillTokensPerSecond: Double {
         let ms = Double(promptEvalEndMs - inferenceStartMs)
-        return ms > 0 ? Double(promptTokens) / ms * 1000 : 0
+        return ms > 0 ? Double(prefilledTokens) / ms * 1000 : 0
     }
 
     public var decodeTokensPerSecond: Double {

@@ -106,6 +106,7 @@ public final class TextRunner: Runner {
         }
         result.promptTokenIDs = ids
         result.stats.promptTokens = ids.count
+        result.stats.prefilledTokens = ids.count
         if config.echo { onToken(GeneratedToken(id: -1, text: tokenizer.decode(ids, skipSpecialTokens: false), topLogprobs: [])) }
 
         guard let logits = try TextPrefiller(model: model, chunkSize: config.prefillChunkSize)
@@ -133,6 +134,7 @@ public final class TextRunner: Runner {
         result.stopReason = out.reason == .maxTokens && effective.maxNewTokens < config.maxNewTokens ? .contextFull : out.reason
         result.stats.inferenceEndMs = wallClockMilliseconds()
         result.stats.peakRSSBytes = peakResidentBytes()
+        result.stats.totalTokens = cache.count
         return result
     }
 
@@ -176,6 +178,7 @@ extension TextRunner {
         cachedTokenIDs.removeSubrange(keep...)
         var result = try generate([.tokens(Array(ids[keep...]))], config: config, onToken: onToken)
         result.promptTokenIDs = ids
+        result.stats.promptTokens = ids.count
         return result
     }
 }

@@ -106,7 +106,7 @@ public final class MultimodalRunner: Runner {
     public func prefill(_ inputs: [InputPart]) throws -> Int {
         var config = GenerationConfig()
         config.maxNewTokens = 0
-        return try generate(inputs, config: config) { _ in }.stats.promptTokens
+        return try generate(inputs, config: config) { _ in }.stats.prefilledTokens
     }
 
     public func generate(_ inputs: [InputPart], config: GenerationConfig,
@@ -171,7 +171,8 @@ public final class MultimodalRunner: Runner {
         cachedTokenIDs = Array(ids.prefix(keep))
         result.stats.cachedTokens = keep
         result.promptTokenIDs = ids
-        result.stats.promptTokens = ids.count - keep
+        result.stats.promptTokens = ids.count
+        result.stats.prefilledTokens = ids.count - keep
 
         // Encode the images that are not in the cache.
         let t0 = monotonicSeconds()
@@ -214,6 +215,7 @@ public final class MultimodalRunner: Runner {
         result.stopReason = out.reason == .maxTokens && effective.maxNewTokens < config.maxNewTokens ? .contextFull : out.reason
         result.stats.inferenceEndMs = wallClockMilliseconds()
         result.stats.peakRSSBytes = peakResidentBytes()
+        result.stats.totalTokens = cache.count
         return result
     }
 
