@@ -12,8 +12,10 @@ struct VLM: AsyncParsableCommand {
 
 /// Prints `error: …` on one line to stderr and exits non-zero; used by every subcommand.
 func failAndExit(_ error: Error) -> Never {
-    let message: String
-    if let e = error as? CustomStringConvertible { message = e.description } else { message = error.localizedDescription }
+    var message = String(describing: error)
+    // Foundation errors describe themselves as "Error Domain=…"; their localized text is what a user needs.
+    if message.hasPrefix("Error Domain=") { message = error.localizedDescription }
+    message = message.split(whereSeparator: \.isNewline).joined(separator: " ")
     FileHandle.standardError.write(Data("error: \(message)\n".utf8))
     exit(1)
 }
