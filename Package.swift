@@ -36,6 +36,7 @@ let package = Package(
         ]),
         .testTarget(name: "VLMCoreTests", dependencies: ["VLMCore"]),
         .testTarget(name: "VLMTokenizersTests", dependencies: ["VLMTokenizers"]),
+        .testTarget(name: "VLMMediaTests", dependencies: ["VLMMedia"]),
         .testTarget(name: "VLMModelsTests", dependencies: ["VLMModels", "VLMRuntime"]),
         .testTarget(name: "VLMRuntimeTests", dependencies: ["VLMRuntime"]),
         // Runs the built `vlm` binary as a user would.

@@ -12,7 +12,9 @@ public struct RopeConfiguration: Sendable, Equatable {
     public var originalMaxPositionEmbeddings: Int?
     public var partialRotaryFactor: Double?
 
-    public static let supportedTypes = ["default", "linear", "llama3"]
+    /// "dynamic" (NTK) only changes the frequencies past max_position_embeddings, which our KV cache never
+    /// reaches (the context is capped there), so within the supported context it is "default".
+    public static let supportedTypes = ["default", "linear", "llama3", "dynamic"]
 
     public init(theta: Double, type: String = "default") {
         self.theta = theta

@@ -19,6 +19,12 @@ public struct MultimodalPrefiller {
         public let count: Int
         /// [count, hidden] embeddings, or nil when the span lies in the part of the prompt already cached.
         public var features: [Float]?
+
+        public init(start: Int, count: Int, features: [Float]?) {
+            self.start = start
+            self.count = count
+            self.features = features
+        }
     }
 
     /// Prefills `ids[from...]` after the cache's first `from` positions. Image-token positions inside that

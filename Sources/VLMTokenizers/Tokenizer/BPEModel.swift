@@ -5,8 +5,8 @@ import Foundation
 /// first and ties go to the leftmost pair).
 final class BPEModel: @unchecked Sendable {
     let vocab: [String: Int]
-    /// id -> token string (the first string seen for an id).
-    let idToToken: [Int: String]
+    /// id -> token string (the smallest string when several share an id); nil for holes.
+    private let idToToken: [String?]
     /// (left id, right id) packed into 64 bits -> (rank, merged id).
     private let merges: [UInt64: (rank: Int32, id: Int32)]
     /// Vocabulary ids of single-scalar tokens, for the common path without prefix/suffix.
@@ -23,7 +23,7 @@ final class BPEModel: @unchecked Sendable {
     private let cacheLock = NSLock()
     private let cacheLimit = 50_000
 
-    var maxID: Int { idToToken.keys.max() ?? -1 }
+    var maxID: Int { idToToken.lastIndex { $0 != nil } ?? -1 }
 
     init(node: TokenizerJSONNode) throws {
         let file = node.file
@@ -32,13 +32,20 @@ final class BPEModel: @unchecked Sendable {
         guard let rawVocab = vocabNode.raw as? [String: Any] else { throw vocabNode.wrongType("an object of token -> id") }
         var vocab: [String: Int] = [:]
         vocab.reserveCapacity(rawVocab.count)
-        var idToToken: [Int: String] = [:]
-        idToToken.reserveCapacity(rawVocab.count)
+        var idToToken = [String?](repeating: nil, count: rawVocab.count)
         for (token, value) in rawVocab {
-            let id = try TokenizerJSONNode(raw: value, file: file, path: "\(vocabNode.path)[\(token.debugDescription)]").int()
+            let id: Int
+            if let n = value as? NSNumber, !tokenizerJSONIsBool(n), let exact = Int(exactly: n.doubleValue) {
+                id = exact
+            } else {  // build the path only for the error message
+                id = try TokenizerJSONNode(raw: value, file: file, path: "\(vocabNode.path)[\(token.debugDescription)]").int()
+            }
             guard id >= 0 else { throw vocabNode.invalid("token \(token.debugDescription) has negative id \(id)") }
+            guard id < 1 << 31 else { throw vocabNode.invalid("token \(token.debugDescription) has id \(id), too large") }
             vocab[token] = id
-            if idToToken[id] == nil || token < (idToToken[id] ?? token) { idToToken[id] = token }
+            if id >= idToToken.count { idToToken.append(contentsOf: repeatElement(nil, count: id + 1 - idToToken.count)) }
+            if let existing = idToToken[id], existing <= token { continue }
+            idToToken[id] = token
         }
         self.vocab = vocab
         self.idToToken = idToToken
@@ -81,14 +88,16 @@ final class BPEModel: @unchecked Sendable {
             merges.reserveCapacity(list.count)
             for (rank, item) in list.enumerated() {
                 let a: String, b: String
-                if let s = item as? String {
-                    guard let space = s.firstIndex(of: " ") else {
+                if let pair = item as? [Any], pair.count == 2, let x = pair[0] as? String, let y = pair[1] as? String {
+                    a = x; b = y
+                } else if let s = item as? String {
+                    // Split on the first U+0020 scalar (not Character: " \u{301}" is one grapheme).
+                    let scalars = s.unicodeScalars
+                    guard let space = scalars.firstIndex(of: " ") else {
                         throw mergesNode.invalid("merge #\(rank) \(s.debugDescription) is not of the form \"a b\"")
                     }
-                    a = String(s[..<space])
-                    b = String(s[s.index(after: space)...])
-                } else if let pair = item as? [Any], pair.count == 2, let x = pair[0] as? String, let y = pair[1] as? String {
-                    a = x; b = y
+                    a = String(scalars[..<space])
+                    b = String(scalars[scalars.index(after: space)...])
                 } else {
                     throw TokenizerError.wrongType(file: file, path: "\(mergesNode.path)[\(rank)]",
                                                    expected: "\"a b\" or [\"a\", \"b\"]",
@@ -100,9 +109,14 @@ final class BPEModel: @unchecked Sendable {
                 guard let bID = vocab[b] else {
                     throw mergesNode.invalid("merge #\(rank): token \(b.debugDescription) is not in the vocabulary")
                 }
-                let bTail = Array(b.utf8).dropFirst(min(prefixBytes, b.utf8.count))
-                guard let tail = String(validating: bTail, as: UTF8.self) else {
-                    throw mergesNode.invalid("merge #\(rank): token \(b.debugDescription) is shorter than the subword prefix")
+                // Rust: `format!("{a}{}", &b[prefix_len..])`, the prefix is cut by byte length.
+                var tail = b
+                if prefixBytes > 0 {
+                    guard let t = String(validating: Array(b.utf8).dropFirst(min(prefixBytes, b.utf8.count)), as: UTF8.self)
+                    else {
+                        throw mergesNode.invalid("merge #\(rank): token \(b.debugDescription) is shorter than the subword prefix")
+                    }
+                    tail = t
                 }
                 let merged = a + tail
                 guard let newID = vocab[merged] else {
@@ -119,7 +133,7 @@ final class BPEModel: @unchecked Sendable {
     }
 
     func tokenID(_ token: String) -> Int? { vocab[token] }
-    func token(_ id: Int) -> String? { idToToken[id] }
+    func token(_ id: Int) -> String? { id >= 0 && id < idToToken.count ? idToToken[id] : nil }
 
     /// Appends the ids of one pre-tokenized word.
     func tokenize(_ word: [Unicode.Scalar], into out: inout [Int]) {
@@ -198,10 +212,10 @@ final class BPEModel: @unchecked Sendable {
             prev[i] = i - 1
             next[i] = i + 1 < n ? i + 1 : -1
         }
-        var heap = MergeHeap()
+        var heap = BPEMergeHeap()
         for i in 0..<(n - 1) {
             if let m = merges[Self.key(ids[i], ids[i + 1])] {
-                heap.push(MergeCandidate(rank: m.rank, pos: Int32(i), newID: m.id))
+                heap.push(BPEMergeCandidate(rank: m.rank, pos: Int32(i), newID: m.id))
             }
         }
         while let top = heap.pop() {
@@ -218,10 +232,10 @@ final class BPEModel: @unchecked Sendable {
             if after >= 0 { prev[after] = pos }
             let before = prev[pos]
             if before >= 0, let pm = merges[Self.key(ids[before], ids[pos])] {
-                heap.push(MergeCandidate(rank: pm.rank, pos: Int32(before), newID: pm.id))
+                heap.push(BPEMergeCandidate(rank: pm.rank, pos: Int32(before), newID: pm.id))
             }
             if after >= 0, let nm = merges[Self.key(ids[pos], ids[after])] {
-                heap.push(MergeCandidate(rank: nm.rank, pos: Int32(pos), newID: nm.id))
+                heap.push(BPEMergeCandidate(rank: nm.rank, pos: Int32(pos), newID: nm.id))
             }
         }
         var out: [Int] = []
@@ -235,21 +249,21 @@ final class BPEModel: @unchecked Sendable {
     }
 }
 
-struct MergeCandidate {
+struct BPEMergeCandidate {
     var rank: Int32
     var pos: Int32
     var newID: Int32
 
-    @inline(__always) func precedes(_ o: MergeCandidate) -> Bool {
+    @inline(__always) func precedes(_ o: BPEMergeCandidate) -> Bool {
         rank != o.rank ? rank < o.rank : pos < o.pos
     }
 }
 
 /// Binary min-heap on (rank, pos).
-struct MergeHeap {
-    private var items: [MergeCandidate] = []
+struct BPEMergeHeap {
+    private var items: [BPEMergeCandidate] = []
 
-    mutating func push(_ x: MergeCandidate) {
+    mutating func push(_ x: BPEMergeCandidate) {
         items.append(x)
         var i = items.count - 1
         while i > 0 {
@@ -258,7 +272,7 @@ struct MergeHeap {
         }
     }
 
-    mutating func pop() -> MergeCandidate? {
+    mutating func pop() -> BPEMergeCandidate? {
         guard let first = items.first else { return nil }
         let last = items.removeLast()
         if !items.isEmpty {

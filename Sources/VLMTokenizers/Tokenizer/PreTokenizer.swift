@@ -16,15 +16,18 @@ enum MetaspacePrependScheme: String {
 indirect enum PreTokenizer {
     case byteLevel(addPrefixSpace: Bool, useRegex: Bool)
     case digits(individual: Bool)
-    case split(pattern: SplitPattern, behavior: SplitBehavior, invert: Bool)
+    case split(pattern: TokenizerPattern, behavior: TokenizerSplitBehavior, invert: Bool)
     case metaspace(replacement: Unicode.Scalar, prependScheme: MetaspacePrependScheme, split: Bool)
-    case punctuation(behavior: SplitBehavior)
+    case punctuation(behavior: TokenizerSplitBehavior)
     case whitespace
     case whitespaceSplit
+    case charDelimiterSplit(Unicode.Scalar)
+    /// BertPreTokenizer: whitespace removed, then every punctuation scalar isolated.
+    case bert
     case sequence([PreTokenizer])
 
     static let supportedTypes = ["ByteLevel", "Digits", "Split", "Metaspace", "Punctuation", "Whitespace",
-                                 "WhitespaceSplit", "Sequence"]
+                                 "WhitespaceSplit", "CharDelimiterSplit", "BertPreTokenizer", "Sequence"]
 
     static func parse(_ node: TokenizerJSONNode) throws -> PreTokenizer? {
         if node.isNull { return nil }
@@ -36,8 +39,8 @@ indirect enum PreTokenizer {
         case "Digits":
             return .digits(individual: try node["individual_digits"].bool(default: false))
         case "Split":
-            return .split(pattern: try SplitPattern.parse(node["pattern"]),
-                          behavior: try SplitBehavior.parse(node["behavior"]),
+            return .split(pattern: try TokenizerPattern.parse(node["pattern"]),
+                          behavior: try TokenizerSplitBehavior.parse(node["behavior"]),
                           invert: try node["invert"].bool(default: false))
         case "Metaspace":
             let replacement = try node["replacement"].string()
@@ -57,12 +60,20 @@ indirect enum PreTokenizer {
             }
             return .metaspace(replacement: r, prependScheme: scheme, split: try node["split"].bool(default: true))
         case "Punctuation":
-            let behavior = node["behavior"].isNull ? SplitBehavior.isolated : try SplitBehavior.parse(node["behavior"])
+            let behavior = node["behavior"].isNull ? TokenizerSplitBehavior.isolated : try TokenizerSplitBehavior.parse(node["behavior"])
             return .punctuation(behavior: behavior)
         case "Whitespace":
             return .whitespace
         case "WhitespaceSplit":
             return .whitespaceSplit
+        case "CharDelimiterSplit":
+            let d = try node["delimiter"].string()
+            guard let c = d.unicodeScalars.first, d.unicodeScalars.count == 1 else {
+                throw node["delimiter"].invalid("must be a single character, got \(d.debugDescription)")
+            }
+            return .charDelimiterSplit(c)
+        case "BertPreTokenizer":
+            return .bert
         case "Sequence":
             return .sequence(try node["pretokenizers"].array().compactMap { try parse($0) })
         default:
@@ -105,7 +116,7 @@ indirect enum PreTokenizer {
         case let .byteLevel(addPrefixSpace, useRegex):
             var s = piece.scalars
             if addPrefixSpace && s.first != " " { s.insert(" ", at: 0) }
-            let ranges = useRegex ? SplitBehavior.isolated.apply(matches: SplitPattern.gpt2.matches(in: s),
+            let ranges = useRegex ? TokenizerSplitBehavior.isolated.apply(matches: TokenizerPattern.gpt2.matches(in: s),
                                                                  length: s.count, invert: false)
                                   : [0..<s.count]
             for r in ranges {
@@ -120,7 +131,7 @@ indirect enum PreTokenizer {
         case .digits(let individual):
             var ms: [Range<Int>] = []
             for (i, c) in piece.scalars.enumerated() where TokenizerUnicode.isRustNumeric(c) { ms.append(i..<(i + 1)) }
-            Self.emit(piece, (individual ? SplitBehavior.isolated : SplitBehavior.contiguous).apply(
+            Self.emit(piece, (individual ? TokenizerSplitBehavior.isolated : TokenizerSplitBehavior.contiguous).apply(
                 matches: ms, length: piece.scalars.count, invert: false), into: &out)
 
         case let .split(pattern, behavior, invert):
@@ -141,7 +152,7 @@ indirect enum PreTokenizer {
             if split {
                 var ms: [Range<Int>] = []
                 for (i, c) in s.enumerated() where c == replacement { ms.append(i..<(i + 1)) }
-                Self.emit(p, SplitBehavior.mergedWithNext.apply(matches: ms, length: s.count, invert: false), into: &out)
+                Self.emit(p, TokenizerSplitBehavior.mergedWithNext.apply(matches: ms, length: s.count, invert: false), into: &out)
             } else {
                 out.append(p)
             }
@@ -172,10 +183,21 @@ indirect enum PreTokenizer {
             }
             Self.emit(piece, ranges, into: &out)
 
+        case .charDelimiterSplit(let delimiter):
+            var ms: [Range<Int>] = []
+            for (i, c) in piece.scalars.enumerated() where c == delimiter { ms.append(i..<(i + 1)) }
+            Self.emit(piece, TokenizerSplitBehavior.removed.apply(matches: ms, length: piece.scalars.count, invert: false),
+                      into: &out)
+
+        case .bert:
+            var words: [PreTokenPiece] = []
+            PreTokenizer.whitespaceSplit.applyOne(piece, into: &words)
+            for w in words { PreTokenizer.punctuation(behavior: .isolated).applyOne(w, into: &out) }
+
         case .whitespaceSplit:
             var ms: [Range<Int>] = []
             for (i, c) in piece.scalars.enumerated() where TokenizerUnicode.isRustWhitespace(c) { ms.append(i..<(i + 1)) }
-            Self.emit(piece, SplitBehavior.removed.apply(matches: ms, length: piece.scalars.count, invert: false),
+            Self.emit(piece, TokenizerSplitBehavior.removed.apply(matches: ms, length: piece.scalars.count, invert: false),
                       into: &out)
         }
     }

@@ -10,7 +10,7 @@ import Foundation
 /// One inherent exception: a ByteFallback decoder (Llama-style `<0xXX>` tokens) replaces a whole run of byte
 /// tokens with one U+FFFD per byte when the run is not valid UTF-8, so text already streamed from the start of
 /// such a run differs from a full decode once invalid bytes follow it. Valid UTF-8 always streams exactly.
-public struct StreamingDetokenizer {
+public struct StreamingDetokenizer: Sendable {
     private let tokenizer: Tokenizer
     private let skipSpecialTokens: Bool
     private var ids: [Int] = []

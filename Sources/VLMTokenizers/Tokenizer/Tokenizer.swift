@@ -8,8 +8,9 @@ import Foundation
 /// Supported components (anything else throws a `TokenizerError` naming the JSON path and type string):
 /// - model: BPE (merges as "a b" or ["a", "b"], `byte_fallback`, `unk_token`/`fuse_unk`,
 ///   `continuing_subword_prefix`, `end_of_word_suffix`, `ignore_merges`; no dropout)
-/// - normalizer: NFC, NFD, NFKC, NFKD, Lowercase, Strip, Replace, Prepend, Sequence
-/// - pre_tokenizer: ByteLevel, Digits, Split, Metaspace, Punctuation, Whitespace, WhitespaceSplit, Sequence
+/// - normalizer: NFC, NFD, NFKC, NFKD, Lowercase, Strip, Replace, Prepend, ByteLevel, Sequence
+/// - pre_tokenizer: ByteLevel, Digits, Split, Metaspace, Punctuation, Whitespace, WhitespaceSplit,
+///   CharDelimiterSplit, BertPreTokenizer, Sequence
 /// - post_processor: ByteLevel, TemplateProcessing (single), RobertaProcessing, BertProcessing, Sequence
 /// - decoder: ByteLevel, Metaspace, Replace, Strip, Fuse, ByteFallback, BPEDecoder, WordPiece, Sequence
 ///

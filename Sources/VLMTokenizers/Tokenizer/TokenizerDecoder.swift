@@ -4,7 +4,7 @@ import Foundation
 indirect enum TokenizerDecoder {
     case byteLevel
     case metaspace(replacement: Unicode.Scalar, prependScheme: MetaspacePrependScheme)
-    case replace(pattern: SplitPattern, content: String)
+    case replace(pattern: TokenizerPattern, content: String)
     case strip(content: Unicode.Scalar, start: Int, stop: Int)
     case fuse
     case byteFallback
@@ -39,7 +39,7 @@ indirect enum TokenizerDecoder {
             }
             return .metaspace(replacement: r, prependScheme: scheme)
         case "Replace":
-            return .replace(pattern: try SplitPattern.parse(node["pattern"]), content: try node["content"].string())
+            return .replace(pattern: try TokenizerPattern.parse(node["pattern"]), content: try node["content"].string())
         case "Strip":
             let content = try node["content"].string()
             guard let c = content.unicodeScalars.first, content.unicodeScalars.count == 1 else {

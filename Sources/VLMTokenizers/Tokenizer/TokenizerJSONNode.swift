@@ -61,7 +61,7 @@ struct TokenizerJSONNode {
         case is [String: Any]: return "an object"
         case let n as NSNumber:
             return tokenizerJSONIsBool(n) ? "a boolean" : "a number"
-        default: return "\(type(of: value!))"
+        default: return value.map { "\(type(of: $0))" } ?? "missing"
         }
     }
 
@@ -128,13 +128,12 @@ struct TokenizerJSONNode {
 /// Distinguishes JSON booleans from numbers in `JSONSerialization` output on every platform.
 @inline(__always)
 func tokenizerJSONIsBool(_ n: NSNumber) -> Bool {
-    // On Darwin booleans are the CFBoolean singletons; swift-corelibs-foundation reports the objCType "c"
-    // for booleans as well. Numbers parsed from JSON are never of type "c" otherwise.
-    let t = String(cString: n.objCType)
-    if t == "c" || t == "B" { return true }
     #if canImport(Darwin)
-    return n === kCFBooleanTrue || n === kCFBooleanFalse
+    return CFGetTypeID(n) == CFBooleanGetTypeID()
     #else
-    return false
+    // swift-corelibs-foundation stores JSON booleans as NSNumber(value: Bool), objCType "c"; numbers parsed from
+    // JSON are never of that type. Compare the C string without allocating.
+    let t = n.objCType
+    return t[0] == 0x63 && t[1] == 0
     #endif
 }

@@ -5,11 +5,14 @@ indirect enum TokenizerNormalizer {
     case nfc, nfd, nfkc, nfkd
     case lowercase
     case strip(left: Bool, right: Bool)
-    case replace(pattern: SplitPattern, content: String)
+    case replace(pattern: TokenizerPattern, content: String)
     case prepend(String)
+    /// ByteLevel normalizer: every UTF-8 byte to its GPT-2 stand-in character, without splitting.
+    case byteLevel
     case sequence([TokenizerNormalizer])
 
-    static let supportedTypes = ["NFC", "NFD", "NFKC", "NFKD", "Lowercase", "Strip", "Replace", "Prepend", "Sequence"]
+    static let supportedTypes = ["NFC", "NFD", "NFKC", "NFKD", "Lowercase", "Strip", "Replace", "Prepend", "ByteLevel",
+                                 "Sequence"]
 
     /// `nil` for a JSON null normalizer.
     static func parse(_ node: TokenizerJSONNode) throws -> TokenizerNormalizer? {
@@ -25,9 +28,11 @@ indirect enum TokenizerNormalizer {
             return .strip(left: try node["strip_left"].bool(default: true),
                           right: try node["strip_right"].bool(default: true))
         case "Replace":
-            return .replace(pattern: try SplitPattern.parse(node["pattern"]), content: try node["content"].string())
+            return .replace(pattern: try TokenizerPattern.parse(node["pattern"]), content: try node["content"].string())
         case "Prepend":
             return .prepend(try node["prepend"].string())
+        case "ByteLevel":
+            return .byteLevel
         case "Sequence":
             let items = try node["normalizers"].array()
             return .sequence(try items.compactMap { try parse($0) })
@@ -44,13 +49,12 @@ indirect enum TokenizerNormalizer {
         case .nfkc: return TokenizerUnicodeNormalizer.shared.normalize(s, compatibility: true, compose: true)
         case .nfkd: return TokenizerUnicodeNormalizer.shared.normalize(s, compatibility: true, compose: false)
         case .lowercase:
-            // Rust `str::to_lowercase`: full per-scalar lowercase mapping, with the final-sigma rule.
+            // `NormalizedString::lowercase`: Rust `char::to_lowercase` scalar by scalar (full mappings such as
+            // U+0130 -> "i\u{307}", but no context: a final capital sigma becomes σ, not ς).
             var out: [Unicode.Scalar] = []
             out.reserveCapacity(s.count)
-            for (i, c) in s.enumerated() {
-                if c == "\u{03A3}" {
-                    out.append(Self.isFinalSigma(s, i) ? "\u{03C2}" : "\u{03C3}")
-                } else if c.value < 0x80 {
+            for c in s {
+                if c.value < 0x80 {
                     out.append((c.value >= 0x41 && c.value <= 0x5A) ? (Unicode.Scalar(c.value + 0x20) ?? c) : c)
                 } else {
                     out.append(contentsOf: c.properties.lowercaseMapping.unicodeScalars)
@@ -67,6 +71,11 @@ indirect enum TokenizerNormalizer {
         case .prepend(let p):
             if s.isEmpty { return s }
             return Array(p.unicodeScalars) + s
+        case .byteLevel:
+            var out: [Unicode.Scalar] = []
+            out.reserveCapacity(s.count)
+            for c in s { for b in c.utf8 { out.append(ByteLevelMapping.byteToScalar[Int(b)]) } }
+            return out
         case .sequence(let items):
             var cur = s
             for n in items { cur = n.normalize(cur) }
@@ -74,7 +83,7 @@ indirect enum TokenizerNormalizer {
         }
     }
 
-    static func replace(_ s: [Unicode.Scalar], pattern: SplitPattern, with content: [Unicode.Scalar]) -> [Unicode.Scalar] {
+    static func replace(_ s: [Unicode.Scalar], pattern: TokenizerPattern, with content: [Unicode.Scalar]) -> [Unicode.Scalar] {
         let ms = pattern.matches(in: s)
         if ms.isEmpty { return s }
         var out: [Unicode.Scalar] = []
@@ -87,26 +96,6 @@ indirect enum TokenizerNormalizer {
         }
         out.append(contentsOf: s[pos...])
         return out
-    }
-
-    /// Unicode's Final_Sigma condition: preceded by a cased letter (skipping case-ignorable), and not followed by one.
-    private static func isFinalSigma(_ s: [Unicode.Scalar], _ i: Int) -> Bool {
-        var j = i - 1
-        var before = false
-        while j >= 0 {
-            let p = s[j].properties
-            if p.isCaseIgnorable { j -= 1; continue }
-            before = p.isCased
-            break
-        }
-        guard before else { return false }
-        var k = i + 1
-        while k < s.count {
-            let p = s[k].properties
-            if p.isCaseIgnorable { k += 1; continue }
-            return !p.isCased
-        }
-        return true
     }
 
     @inline(__always) static func string(_ s: [Unicode.Scalar]) -> String {

@@ -6,7 +6,7 @@ import Foundation
 /// the Oniguruma semantics of the `tokenizers` package exactly (leftmost-first alternation, greedy runs,
 /// `\s+(?!\S)` backtracking). Any other regex falls back to `NSRegularExpression` (ICU), whose classes agree with
 /// Oniguruma for everything but exotic constructs.
-enum SplitPattern {
+enum TokenizerPattern {
     /// A literal string (`{"String": "..."}`).
     case literal([Unicode.Scalar])
     /// GPT-2's pattern, used by ByteLevel(use_regex: true):
@@ -25,7 +25,7 @@ enum SplitPattern {
         #"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
 
     /// Reads `{"String": ...}` or `{"Regex": ...}`.
-    static func parse(_ node: TokenizerJSONNode) throws -> SplitPattern {
+    static func parse(_ node: TokenizerJSONNode) throws -> TokenizerPattern {
         if !node["String"].isNull {
             let s = try node["String"].string()
             return .literal(Array(s.unicodeScalars))
@@ -40,7 +40,7 @@ enum SplitPattern {
         throw node.wrongType(#"an object {"String": ...} or {"Regex": ...}"#)
     }
 
-    static func fromRegex(_ source: String, node: TokenizerJSONNode) throws -> SplitPattern {
+    static func fromRegex(_ source: String, node: TokenizerJSONNode) throws -> TokenizerPattern {
         switch source {
         case gpt2Source: return .gpt2
         case qwen2Source: return .qwenFamily(maxDigits: 1)
@@ -58,13 +58,13 @@ enum SplitPattern {
     func matches(in s: [Unicode.Scalar]) -> [Range<Int>] {
         switch self {
         case .literal(let pattern):
-            return SplitPattern.literalMatches(pattern, in: s)
+            return TokenizerPattern.literalMatches(pattern, in: s)
         case .gpt2:
-            return SplitPattern.scanAll(s) { SplitPattern.gpt2MatchEnd($0, $1) }
+            return TokenizerPattern.scanAll(s) { TokenizerPattern.gpt2MatchEnd($0, $1) }
         case .qwenFamily(let maxDigits):
-            return SplitPattern.scanAll(s) { SplitPattern.qwenMatchEnd($0, $1, maxDigits: maxDigits) }
+            return TokenizerPattern.scanAll(s) { TokenizerPattern.qwenMatchEnd($0, $1, maxDigits: maxDigits) }
         case .regex(let re):
-            return SplitPattern.regexMatches(re, in: s)
+            return TokenizerPattern.regexMatches(re, in: s)
         }
     }
 
@@ -239,7 +239,7 @@ enum SplitPattern {
 }
 
 /// `SplitDelimiterBehavior` of the `tokenizers` package.
-enum SplitBehavior: String {
+enum TokenizerSplitBehavior: String {
     case removed = "Removed"
     case isolated = "Isolated"
     case mergedWithPrevious = "MergedWithPrevious"
@@ -248,9 +248,9 @@ enum SplitBehavior: String {
 
     static let supportedNames = ["Removed", "Isolated", "MergedWithPrevious", "MergedWithNext", "Contiguous"]
 
-    static func parse(_ node: TokenizerJSONNode) throws -> SplitBehavior {
+    static func parse(_ node: TokenizerJSONNode) throws -> TokenizerSplitBehavior {
         let s = try node.string()
-        guard let b = SplitBehavior(rawValue: s) else {
+        guard let b = TokenizerSplitBehavior(rawValue: s) else {
             throw TokenizerError.unsupportedType(file: node.file, path: node.path, type: s, supported: supportedNames)
         }
         return b
