@@ -27,7 +27,9 @@ let package = Package(
         .target(name: "VLMModels", dependencies: ["VLMCore"]),
         // Runner protocol, prefiller, token generator, decoder step, sampler, stats.
         // Image decoding (libjpeg-turbo/libpng, ImageIO on Apple) and each model family's preprocessing.
-        .target(name: "VLMMedia"),
+        // libjpeg-turbo and libpng (Debian: libjpeg62-turbo-dev, libpng-dev) behind setjmp-safe C wrappers.
+        .target(name: "CImageCodecs", linkerSettings: [.linkedLibrary("jpeg"), .linkedLibrary("png16")]),
+        .target(name: "VLMMedia", dependencies: [.target(name: "CImageCodecs", condition: .when(platforms: [.linux]))]),
         .target(name: "VLMRuntime", dependencies: ["VLMCore", "VLMTokenizers", "VLMMedia", "VLMModels"]),
         // The `vlm` command: run, bench. No model logic here.
         .executableTarget(name: "vlm", dependencies: [

@@ -29,6 +29,14 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+
+# The PyPI torchvision wheel is built against CUDA torch and fails to import next to the CPU wheel (transformers
+# imports it when present); declaring the two op schemas it registers fakes for lets the import succeed.
+for _op in ("nms", "qnms"):
+    try:
+        torch.library.define(f"torchvision::{_op}", "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    except Exception:
+        pass
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
 REPO = Path(__file__).resolve().parents[1]

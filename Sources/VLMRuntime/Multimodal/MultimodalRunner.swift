@@ -55,11 +55,22 @@ public final class MultimodalRunner: Runner {
 
     // MARK: Building the prompt
 
-    /// A prompt ready to run: token ids with each image's placeholder run, and the preprocessed images.
+    /// A prompt ready to run: token ids, the preprocessed images, and where each image's embeddings go.
     public struct PreparedPrompt {
+        /// One contiguous run of image tokens: image `image`'s embedding rows featureRow ..< featureRow + count.
+        /// (Idefics3 separates an image's tiles with row/column tokens, so one image can own several runs.)
+        public struct Run { public var start: Int; public var count: Int; public var image: Int; public var featureRow: Int }
         public var ids: [Int]
-        public var spans: [(start: Int, count: Int, image: PreprocessedImage)]
+        public var images: [PreprocessedImage]
+        public var runs: [Run]
         public var preprocessMs: Double
+
+        /// Positions [first run start, last run end) of image `i`.
+        func extent(of i: Int) -> Range<Int>? {
+            let mine = runs.filter { $0.image == i }
+            guard let first = mine.first, let last = mine.last else { return nil }
+            return first.start..<(last.start + last.count)
+        }
     }
 
     /// Expands every placeholder in `text` with its image's tokens and tokenizes the result as one string, as
@@ -77,27 +88,26 @@ public final class MultimodalRunner: Runner {
         for (i, image) in processed.enumerated() { expanded += image.promptText + pieces[i + 1] }
         let ids = tokenizer.encode(expanded, addSpecialTokens: false)
 
-        // Each image owns the next tiles × tokensPerTile image tokens, in order.
-        var spans: [(start: Int, count: Int, image: PreprocessedImage)] = []
-        var position = 0
+        // Image tokens, in order, belong to image 0's tiles, then image 1's, ...: split them into runs and give
+        // each run the next rows of its image's embeddings.
         let imageToken = model.imageTokenID
-        for image in processed {
-            while position < ids.count, ids[position] != imageToken { position += 1 }
-            let count = image.tiles.count * model.tokensPerTile
-            let end = position + count
-            guard end <= ids.count, ids[position..<end].allSatisfy({ $0 == imageToken }) else {
-                throw VisionInputError.featureCountMismatch(imageTokens: ids.filter { $0 == imageToken }.count,
-                                                            features: processed.reduce(0) { $0 + $1.tiles.count * model.tokensPerTile })
-            }
-            spans.append((position, count, image))
-            position = end
+        let rowsPerImage = processed.map { $0.tiles.count * model.tokensPerTile }
+        let totalTokens = ids.reduce(0) { $0 + ($1 == imageToken ? 1 : 0) }
+        guard totalTokens == rowsPerImage.reduce(0, +) else {
+            throw VisionInputError.featureCountMismatch(imageTokens: totalTokens, features: rowsPerImage.reduce(0, +))
         }
-        let stray = ids[position...].filter { $0 == imageToken }.count
-        guard stray == 0 else {
-            throw VisionInputError.featureCountMismatch(imageTokens: ids.filter { $0 == imageToken }.count,
-                                                        features: spans.reduce(0) { $0 + $1.count })
+        var runs: [PreparedPrompt.Run] = []
+        var image = 0, row = 0, i = 0
+        while i < ids.count {
+            guard ids[i] == imageToken else { i += 1; continue }
+            while image < rowsPerImage.count, row == rowsPerImage[image] { image += 1; row = 0 }
+            var j = i
+            while j < ids.count, ids[j] == imageToken, row + (j - i) < rowsPerImage[image] { j += 1 }
+            runs.append(.init(start: i, count: j - i, image: image, featureRow: row))
+            row += j - i
+            i = j
         }
-        return PreparedPrompt(ids: ids, spans: spans, preprocessMs: preprocessMs)
+        return PreparedPrompt(ids: ids, images: processed, runs: runs, preprocessMs: preprocessMs)
     }
 
     // MARK: Runner
@@ -113,28 +123,27 @@ public final class MultimodalRunner: Runner {
                          onToken: @escaping (GeneratedToken) -> Void) throws -> GenerationResult {
         guard let preprocessor, let cache else { throw RunnerError.notLoaded }
         // Text and images become one string with placeholders (tokenized at once); token parts are appended as is.
-        var text = "", images: [ImageInput] = [], ids: [Int] = [], spans: [(start: Int, count: Int, image: PreprocessedImage)] = []
-        var preprocessMs = 0.0
+        var text = "", images: [ImageInput] = []
+        var combined = PreparedPrompt(ids: cachedTokenIDs, images: [], runs: [], preprocessMs: 0)
         func flush() throws {
             guard !text.isEmpty || !images.isEmpty else { return }
             let p = try prepare(text: text, images: images)
-            spans += p.spans.map { ($0.start + ids.count, $0.count, $0.image) }
-            ids += p.ids
-            preprocessMs += p.preprocessMs
+            combined.runs += p.runs.map { .init(start: $0.start + combined.ids.count, count: $0.count,
+                                                image: $0.image + combined.images.count, featureRow: $0.featureRow) }
+            combined.ids += p.ids
+            combined.images += p.images
+            combined.preprocessMs += p.preprocessMs
             text = ""; images = []
         }
         for part in inputs {
             switch part {
             case .text(let s): text += s
             case .image(let image): text += preprocessor.placeholder; images.append(image)
-            case .tokens(let t): try flush(); ids += t
+            case .tokens(let t): try flush(); combined.ids += t
             }
         }
         try flush()
-        let start = cache.count
-        let prepared = PreparedPrompt(ids: cachedTokenIDs + ids, spans: spans.map { ($0.start + start, $0.count, $0.image) },
-                                      preprocessMs: preprocessMs)
-        return try run(prepared, keep: start, config: config, onToken: onToken)
+        return try run(combined, keep: cache.count, config: config, onToken: onToken)
     }
 
     /// Generates a reply to `fullPrompt`, the whole conversation so far with one placeholder per image in
@@ -147,8 +156,10 @@ public final class MultimodalRunner: Runner {
         var keep = 0
         while keep < min(prepared.ids.count, cachedTokenIDs.count), prepared.ids[keep] == cachedTokenIDs[keep] { keep += 1 }
         keep = min(keep, prepared.ids.count - 1)
-        // Never keep half an image: its remaining rows would need the encoder anyway.
-        for span in prepared.spans where span.start < keep && keep < span.start + span.count { keep = span.start }
+        // Never keep part of an image: its remaining rows would need the encoder anyway.
+        for i in prepared.images.indices {
+            if let extent = prepared.extent(of: i), extent.lowerBound < keep, keep < extent.upperBound { keep = extent.lowerBound }
+        }
         return try run(prepared, keep: keep, config: config, onToken: onToken)
     }
 
@@ -174,21 +185,22 @@ public final class MultimodalRunner: Runner {
         result.stats.promptTokens = ids.count
         result.stats.prefilledTokens = ids.count - keep
 
-        // Encode the images that are not in the cache.
+        // Encode the images that are not (entirely) in the cache.
         let t0 = monotonicSeconds()
-        var spans: [MultimodalPrefiller.ImageSpan] = []
+        let hidden = model.languageModel.hiddenSize
+        var features: [Int: [Float]] = [:]
         var tilesEncoded = 0
-        for span in prepared.spans {
-            guard span.start + span.count > keep else {
-                spans.append(.init(start: span.start, count: span.count, features: nil))
-                continue
-            }
-            let tiles = span.image.tiles
-            let features = try tiles.values.withUnsafeBufferPointer {
+        for (i, image) in prepared.images.enumerated() {
+            guard let extent = prepared.extent(of: i), extent.upperBound > keep else { continue }
+            let tiles = image.tiles
+            features[i] = try tiles.values.withUnsafeBufferPointer {
                 try model.encodeImage(tiles: $0.baseAddress!, count: tiles.count, height: tiles.height, width: tiles.width)
             }
             tilesEncoded += tiles.count
-            spans.append(.init(start: span.start, count: span.count, features: features))
+        }
+        let spans = prepared.runs.map { run -> MultimodalPrefiller.ImageSpan in
+            let rows = features[run.image].map { Array($0[(run.featureRow * hidden)..<((run.featureRow + run.count) * hidden)]) }
+            return MultimodalPrefiller.ImageSpan(start: run.start, count: run.count, features: rows)
         }
         result.stats.visionEncodeMs = (monotonicSeconds() - t0) * 1000
         result.stats.imageTilesEncoded = tilesEncoded
