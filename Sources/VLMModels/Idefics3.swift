@@ -178,6 +178,14 @@ public final class Idefics3Model: VisionLanguageModel, @unchecked Sendable {
     }
     public var tileSize: (height: Int, width: Int) { (config.vision.imageSize, config.vision.imageSize) }
 
+    public var visionFLOPsPerTile: Double {
+        let v = config.vision, side = v.imageSize / v.patchSize, s = config.scaleFactor
+        let encoder = vitFLOPs(tokens: side * side, width: v.hiddenSize, intermediate: v.intermediateSize,
+                               layers: v.numHiddenLayers, patchInputs: 3 * v.patchSize * v.patchSize)
+        let connector = 2 * Double(tokensPerTile) * Double(v.hiddenSize * s * s) * Double(config.text.hiddenSize)
+        return encoder + connector
+    }
+
     public init(config: Idefics3Configuration, checkpoint: Checkpoint, pool: ThreadPool) throws {
         try config.validate()
         self.config = config

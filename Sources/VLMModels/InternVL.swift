@@ -231,6 +231,15 @@ public final class InternVLModel: VisionLanguageModel, @unchecked Sendable {
     }
     public var tileSize: (height: Int, width: Int) { (config.vision.imageSize, config.vision.imageSize) }
 
+    public var visionFLOPsPerTile: Double {
+        let v = config.vision, side = v.imageSize / v.patchSize, s = config.shuffleFactor
+        let encoder = vitFLOPs(tokens: side * side + 1, width: v.hiddenSize, intermediate: v.intermediateSize,
+                               layers: v.numHiddenLayers, patchInputs: 3 * v.patchSize * v.patchSize)
+        let h = Double(config.text.hiddenSize)
+        let projector = 2 * Double(tokensPerTile) * (Double(v.hiddenSize * s * s) * h + h * h)
+        return encoder + projector
+    }
+
     public init(config: InternVLConfiguration, checkpoint: Checkpoint, pool: ThreadPool) throws {
         try config.validate()
         self.config = config

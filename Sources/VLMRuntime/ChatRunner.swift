@@ -8,6 +8,10 @@ import VLMTokenizers
 public protocol ChatRunner: Runner {
     /// The string the chat template writes for an image part (nil for text-only models).
     var imagePlaceholder: String? { get }
+    /// The decoder, once loaded.
+    var languageModel: LanguageModel? { get }
+    /// The vision encoder's FLOPs per tile (nil for text-only models).
+    var visionFLOPsPerTile: Double? { get }
     func renderChat(_ messages: [ChatMessage], addGenerationPrompt: Bool) throws -> String
     func generate(continuing fullPrompt: String, images: [ImageInput], config: GenerationConfig,
                   onToken: @escaping (GeneratedToken) -> Void) throws -> GenerationResult
@@ -15,6 +19,8 @@ public protocol ChatRunner: Runner {
 
 extension TextRunner: ChatRunner {
     public var imagePlaceholder: String? { nil }
+    public var languageModel: LanguageModel? { model }
+    public var visionFLOPsPerTile: Double? { nil }
 
     public func generate(continuing fullPrompt: String, images: [ImageInput], config: GenerationConfig,
                          onToken: @escaping (GeneratedToken) -> Void) throws -> GenerationResult {
@@ -25,6 +31,8 @@ extension TextRunner: ChatRunner {
 
 extension MultimodalRunner: ChatRunner {
     public var imagePlaceholder: String? { preprocessor?.placeholder ?? "<image>" }
+    public var languageModel: LanguageModel? { model?.languageModel }
+    public var visionFLOPsPerTile: Double? { model?.visionFLOPsPerTile }
 }
 
 /// Picks the runner for a model folder from its config.json model_type.

@@ -25,6 +25,10 @@ public struct Stats: Sendable, Equatable {
     public var imagePreprocessMs = 0.0
     public var visionEncodeMs = 0.0
     public var imageTilesEncoded = 0
+    /// Time spent running prompt tokens through the language model (excludes image work).
+    public var prefillMs = 0.0
+    /// Time from the first generated token to the last (the decode loop), at sub-millisecond resolution.
+    public var decodeMs = 0.0
 
     public init() {}
 
@@ -51,13 +55,13 @@ public struct Stats: Sendable, Equatable {
     public var observerLine: String { "PyTorchObserver " + json }
 
     public var prefillTokensPerSecond: Double {
-        let ms = Double(promptEvalEndMs - inferenceStartMs)
+        let ms = prefillMs > 0 ? prefillMs : Double(promptEvalEndMs - inferenceStartMs)
         return ms > 0 ? Double(prefilledTokens) / ms * 1000 : 0
     }
 
     public var decodeTokensPerSecond: Double {
         // Tokens after the first, over the time after the first (the first comes from the prefill logits).
-        let ms = Double(inferenceEndMs - firstTokenMs)
+        let ms = decodeMs > 0 ? decodeMs : Double(inferenceEndMs - firstTokenMs)
         return ms > 0 && generatedTokens > 1 ? Double(generatedTokens - 1) / ms * 1000 : 0
     }
 }

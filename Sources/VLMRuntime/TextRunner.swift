@@ -109,6 +109,7 @@ public final class TextRunner: Runner {
         result.stats.prefilledTokens = ids.count
         if config.echo { onToken(GeneratedToken(id: -1, text: tokenizer.decode(ids, skipSpecialTokens: false), topLogprobs: [])) }
 
+        let prefillStart = monotonicSeconds()
         guard let logits = try TextPrefiller(model: model, chunkSize: config.prefillChunkSize)
             .prefill(ids, cache: cache, shouldStop: { stopFlag.isRaised }) else {
             cachedTokenIDs = Array((cachedTokenIDs + ids).prefix(cache.count))
@@ -118,6 +119,7 @@ public final class TextRunner: Runner {
         }
         cachedTokenIDs += ids
         result.stats.promptEvalEndMs = wallClockMilliseconds()
+        result.stats.prefillMs = (monotonicSeconds() - prefillStart) * 1000
 
         // The last sampled token is never fed back, so the context allows one more token than free positions.
         var effective = config

@@ -53,6 +53,8 @@ public struct TokenGenerator {
         var allLogprobs: [[TokenLogprob]] = []
         let maxStop = config.stopStrings.map(\.count).max() ?? 0
         var emittedCount = 0  // characters of `text` already streamed (held back while a stop string may be forming)
+        var firstTokenAt: Double?
+        defer { if let firstTokenAt { stats.decodeMs = (monotonicSeconds() - firstTokenAt) * 1000 } }
 
         func emit(_ id: Int, final: Bool, logprobs: [TokenLogprob]) {
             let safe = final ? text.count : max(emittedCount, text.count - max(0, maxStop - 1))
@@ -67,7 +69,10 @@ public struct TokenGenerator {
             let t0 = monotonicSeconds()
             let id = sampler.sample(logits, history: history)
             stats.aggregateSamplingTimeMs += Int64((monotonicSeconds() - t0) * 1000)
-            if tokens.isEmpty { stats.firstTokenMs = wallClockMilliseconds() }
+            if tokens.isEmpty {
+                stats.firstTokenMs = wallClockMilliseconds()
+                firstTokenAt = monotonicSeconds()
+            }
             let logprobs = config.topLogprobs > 0
                 ? Sampler.topLogprobs(logits, count: config.topLogprobs).map { TokenLogprob(id: $0.id, logprob: $0.logprob) }
                 : []

@@ -4,16 +4,19 @@ import VLMCore
 import VLMModels
 import VLMRuntime
 
-/// `vlm bench`: load, prefill and decode figures of a model folder, as medians over several runs, next to the
-/// bounds this machine sets (measured read bandwidth and FMA peak). Prompt tokens are synthetic ids, so any
-/// checkpoint works, even one whose tokenizer is smaller than its vocabulary.
+/// `vlm bench`: load, image, prefill and decode figures of a model folder as medians (with min and max) over
+/// several runs, next to the bounds this machine sets (measured read bandwidth and FMA peak). Prompt tokens
+/// are synthetic ids, so any checkpoint works, even one whose tokenizer is smaller than its vocabulary.
 struct Bench: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Measure load, prefill and decode speed of a model.")
+    static let configuration = CommandConfiguration(abstract: "Measure load, image, prefill and decode speed of a model.")
 
     @Option(name: .long, help: "Hugging Face model folder.")
     var model: String
 
-    @Option(name: .long, help: "Prompt length in tokens.")
+    @Option(name: .long, help: "An image to encode before the prompt (vision-language models).")
+    var image: String?
+
+    @Option(name: .long, help: "Text prompt length in tokens (image tokens come on top).")
     var promptTokens: Int = 128
 
     @Option(name: .long, help: "Tokens to decode after the prompt.")
@@ -24,6 +27,12 @@ struct Bench: AsyncParsableCommand {
 
     @Option(name: .long, help: "Worker threads (default: all cores).")
     var threads: Int?
+
+    @Flag(name: .long, help: "Idefics3/SmolVLM: encode the global image only (no tiles).")
+    var noImageSplitting = false
+
+    @Option(name: .long, help: "Most tiles per image.")
+    var maxTiles: Int?
 
     @Flag(name: .long, help: "Skip measuring memory bandwidth and FMA peak.")
     var noProbe = false
@@ -40,67 +49,76 @@ struct Bench: AsyncParsableCommand {
     }
 
     struct Sample {
-        var loadMs = 0.0, prefillTokensPerSecond = 0.0, decodeTokensPerSecond = 0.0, timeToFirstTokenMs = 0.0
+        var loadMs = 0.0, preprocessMs = 0.0, visionMs = 0.0, tiles = 0
+        var prefillTokensPerSecond = 0.0, decodeTokensPerSecond = 0.0, timeToFirstTokenMs = 0.0
     }
 
     private func execute() throws {
-        guard promptTokens > 0, genTokens > 0, runs > 0 else {
-            throw ValidationError("--prompt-tokens, --gen-tokens and --runs must be positive")
+        guard promptTokens > 0, genTokens > 1, runs > 0 else {
+            throw ValidationError("--prompt-tokens and --runs must be positive and --gen-tokens at least 2")
         }
         let threadCount = threads ?? max(1, ProcessInfo.processInfo.activeProcessorCount)
         let directory = URL(fileURLWithPath: (model as NSString).expandingTildeInPath)
+        var imageOptions = ImageOptions()
+        imageOptions.disableImageSplitting = noImageSplitting
+        imageOptions.maxTiles = maxTiles
         var samples: [Sample] = []
-        var lastModel: LanguageModel?
+        var info: (dtype: String, hidden: Int, vocab: Int, bytesPerToken: Int, visionFLOPs: Double?) = ("", 0, 0, 0, nil)
         for run in 0...runs {  // run 0 warms the page cache and is not reported
-            let pool = ThreadPool(threadCount: threadCount)
-            let t0 = monotonicSeconds()
-            let lm = try ModelRegistry.loadLanguageModel(directory: directory, pool: pool)
-            let loadMs = (monotonicSeconds() - t0) * 1000
-            let cache = lm.makeCache(maxTokens: promptTokens + genTokens + 1)
-            // Synthetic prompt: spread over the vocabulary, deterministic.
-            let prompt = (0..<promptTokens).map { ($0 * 7919 + 13) % lm.vocabularySize }
-            let t1 = monotonicSeconds()
-            var logits = try TextPrefiller(model: lm, chunkSize: 128).prefill(prompt, cache: cache) ?? []
-            var token = Sampler.argmax(logits)
-            let t2 = monotonicSeconds()
-            let step = DecoderStep(model: lm)
-            for _ in 1..<genTokens {
-                logits = try step.step(token, cache: cache)
-                token = Sampler.argmax(logits)
+            let runner = try RunnerFactory.make(modelDirectory: directory, threads: threadCount, imageOptions: imageOptions)
+            try runner.load()
+            guard let lm = runner.languageModel else { throw RunnerError.notLoaded }
+            var inputs: [InputPart] = []
+            if let image {
+                guard runner.imagePlaceholder != nil else { throw RunnerError.imagesNotSupported }
+                inputs.append(.image(.file(URL(fileURLWithPath: (image as NSString).expandingTildeInPath))))
             }
-            let t3 = monotonicSeconds()
+            // Synthetic prompt spread over the vocabulary, deterministic, avoiding the image placeholder id.
+            let avoid = Set((runner as? MultimodalRunner)?.model.map { [$0.imageTokenID] } ?? [])
+            inputs.append(.tokens((0..<promptTokens).map { i in
+                var id = (i * 7919 + 13) % lm.vocabularySize
+                while avoid.contains(id) { id = (id + 1) % lm.vocabularySize }
+                return id
+            }))
+            var config = GenerationConfig()
+            config.maxNewTokens = genTokens
+            config.ignoreEOS = true
+            let start = monotonicSeconds()
+            var firstToken: Double?
+            let result = try runner.generate(inputs, config: config) { _ in
+                if firstToken == nil { firstToken = monotonicSeconds() }
+            }
+            let s = result.stats
             if run > 0 {
-                samples.append(Sample(loadMs: loadMs,
-                                      prefillTokensPerSecond: Double(promptTokens) / (t2 - t1),
-                                      decodeTokensPerSecond: genTokens > 1 ? Double(genTokens - 1) / (t3 - t2) : 0,
-                                      timeToFirstTokenMs: (t2 - t1) * 1000))
+                samples.append(Sample(loadMs: Double(s.modelLoadEndMs - s.modelLoadStartMs),
+                                      preprocessMs: s.imagePreprocessMs, visionMs: s.visionEncodeMs, tiles: s.imageTilesEncoded,
+                                      prefillTokensPerSecond: s.prefillTokensPerSecond,
+                                      decodeTokensPerSecond: s.decodeTokensPerSecond,
+                                      timeToFirstTokenMs: ((firstToken ?? start) - start) * 1000))
             }
-            lastModel = lm
+            info = (lm.weightDType.safetensorsName, lm.hiddenSize, lm.vocabularySize, lm.weightBytesPerToken, runner.visionFLOPsPerTile)
         }
-        guard let lm = lastModel else { return }
         let peakRSSMb = Double(peakResidentBytes()) / 1_048_576  // before the probes allocate their buffers
         let bandwidth = noProbe ? 0 : HardwareProbe.readBandwidth(threads: threadCount)
         let peak = noProbe ? 0 : HardwareProbe.fmaPeak(threads: threadCount)
-        let bytesPerToken = lm.weightBytesPerToken
-        let bound = bandwidth > 0 ? bandwidth / Double(bytesPerToken) : 0
+        let bound = bandwidth > 0 ? bandwidth / Double(info.bytesPerToken) : 0
 
         func summary(_ values: [Double]) -> JSONObject {
             let s = values.sorted()
             return JSONObject([("median", s[s.count / 2]), ("min", s.first ?? 0), ("max", s.last ?? 0)])
         }
-        let report = JSONObject([
-            ("model", directory.path),
-            ("dtype", lm.weightDType.safetensorsName),
-            ("hidden_size", lm.hiddenSize),
-            ("vocab_size", lm.vocabularySize),
-            ("weight_bytes_per_token", bytesPerToken),
-            ("threads", threadCount),
-            ("prompt_tokens", promptTokens),
-            ("gen_tokens", genTokens),
-            ("runs", runs),
+        func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
+        let tiles = samples.first?.tiles ?? 0
+        let visionPerTile = samples.map { $0.tiles > 0 ? $0.visionMs / Double($0.tiles) : 0 }
+        let visionBoundMs = (info.visionFLOPs ?? 0) / max(peak, 1) * 1000
+        var fields: [(String, Any)] = [
+            ("model", directory.path), ("dtype", info.dtype), ("hidden_size", info.hidden), ("vocab_size", info.vocab),
+            ("weight_bytes_per_token", info.bytesPerToken), ("threads", threadCount), ("prompt_tokens", promptTokens),
+            ("gen_tokens", genTokens), ("runs", runs), ("image_tiles", tiles),
             ("load_ms", summary(samples.map(\.loadMs))),
-            ("image_preprocess_ms", NSNull()),
-            ("vision_encode_ms", NSNull()),
+            ("image_preprocess_ms", image == nil ? NSNull() : summary(samples.map(\.preprocessMs)) as Any),
+            ("vision_encode_ms", image == nil ? NSNull() : summary(samples.map(\.visionMs)) as Any),
+            ("vision_encode_ms_per_tile", image == nil ? NSNull() : summary(visionPerTile) as Any),
             ("prefill_tokens_per_second", summary(samples.map(\.prefillTokensPerSecond))),
             ("decode_tokens_per_second", summary(samples.map(\.decodeTokensPerSecond))),
             ("time_to_first_token_ms", summary(samples.map(\.timeToFirstTokenMs))),
@@ -108,23 +126,32 @@ struct Bench: AsyncParsableCommand {
             ("read_bandwidth_gb_per_s", bandwidth / 1e9),
             ("fma_peak_gflops", peak / 1e9),
             ("decode_bound_tokens_per_second", bound),
-        ])
+        ]
+        if let flops = info.visionFLOPs {
+            fields.append(("vision_gflops_per_tile", flops / 1e9))
+            fields.append(("vision_bound_ms_per_tile", noProbe ? NSNull() : visionBoundMs as Any))
+        }
         if outputFormat == .json {
-            print(report.serialized())
+            writeOut(JSONObject(fields).serialized() + "\n")
             return
         }
-        let med = { (v: [Double]) in v.sorted()[v.count / 2] }
-        let decode = med(samples.map(\.decodeTokensPerSecond))
-        print("model        \(directory.lastPathComponent)  \(lm.weightDType.safetensorsName)  threads \(threadCount)")
-        print(String(format: "load         %.1f ms (median of %d)", med(samples.map(\.loadMs)), runs))
-        print(String(format: "prefill      %.1f tok/s (%d tokens)", med(samples.map(\.prefillTokensPerSecond)), promptTokens))
-        print(String(format: "decode       %.2f tok/s (%d tokens)", decode, genTokens))
-        print(String(format: "first token  %.1f ms", med(samples.map(\.timeToFirstTokenMs))))
-        print(String(format: "peak RSS     %.0f MB", peakRSSMb))
-        if !noProbe {
-            print(String(format: "bandwidth    %.1f GB/s read; decode bound %.2f tok/s (%.1f MB/token); decode at %.0f%% of bound",
-                         bandwidth / 1e9, bound, Double(bytesPerToken) / 1e6, bound > 0 ? decode / bound * 100 : 0))
-            print(String(format: "FMA peak     %.1f GFLOP/s", peak / 1e9))
+        let decode = median(samples.map(\.decodeTokensPerSecond))
+        var lines = ["model        \(directory.lastPathComponent)  \(info.dtype)  threads \(threadCount)"]
+        lines.append(String(format: "load         %.1f ms (median of %d runs)", median(samples.map(\.loadMs)), runs))
+        if image != nil {
+            lines.append(String(format: "image        %.1f ms decode+preprocess, %d tiles", median(samples.map(\.preprocessMs)), tiles))
+            lines.append(String(format: "vision       %.0f ms per tile (%.1f GFLOP/tile%@)", median(visionPerTile), (info.visionFLOPs ?? 0) / 1e9,
+                                noProbe ? "" : String(format: ", bound %.0f ms = %.0f%% of FMA peak", visionBoundMs, visionBoundMs / max(median(visionPerTile), 1e-9) * 100)))
         }
+        lines.append(String(format: "prefill      %.1f tok/s", median(samples.map(\.prefillTokensPerSecond))))
+        lines.append(String(format: "decode       %.2f tok/s (%d tokens)", decode, genTokens))
+        lines.append(String(format: "first token  %.1f ms", median(samples.map(\.timeToFirstTokenMs))))
+        lines.append(String(format: "peak RSS     %.0f MB", peakRSSMb))
+        if !noProbe {
+            lines.append(String(format: "bandwidth    %.1f GB/s read; decode bound %.2f tok/s (%.1f MB/token); decode at %.0f%% of bound",
+                                bandwidth / 1e9, bound, Double(info.bytesPerToken) / 1e6, bound > 0 ? decode / bound * 100 : 0))
+            lines.append(String(format: "FMA peak     %.1f GFLOP/s", peak / 1e9))
+        }
+        writeOut(lines.joined(separator: "\n") + "\n")
     }
 }

@@ -111,6 +111,48 @@ final class CLITests: XCTestCase {
         }
     }
 
+    /// `vlm run --image` on the tiny VLMs gives transformers' expanded prompt ids and greedy tokens.
+    func testRunWithImagesMatchesTransformers() throws {
+        for (name, scenario, prompt) in [("tiny-smolvlm", "two_images", "<image><image>Compare these images."),
+                                         ("tiny-internvl", "image_between_text", "Look at this: <image> What colour is it?")] {
+            let data = try Data(contentsOf: Self.fixtures.appendingPathComponent("models/\(name)/expected.json"))
+            let json = try XCTUnwrap(JSONSerialization.jsonObject(with: data) as? [String: Any])
+            let c = try XCTUnwrap((json["scenarios"] as? [[String: Any]])?.first { $0["name"] as? String == scenario })
+            let images = try XCTUnwrap(c["images"] as? [String]).flatMap { ["--image", Self.fixtures.appendingPathComponent("images-vlm/\($0)").path] }
+            let want = try XCTUnwrap(c["generated_token_ids"] as? [Int])
+            let r = try vlm(["run", "--model", model(name), "--prompt", prompt, "--max-new-tokens", "\(want.count)", "--ignore-eos",
+                             "--output-format", "json"] + images)
+            XCTAssertEqual(r.status, 0, r.stderr)
+            let out = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any], r.stdout)
+            let turn = try XCTUnwrap((out["turns"] as? [[String: Any]])?.first)
+            XCTAssertEqual(turn["prompt_token_ids"] as? [Int], c["input_ids"] as? [Int], "\(name) \(scenario)")
+            XCTAssertEqual(turn["token_ids"] as? [Int], want, "\(name) \(scenario)")
+        }
+    }
+
+    func testImageErrorsAreOneLine() throws {
+        let png = Self.fixtures.appendingPathComponent("images-vlm/square-130x130.png").path
+        let notImage = Self.fixtures.appendingPathComponent("models/tiny-smolvlm/config.json").path
+        let truncated = Self.fixtures.appendingPathComponent("images/truncated.png").path
+        let cases: [([String], String)] = [
+            (["--prompt", "<image><image>Two?", "--image", png], "2 <image> marker(s) but only 1 image"),
+            (["--prompt", "No marker", "--image", png], "1 image(s) were given"),
+            (["--prompt", "<image>What?", "--image", notImage], "config.json: not a JPEG or PNG"),
+            (["--prompt", "<image>What?", "--image", truncated], "truncated.png"),
+            (["--prompt", "<image>What?", "--image", png, "--max-image-pixels", "100"], "over the limit of 100"),
+        ]
+        for (args, fragment) in cases {
+            let r = try vlm(["run", "--model", model("tiny-smolvlm"), "--max-new-tokens", "2"] + args)
+            XCTAssertNotEqual(r.status, 0, "\(args)")
+            XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, r.stderr)
+            XCTAssertTrue(r.stderr.contains(fragment), "'\(r.stderr)' should contain '\(fragment)'")
+        }
+        // A text-only model refuses images.
+        let r = try vlm(["run", "--model", model("tiny-llama-f32"), "--prompt", "<image>hi", "--image", png])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.contains("no vision encoder"), r.stderr)
+    }
+
     func testBenchJSONHasTheDocumentedKeys() throws {
         let r = try vlm(["bench", "--model", model("tiny-qwen2-f32"), "--prompt-tokens", "16", "--gen-tokens", "4",
                          "--runs", "2", "--no-probe", "--output-format", "json"])

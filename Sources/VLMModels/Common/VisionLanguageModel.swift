@@ -11,6 +11,10 @@ public protocol VisionLanguageModel: AnyObject, Sendable {
     /// Tile size the encoder expects (height, width).
     var tileSize: (height: Int, width: Int) { get }
 
+    /// Multiply-add work of encoding one tile (vision transformer + connector), in floating-point operations,
+    /// for comparing measured speed with the machine's FMA peak.
+    var visionFLOPsPerTile: Double { get }
+
     /// Encodes `tiles` channel-first tiles ([tiles, 3, height, width]) into [tiles * tokensPerTile, hidden]
     /// embeddings for the language model.
     func encodeImage(tiles: UnsafePointer<Float>, count: Int, height: Int, width: Int) throws -> [Float]
@@ -29,4 +33,12 @@ public enum VisionInputError: Error, CustomStringConvertible, Equatable {
             return "the prompt has \(t) image tokens but the images produce \(f) embeddings; each <image> marker needs one image"
         }
     }
+}
+
+/// FLOPs of a pre-norm ViT over `tokens` tokens: per layer the q/k/v/o projections (4·N·D² MACs), the MLP
+/// (2·N·D·I MACs) and attention scores and weighted sum (2·N²·D MACs); 2 FLOPs per MAC.
+func vitFLOPs(tokens n: Int, width d: Int, intermediate i: Int, layers: Int, patchInputs: Int) -> Double {
+    let N = Double(n), D = Double(d), I = Double(i)
+    let perLayer = 4 * N * D * D + 2 * N * D * I + 2 * N * N * D
+    return 2 * (Double(layers) * perLayer + N * Double(patchInputs) * D)
 }

@@ -205,6 +205,7 @@ public final class MultimodalRunner: Runner {
         result.stats.visionEncodeMs = (monotonicSeconds() - t0) * 1000
         result.stats.imageTilesEncoded = tilesEncoded
 
+        let prefillStart = monotonicSeconds()
         guard let logits = try MultimodalPrefiller(model: model, chunkSize: config.prefillChunkSize)
             .prefill(ids, from: keep, spans: spans, cache: cache, shouldStop: { stopFlag.isRaised }) else {
             cachedTokenIDs = Array(ids.prefix(cache.count))
@@ -214,6 +215,7 @@ public final class MultimodalRunner: Runner {
         }
         cachedTokenIDs = ids
         result.stats.promptEvalEndMs = wallClockMilliseconds()
+        result.stats.prefillMs = (monotonicSeconds() - prefillStart) * 1000
 
         var effective = config
         effective.maxNewTokens = min(config.maxNewTokens, limit - cache.count + 1)
