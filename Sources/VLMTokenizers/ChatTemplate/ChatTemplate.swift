@@ -93,8 +93,14 @@ public struct ChatMessage: Sendable, Equatable {
 ///
 /// Parsing happens once in `init(source:)`; rendering is pure and thread-safe. Rendering follows Jinja 3.1 in
 /// transformers' sandboxed environment (trim_blocks, lstrip_blocks, loop controls, `raise_exception`,
-/// `strftime_now`, transformers' `tojson`). Rendering is bounded: runaway loops, recursion and huge outputs stop
-/// with a `.limit` error instead of hanging.
+/// `strftime_now`, transformers' `tojson`), including Jinja's compile-time constant folding and per-scope variable
+/// resolution. Rendering is bounded: runaway loops, recursion and huge outputs stop with a `.limit` error instead
+/// of hanging or exhausting memory.
+///
+/// Known differences: tuples are lists here, so printing one shows `[1, 2]` where Python shows `(1, 2)` (also
+/// for printed `dictsort`/`items` results); integers are 64-bit (overflow is an error, not a big int); `\N{...}`
+/// string escapes, recursive for loops, `include`/`import`/`extends`/`block` and a few filters (`groupby`,
+/// `slice`, `wordwrap`, `urlize`, ...) are refused with an error naming them.
 public struct ChatTemplate: Sendable {
     /// The template text as given.
     public let source: String
@@ -103,7 +109,7 @@ public struct ChatTemplate: Sendable {
     /// Parses a template; syntax errors and unsupported statements are thrown here with their line.
     public init(source: String) throws {
         self.source = source
-        self.nodes = try JinjaParser.parse(source)
+        self.nodes = try JinjaDeepStack.run { try JinjaParser.parse(source) }
     }
 
     /// Renders like transformers' `apply_chat_template(messages, add_generation_prompt:, tokenize=False, **extra)`.
@@ -126,7 +132,8 @@ public struct ChatTemplate: Sendable {
     }
 
     func render(context: [String: JinjaValue], options: JinjaRenderOptions) throws -> String {
-        try JinjaInterpreter(options: options).render(nodes, context: context)
+        let nodes = self.nodes
+        return try JinjaDeepStack.run { try JinjaInterpreter(options: options).render(nodes, context: context) }
     }
 
     /// The variables `render(messages:...)` passes, built as transformers builds them.
@@ -141,5 +148,33 @@ public struct ChatTemplate: Sendable {
         context["tools"] = extra["tools"] ?? JinjaValue.none
         context["documents"] = extra["documents"] ?? JinjaValue.none
         return context
+    }
+}
+
+/// Runs the parser and interpreter on a thread of their own with a large stack, so that the recursion the
+/// limits allow (`JinjaParser.maxNesting`, `JinjaRenderOptions.maxRecursion`) fits whatever thread calls
+/// `ChatTemplate` (secondary threads may have 512 KiB). Measured in a debug build, the deepest render the limits
+/// allow needs 4–8 MiB; the 64 MiB stack is reserved, not committed, and a hop costs about 0.1 ms.
+enum JinjaDeepStack {
+    static let stackSize = 64 << 20
+
+    private final class Outcome<T>: @unchecked Sendable {
+        var result: Result<T, Error>?
+    }
+
+    static func run<T>(_ body: @escaping @Sendable () throws -> T) throws -> T {
+        let outcome = Outcome<T>()
+        let done = DispatchSemaphore(value: 0)
+        let thread = Thread {
+            outcome.result = Result { try body() }
+            done.signal()
+        }
+        thread.stackSize = stackSize
+        thread.start()
+        done.wait()
+        guard let result = outcome.result else {
+            throw ChatTemplateError(kind: .limit, line: nil, message: "the template thread ended without a result")
+        }
+        return try result.get()
     }
 }

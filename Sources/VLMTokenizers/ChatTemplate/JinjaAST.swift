@@ -35,6 +35,66 @@ struct JinjaExpr: Sendable {
 
     let kind: Kind
     let line: Int
+    /// Height of the tree below and including this node; the parser bounds it so evaluation cannot overflow
+    /// the stack.
+    let depth: Int
+
+    init(kind: Kind, line: Int) {
+        self.kind = kind
+        self.line = line
+        self.depth = 1 + (JinjaExpr.children(of: kind).map(\.depth).max() ?? 0)
+    }
+
+    /// The same node with each child expression replaced by `transform(child)`.
+    func mapChildren(_ transform: (JinjaExpr) -> JinjaExpr) -> JinjaExpr {
+        func args(_ a: JinjaArguments) -> JinjaArguments {
+            JinjaArguments(
+                positional: a.positional.map(transform), keyword: a.keyword.map { ($0.name, transform($0.value)) },
+                star: a.star.map(transform), starStar: a.starStar.map(transform))
+        }
+        let mapped: Kind
+        switch kind {
+        case .literal, .name: return self
+        case .list(let items): mapped = .list(items.map(transform))
+        case .tuple(let items): mapped = .tuple(items.map(transform))
+        case .concat(let items): mapped = .concat(items.map(transform))
+        case .dict(let pairs): mapped = .dict(pairs.map { (transform($0.key), transform($0.value)) })
+        case .attribute(let base, let name): mapped = .attribute(transform(base), name)
+        case .negative(let base): mapped = .negative(transform(base))
+        case .positive(let base): mapped = .positive(transform(base))
+        case .not(let base): mapped = .not(transform(base))
+        case .item(let base, let index): mapped = .item(transform(base), transform(index))
+        case .slice(let start, let stop, let step): mapped = .slice(start.map(transform), stop.map(transform), step.map(transform))
+        case .call(let callee, let arguments): mapped = .call(transform(callee), args(arguments))
+        case .filter(let base, let name, let arguments): mapped = .filter(base.map(transform), name, args(arguments))
+        case .test(let base, let name, let arguments): mapped = .test(transform(base), name, args(arguments))
+        case .binary(let op, let left, let right): mapped = .binary(op, transform(left), transform(right))
+        case .and(let left, let right): mapped = .and(transform(left), transform(right))
+        case .or(let left, let right): mapped = .or(transform(left), transform(right))
+        case .compare(let first, let operations):
+            mapped = .compare(transform(first), operations.map { ($0.op, transform($0.operand)) })
+        case .conditional(let test, let then, let otherwise):
+            mapped = .conditional(test: transform(test), then: transform(then), otherwise: otherwise.map(transform))
+        }
+        return JinjaExpr(kind: mapped, line: line)
+    }
+
+    static func children(of kind: Kind) -> [JinjaExpr] {
+        switch kind {
+        case .literal, .name: return []
+        case .list(let items), .tuple(let items), .concat(let items): return items
+        case .dict(let pairs): return pairs.flatMap { [$0.key, $0.value] }
+        case .attribute(let base, _), .negative(let base), .positive(let base), .not(let base): return [base]
+        case .item(let base, let index): return [base, index]
+        case .slice(let start, let stop, let step): return [start, stop, step].compactMap { $0 }
+        case .call(let callee, let arguments): return [callee] + arguments.all
+        case .filter(let base, _, let arguments): return (base.map { [$0] } ?? []) + arguments.all
+        case .test(let base, _, let arguments): return [base] + arguments.all
+        case .binary(_, let left, let right), .and(let left, let right), .or(let left, let right): return [left, right]
+        case .compare(let first, let operations): return [first] + operations.map(\.operand)
+        case .conditional(let test, let then, let otherwise): return [test, then] + (otherwise.map { [$0] } ?? [])
+        }
+    }
 }
 
 enum JinjaBinaryOperator: String, Sendable {
@@ -52,6 +112,8 @@ struct JinjaArguments: Sendable {
     var star: JinjaExpr?
     /// `**kwargs`
     var starStar: JinjaExpr?
+
+    var all: [JinjaExpr] { positional + keyword.map(\.value) + [star, starStar].compactMap { $0 } }
 }
 
 /// What `{% set %}`, `{% for %}` and `{% with %}` assign to.
@@ -80,6 +142,9 @@ indirect enum JinjaNode: Sendable {
     case loopContinue
     /// A body rendered in its own scope: transformers' `{% generation %}` block.
     case scope([JinjaNode])
+    /// Names this scope assigns before any read, which Jinja's compiler starts as "missing" (Undefined) rather
+    /// than looking them up outside: first statement of a scope's body (see JinjaScopeAnalysis).
+    case declareMissing([String])
 }
 
 struct JinjaForLoop: Sendable {

@@ -115,7 +115,12 @@ extension JinjaInterpreter {
             try jinjaBind(name, names, positional, keyword, required: required)
         }
         func flag(_ value: JinjaValue?) -> Bool { value.map(JinjaPython.truthy) ?? false }
-        let text = JinjaPython.str(value)
+        // str(value), computed only by the filters that need it (a huge list may reach `length`).
+        func valueText() throws -> String { try text(value) }
+        // These filters do arithmetic or int()/float() on the value, which Undefined refuses.
+        if case .undefined(let message) = value, ["int", "float", "indent"].contains(name) {
+            throw JinjaFailure(.runtime, message)
+        }
 
         switch name {
         case "abs":
@@ -154,12 +159,12 @@ extension JinjaInterpreter {
             return iterator(batches)
         case "capitalize":
             _ = try bind([])
-            return .string(JinjaMethods.capitalize(text))
+            return .string(JinjaMethods.capitalize(try valueText()))
         case "center":
             let args = try bind(["width"])
             let width = args[0].flatMap(JinjaInterpreter.integerIndex) ?? 80
             if width > options.maxOutputBytes { throw JinjaFailure(.limit, "center() width too large") }
-            return .string(JinjaMethods.pad(Array(text.unicodeScalars), width: width, fill: " ", align: "^"))
+            return .string(JinjaMethods.pad(Array(try valueText().unicodeScalars), width: width, fill: " ", align: "^"))
         case "count", "length":
             _ = try bind([])
             return .int(try lengthOf(value))
@@ -189,7 +194,7 @@ extension JinjaInterpreter {
         case "e", "escape", "forceescape":
             _ = try bind([])
             var escaped = ""
-            for character in text.unicodeScalars {
+            for character in try valueText().unicodeScalars {
                 switch character {
                 case "&": escaped += "&amp;"
                 case "<": escaped += "&lt;"
@@ -211,7 +216,7 @@ extension JinjaInterpreter {
         case "last":
             _ = try bind([])
             switch value {
-            case .array, .string, .dictionary:
+            case .array, .string, .dictionary, .undefined:
                 return try iterate(value).last ?? .undefined("No last item, sequence was empty.")
             default:
                 throw JinjaFailure.type("'\(JinjaPython.typeName(value))' object is not reversible")
@@ -225,18 +230,28 @@ extension JinjaInterpreter {
             }
             if !keyword.isEmpty {
                 return .string(try JinjaFormat.percent(
-                    text, argument: .dictionary(JinjaDictionary(keyword)), interpreter: self))
+                    try valueText(), argument: .dictionary(JinjaDictionary(keyword)), interpreter: self))
             }
-            return .string(try JinjaFormat.percent(text, arguments: positional, interpreter: self))
+            return .string(try JinjaFormat.percent(try valueText(), arguments: positional, interpreter: self))
         case "indent":
             let args = try bind(["width", "first", "blank"])
+            guard case .string = value else {
+                throw JinjaFailure.type("unsupported operand type(s) for +=: '\(JinjaPython.typeName(value))' and 'str'")
+            }
             let indentation: String
             switch args[0] {
             case .string(let given)?: indentation = given
-            case let given?: indentation = String(repeating: " ", count: max(0, JinjaInterpreter.integerIndex(given) ?? 4))
+            case let given?:
+                let width = JinjaInterpreter.integerIndex(given) ?? 4
+                if width > options.maxOutputBytes { throw JinjaFailure(.limit, "indent() width too large") }
+                indentation = String(repeating: " ", count: max(0, width))
             case nil: indentation = "    "
             }
-            var lines = JinjaMethods.splitLines(text + "\n", keepEnds: false)
+            var lines = JinjaMethods.splitLines(try valueText() + "\n", keepEnds: false)
+            let (bytes, overflow) = indentation.utf8.count.multipliedReportingOverflow(by: lines.count)
+            if overflow || bytes > options.maxOutputBytes {
+                throw JinjaFailure(.limit, "the template built a string over \(options.maxOutputBytes) bytes")
+            }
             var result: String
             if flag(args[2]) {
                 result = lines.joined(separator: "\n" + indentation)
@@ -276,19 +291,23 @@ extension JinjaInterpreter {
         case "join":
             let args = try bind(["d", "attribute"])
             let getter = attributeGetter(args[1])
-            let parts = try iterate(value).map { JinjaPython.str(try getter($0)) }
-            let result = parts.joined(separator: args[0].map(JinjaPython.str) ?? "")
-            try checkSize(result)
+            let separator = try args[0].map(text) ?? ""
+            var result = ""
+            for (index, item) in try iterate(value).enumerated() {
+                if index > 0 { result += separator }
+                result += try text(try getter(item))
+                try checkSize(result)
+            }
             return .string(result)
         case "list":
             _ = try bind([])
             return .array(try iterate(value))
         case "lower":
             _ = try bind([])
-            return .string(JinjaMethods.lower(text))
+            return .string(JinjaMethods.lower(try valueText()))
         case "upper":
             _ = try bind([])
-            return .string(JinjaMethods.upper(text))
+            return .string(JinjaMethods.upper(try valueText()))
         case "title":
             _ = try bind([])
             // do_title: split before runs of [-\s({\[<], then upper-case each piece's first character.
@@ -300,7 +319,7 @@ extension JinjaInterpreter {
                 out += JinjaMethods.upper(String(first)) + JinjaMethods.lower(String(piece.dropFirst()))
                 piece = String.UnicodeScalarView()
             }
-            for scalar in text.unicodeScalars {
+            for scalar in try valueText().unicodeScalars {
                 let isSeparator = "-({[<".unicodeScalars.contains(scalar) || JinjaPython.isWhitespace(scalar)
                 if isSeparator != inSeparators {
                     if isSeparator { flushPiece() } else { out += String(piece); piece = String.UnicodeScalarView() }
@@ -311,7 +330,7 @@ extension JinjaInterpreter {
             if inSeparators { out += String(piece) } else { flushPiece() }
             return .string(out)
         case "map":
-            if case .undefined = value { return iterator([]) }
+            guard JinjaPython.truthy(value) else { return iterator([]) }
             let transform: (JinjaValue) throws -> JinjaValue
             if positional.isEmpty, let attribute = keyword.first(where: { $0.0 == "attribute" })?.1 {
                 let fallback = keyword.first(where: { $0.0 == "default" })?.1
@@ -361,8 +380,9 @@ extension JinjaInterpreter {
         case "replace":
             let args = try bind(["old", "new", "count"], required: 2)
             let count = args[2].flatMap { $0 == .none ? nil : JinjaInterpreter.integerIndex($0) } ?? -1
-            let result = JinjaMethods.replace(
-                text, JinjaPython.str(args[0] ?? ""), JinjaPython.str(args[1] ?? ""), count: count)
+            let result = try JinjaMethods.replace(
+                try valueText(), try text(args[0] ?? ""), try text(args[1] ?? ""), count: count,
+                limit: options.maxOutputBytes)
             try checkSize(result)
             return .string(result)
         case "reverse":
@@ -399,7 +419,7 @@ extension JinjaInterpreter {
         case "safe", "string":
             _ = try bind([])
             if case .string = value { return value }
-            return .string(text)
+            return .string(try valueText())
         case "sort":
             let args = try bind(["reverse", "case_sensitive", "attribute"])
             let attributes: [JinjaValue?]
@@ -443,13 +463,14 @@ extension JinjaInterpreter {
                 indent = String(repeating: " ", count: max(0, min(count, 1024)))
             }
             let json = try JinjaJSON.dumps(
-                value, ensureASCII: flag(args[0]), indent: indent, separators: separators, sortKeys: flag(args[3]))
+                value, ensureASCII: flag(args[0]), indent: indent, separators: separators, sortKeys: flag(args[3]),
+                limit: options.maxOutputBytes)
             try checkSize(json)
             return .string(json)
         case "trim":
             let args = try bind(["chars"])
-            let characters: String? = args[0].flatMap { $0 == .none ? nil : JinjaPython.str($0) }
-            return .string(JinjaPython.strip(text, characters: characters, leading: true, trailing: true))
+            let characters: String? = try args[0].flatMap { $0 == .none ? nil : try text($0) }
+            return .string(JinjaPython.strip(try valueText(), characters: characters, leading: true, trailing: true))
         case "truncate":
             let args = try bind(["length", "killwords", "end", "leeway"])
             let length = args[0].flatMap(JinjaInterpreter.integerIndex) ?? 255
@@ -457,8 +478,13 @@ extension JinjaInterpreter {
             let leeway = args[3].flatMap(JinjaInterpreter.integerIndex) ?? 5
             guard length >= end.count else { throw JinjaFailure.type("expected length >= \(end.count), got \(length)") }
             guard leeway >= 0 else { throw JinjaFailure.type("expected leeway >= 0, got \(leeway)") }
-            let s = Array(text.unicodeScalars)
-            if s.count <= length + leeway { return .string(text) }
+            guard case .string = value else {
+                // do_truncate takes len() of the value itself; short sequences pass through unchanged.
+                if try lengthOf(value) <= length + leeway { return value }
+                throw JinjaFailure(.unsupported, "unsupported truncate of a '\(JinjaPython.typeName(value))'")
+            }
+            let s = Array(try valueText().unicodeScalars)
+            if s.count <= length + leeway { return .string(try valueText()) }
             let head = Array(s[..<(length - end.count)])
             if flag(args[1]) { return .string(JinjaPython.string(head + end)) }
             let kept = try JinjaMethods.split(JinjaPython.string(head), separator: " ", maxSplit: 1, fromRight: true)[0]
@@ -485,7 +511,7 @@ extension JinjaInterpreter {
             _ = try bind([])
             var count = 0
             var inWord = false
-            for scalar in text.unicodeScalars {
+            for scalar in try valueText().unicodeScalars {
                 let isWord = scalar == "_" || JinjaMethods.isWordCharacter(scalar)
                 if isWord && !inWord { count += 1 }
                 inWord = isWord
@@ -543,7 +569,7 @@ extension JinjaInterpreter {
         case "sequence":
             try none()
             switch value {
-            case .string, .array, .dictionary: return true
+            case .string, .array, .dictionary, .undefined: return true  // Undefined has __len__ and __getitem__
             default: return false
             }
         case "iterable":
@@ -584,7 +610,7 @@ extension JinjaInterpreter {
             return try contains(try other(), value)
         case "lower", "upper":
             try none()
-            let scalars = Array(JinjaPython.str(value).unicodeScalars)
+            let scalars = Array(try text(value).unicodeScalars)
             let cased = scalars.filter { $0.properties.isCased }
             guard !cased.isEmpty else { return false }
             return name == "lower"
@@ -604,7 +630,9 @@ extension JinjaInterpreter {
             return false
         case "filter":
             try none()
-            if case .string(let filterName) = value { return JinjaInterpreter.supportedFilters.contains(filterName) }
+            if case .string(let filterName) = value {
+                return JinjaInterpreter.supportedFilters.contains(filterName) || JinjaInterpreter.unsupportedFilters.contains(filterName)
+            }
             return false
         case "test":
             try none()

@@ -6,20 +6,27 @@ import Foundation
 enum JinjaFormat {
     // MARK: - printf-style: format % args
 
-    /// `format % argument` with a single right operand: a dictionary also serves `%(name)s` keys.
+    /// `format % argument` with a single right operand. Like CPython, an operand that supports item access (a
+    /// dict or a list) also serves `%(name)s` keys and is never "not all converted".
     static func percent(_ format: String, argument: JinjaValue, interpreter: JinjaInterpreter) throws -> String {
-        var mapping: JinjaDictionary?
-        if case .dictionary(let dictionary) = argument { mapping = dictionary }
-        return try percent(format, arguments: [argument], mapping: mapping, interpreter: interpreter)
+        switch argument {
+        case .dictionary(let dictionary):
+            return try percent(format, arguments: [argument], mapping: dictionary, mappingLike: true, interpreter: interpreter)
+        case .array:
+            return try percent(format, arguments: [argument], mapping: nil, mappingLike: true, interpreter: interpreter)
+        default:
+            return try percent(format, arguments: [argument], mapping: nil, mappingLike: false, interpreter: interpreter)
+        }
     }
 
     /// `format % (a, b, ...)`.
     static func percent(_ format: String, arguments: [JinjaValue], interpreter: JinjaInterpreter) throws -> String {
-        try percent(format, arguments: arguments, mapping: nil, interpreter: interpreter)
+        try percent(format, arguments: arguments, mapping: nil, mappingLike: false, interpreter: interpreter)
     }
 
-    private static func percent(
-        _ format: String, arguments: [JinjaValue], mapping: JinjaDictionary?, interpreter: JinjaInterpreter
+    static func percent(
+        _ format: String, arguments: [JinjaValue], mapping: JinjaDictionary?, mappingLike: Bool,
+        interpreter: JinjaInterpreter
     ) throws -> String {
         let s = Array(format.unicodeScalars)
         var out = ""
@@ -91,24 +98,28 @@ enum JinjaFormat {
             i += 1
             let value: JinjaValue
             if let key {
-                guard let mapping else { throw JinjaFailure.type("format requires a mapping") }
+                guard let mapping else {
+                    throw JinjaFailure.type(mappingLike ? "list indices must be integers or slices, not str" : "format requires a mapping")
+                }
                 guard let found = mapping[key] else { throw JinjaFailure.type("'\(key)'") }
                 value = found
             } else {
                 value = try nextArgument()
             }
             if let width, width > interpreter.options.maxOutputBytes { throw JinjaFailure(.limit, "format width too large") }
-            out += try convertPercent(value, type: type, flags: flags, width: width, precision: precision)
+            out += try convertPercent(
+                value, type: type, flags: flags, width: width, precision: precision, interpreter: interpreter)
             try interpreter.checkSize(out)
         }
-        if next < arguments.count && mapping == nil {
+        if next < arguments.count && !mappingLike {
             throw JinjaFailure.type("not all arguments converted during string formatting")
         }
         return out
     }
 
     private static func convertPercent(
-        _ value: JinjaValue, type: Unicode.Scalar, flags: Set<Unicode.Scalar>, width: Int?, precision: Int?
+        _ value: JinjaValue, type: Unicode.Scalar, flags: Set<Unicode.Scalar>, width: Int?, precision: Int?,
+        interpreter: JinjaInterpreter
     ) throws -> String {
         let left = flags.contains("-")
         func padded(_ body: String, sign: String = "", prefix: String = "", numeric: Bool) -> String {
@@ -123,7 +134,8 @@ enum JinjaFormat {
         }
         switch type {
         case "s", "r", "a":
-            var text = type == "s" ? JinjaPython.str(value) : JinjaPython.repr(value)
+            var text = type == "s"
+                ? try interpreter.text(value) : try JinjaPython.repr(value, limit: interpreter.options.maxOutputBytes)
             if let precision { text = JinjaPython.string(text.unicodeScalars.prefix(precision)) }
             return padded(text, numeric: false)
         case "d", "i", "u", "x", "X", "o":
@@ -259,8 +271,8 @@ enum JinjaFormat {
             }
             switch conversion {
             case nil: break
-            case "s"?: value = .string(JinjaPython.str(value))
-            case "r"?, "a"?: value = .string(JinjaPython.repr(value))
+            case "s"?: value = .string(try interpreter.text(value))
+            case "r"?, "a"?: value = .string(try JinjaPython.repr(value, limit: interpreter.options.maxOutputBytes))
             case let other?: throw JinjaFailure.type("Unknown conversion specifier \(Character(other))")
             }
             out += try formatSpec(value, spec, interpreter: interpreter)
@@ -271,7 +283,7 @@ enum JinjaFormat {
 
     /// Python's `format(value, spec)` for strings and numbers.
     static func formatSpec(_ value: JinjaValue, _ spec: String, interpreter: JinjaInterpreter) throws -> String {
-        if spec.isEmpty { return JinjaPython.str(value) }
+        if spec.isEmpty { return try interpreter.text(value) }
         var s = Array(spec.unicodeScalars)
         var fill: Unicode.Scalar = " "
         var align: Character?
@@ -345,8 +357,8 @@ enum JinjaFormat {
 
         switch value {
         case .string(let text):
-            guard type == nil || type == "s" else {
-                throw JinjaFailure.type("Unknown format code '\(Character(type!))' for object of type 'str'")
+            if let type, type != "s" {
+                throw JinjaFailure.type("Unknown format code '\(Character(type))' for object of type 'str'")
             }
             if align == "=" { throw JinjaFailure.type("'=' alignment not allowed in string format specifier") }
             var scalars = Array(text.unicodeScalars)
@@ -357,7 +369,7 @@ enum JinjaFormat {
             let signText: (Bool) -> String = { negative in
                 negative ? "-" : sign == "+" ? "+" : sign == " " ? " " : ""
             }
-            if case .int(let integer) = number, type == nil || "dnbBoxXc".unicodeScalars.contains(type!) {
+            if case .int(let integer) = number, type.map({ "dnbBoxXc".unicodeScalars.contains($0) }) ?? true {
                 if precision != nil { throw JinjaFailure.type("Precision not allowed in integer format specifier") }
                 switch type {
                 case "c"?:
@@ -365,10 +377,10 @@ enum JinjaFormat {
                         throw JinjaFailure.type("%c arg not in range(0x110000)")
                     }
                     return finish(String(scalar), defaultAlign: ">")
-                case "b"?, "o"?, "x"?, "X"?:
-                    let radix = type == "b" ? 2 : type == "o" ? 8 : 16
-                    let digits = String(integer.magnitude, radix: radix, uppercase: type == "X")
-                    let prefix = alternate ? "0" + String(Character(type!)) : ""
+                case let radixType? where "boxX".unicodeScalars.contains(radixType):
+                    let radix = radixType == "b" ? 2 : radixType == "o" ? 8 : 16
+                    let digits = String(integer.magnitude, radix: radix, uppercase: radixType == "X")
+                    let prefix = alternate ? "0" + String(Character(radixType)) : ""
                     return finish(digits, signText: signText(integer < 0), prefix: prefix, defaultAlign: ">")
                 default:
                     return finish(group(String(integer.magnitude)), signText: signText(integer < 0), defaultAlign: ">")

@@ -7,11 +7,17 @@ import Foundation
 /// Limits and clock for one render.
 struct JinjaRenderOptions: Sendable {
     /// Evaluation steps (expression nodes, loop iterations, items walked by filters) before giving up.
-    var maxSteps = 20_000_000
+    var maxSteps = 10_000_000
     /// Largest output, or string built while rendering, in UTF-8 bytes.
     var maxOutputBytes = 64 << 20
     /// Deepest macro call nesting (Python's recursion limit stops Jinja a little deeper).
     var maxCallDepth = 64
+    /// Deepest evaluation recursion (statements inside statements, expressions inside expressions, across
+    /// macro calls), like Python's recursion limit; with `JinjaDeepStack` it keeps the stack bounded.
+    var maxRecursion = 1_000
+    /// Deepest nesting of lists, dictionaries and namespaces a template may build (printing and comparing
+    /// them recurses).
+    var maxValueNesting = 256
     /// Largest `range()`, as the sandbox's MAX_RANGE.
     var maxRange = 100_000
     /// What `strftime_now` formats.
@@ -46,7 +52,8 @@ final class JinjaScope {
 /// A macro bound to the scope it was defined in (it sees that scope's later changes, as in Jinja).
 final class JinjaMacro {
     let definition: JinjaMacroDefinition
-    let closure: JinjaScope
+    /// The defining scope; cleared when the render ends, as the scope usually holds the macro too (a cycle).
+    var closure: JinjaScope?
 
     init(_ definition: JinjaMacroDefinition, closure: JinjaScope) {
         self.definition = definition
@@ -60,8 +67,16 @@ final class JinjaInterpreter {
     let options: JinjaRenderOptions
     private var steps = 0
     private var callDepth = 0
+    private var recursion = 0
     /// The line of the expression evaluated last, for errors raised outside any expression.
     private var lastLine = 1
+    /// Namespaces and macros made during the render: emptied at its end to break reference cycles
+    /// (`{% set ns.me = ns %}`, a scope holding a macro that holds the scope).
+    private var madeObjects: [JinjaObject] = []
+    private func make(_ object: JinjaObject) -> JinjaValue {
+        madeObjects.append(object)
+        return .object(object)
+    }
 
     static let globalFunctions = ["range", "dict", "namespace", "raise_exception", "strftime_now", "lipsum", "cycler", "joiner"]
 
@@ -75,6 +90,12 @@ final class JinjaInterpreter {
         let contextScope = JinjaScope(parent: globals)
         for (name, value) in context { contextScope.set(name, value) }
         var out = ""
+        defer {
+            for object in madeObjects {
+                object.attributes = JinjaDictionary()
+                if case .macro(let macro) = object.kind { macro.closure = nil }
+            }
+        }
         do {
             _ = try execute(nodes, JinjaScope(parent: contextScope), &out)
         } catch let failure as JinjaFailure {
@@ -90,6 +111,16 @@ final class JinjaInterpreter {
         if steps > options.maxSteps {
             throw JinjaFailure(.limit, "the template ran more than \(options.maxSteps) steps (a runaway loop?)")
         }
+    }
+
+    /// Python's `str(value)`, within the output size limit.
+    func text(_ value: JinjaValue) throws -> String {
+        try JinjaPython.str(value, limit: options.maxOutputBytes)
+    }
+
+    /// A short repr for error messages.
+    static func shortRepr(_ value: JinjaValue) -> String {
+        (try? JinjaPython.repr(value, limit: 200)) ?? "<\(JinjaPython.typeName(value))>"
     }
 
     func checkSize(_ text: String) throws {
@@ -116,14 +147,50 @@ final class JinjaInterpreter {
 
     enum Flow { case normal, breakLoop, continueLoop }
 
+    private func enter() throws {
+        recursion += 1
+        if recursion > options.maxRecursion {
+            throw JinjaFailure(.limit, "the template recursed more than \(options.maxRecursion) levels deep")
+        }
+    }
+
+    /// Refuses a value nested deeper than `maxValueNesting` (counting namespaces), walking at most that deep.
+    func checkNesting(_ value: JinjaValue) throws {
+        func walk(_ value: JinjaValue, _ depth: Int) throws {
+            switch value {
+            case .array(let items):
+                if depth >= options.maxValueNesting { throw tooDeep() }
+                try charge(items.count)
+                for item in items { try walk(item, depth + 1) }
+            case .dictionary(let dictionary):
+                if depth >= options.maxValueNesting { throw tooDeep() }
+                try charge(dictionary.count)
+                for item in dictionary.values { try walk(item, depth + 1) }
+            case .object(let object):
+                if case .namespace = object.kind {
+                    if depth >= options.maxValueNesting { throw tooDeep() }
+                    for item in object.attributes.values { try walk(item, depth + 1) }
+                }
+            default:
+                break
+            }
+        }
+        func tooDeep() -> JinjaFailure {
+            JinjaFailure(.limit, "the template built a value nested more than \(options.maxValueNesting) levels deep")
+        }
+        try walk(value, 0)
+    }
+
     func execute(_ nodes: [JinjaNode], _ scope: JinjaScope, _ out: inout String) throws -> Flow {
+        try located(lastLine) { try enter() }
+        defer { recursion -= 1 }
         for node in nodes {
             switch node {
             case .text(let text):
                 try write(text, &out)
             case .output(let expr):
                 let value = try evaluate(expr, scope)
-                try located(expr.line) { try write(JinjaPython.str(value), &out) }
+                try located(expr.line) { try write(try text(value), &out) }
             case .ifChain(let branches, let otherwise):
                 var body = otherwise
                 for branch in branches {
@@ -147,19 +214,19 @@ final class JinjaInterpreter {
                 if let filter { value = try applyFilterChain(filter, to: value, scope) }
                 try located(line) { try assign(target, value, scope) }
             case .macro(let definition):
-                scope.set(definition.name, .object(JinjaObject(.macro(JinjaMacro(definition, closure: scope)))))
+                scope.set(definition.name, make(JinjaObject(.macro(JinjaMacro(definition, closure: scope)))))
             case .callBlock(let call, let callerDefinition):
                 guard case .call(let callee, let arguments) = call.kind else { break }
-                let caller = JinjaValue.object(JinjaObject(.macro(JinjaMacro(callerDefinition, closure: scope))))
+                let caller = make(JinjaObject(.macro(JinjaMacro(callerDefinition, closure: scope))))
                 let result = try located(call.line) {
                     try evaluateCall(callee, arguments, scope, extraKeyword: [("caller", caller)])
                 }
-                try located(call.line) { try write(JinjaPython.str(result), &out) }
+                try located(call.line) { try write(try text(result), &out) }
             case .filterBlock(let filter, let body, let line):
                 var buffer = ""
                 _ = try execute(body, JinjaScope(parent: scope), &buffer)
                 let value = try applyFilterChain(filter, to: .string(buffer), scope)
-                try located(line) { try write(JinjaPython.str(value), &out) }
+                try located(line) { try write(try text(value), &out) }
             case .with(let assignments, let body):
                 let inner = JinjaScope(parent: scope)
                 for assignment in assignments {
@@ -175,6 +242,8 @@ final class JinjaInterpreter {
             case .scope(let body):
                 let flow = try execute(body, JinjaScope(parent: scope), &out)
                 if flow != .normal { return flow }
+            case .declareMissing(let names):
+                for name in names { scope.set(name, .undefined("'\(name)' is undefined")) }
             }
         }
         return .normal
@@ -192,23 +261,40 @@ final class JinjaInterpreter {
             }
         }
         if items.isEmpty { return try execute(loop.otherwise, JinjaScope(parent: scope), &out) }
-        let count = items.count
         for (index, item) in items.enumerated() {
             try located(loop.line) { try charge() }
             let iterationScope = JinjaScope(parent: scope)
             try located(loop.line) { try assign(loop.target, item, iterationScope) }
-            var fields: JinjaDictionary = [
-                "index": .int(index + 1), "index0": .int(index),
-                "revindex": .int(count - index), "revindex0": .int(count - index - 1),
-                "first": .bool(index == 0), "last": .bool(index == count - 1), "length": .int(count),
-                "depth": 1, "depth0": 0,
-            ]
-            if index > 0 { fields["previtem"] = items[index - 1] }
-            if index < count - 1 { fields["nextitem"] = items[index + 1] }
-            iterationScope.set("loop", .object(JinjaObject(.loop, attributes: fields)))
+            // `loop` reads its fields from the items and this position when asked (see loopField).
+            let loopObject = JinjaObject(.loop, items: items)
+            loopObject.position = index
+            iterationScope.set("loop", .object(loopObject))
             if try execute(loop.body, iterationScope, &out) == .breakLoop { break }
         }
         return .normal
+    }
+
+    /// A field of Jinja's LoopContext, for the iteration at `loop.position` over `loop.items`.
+    static func loopField(_ loop: JinjaObject, _ name: String) -> JinjaValue? {
+        let index = loop.position, count = loop.items.count
+        switch name {
+        case "index": return .int(index + 1)
+        case "index0": return .int(index)
+        case "revindex": return .int(count - index)
+        case "revindex0": return .int(count - index - 1)
+        case "first": return .bool(index == 0)
+        case "last": return .bool(index == count - 1)
+        case "length": return .int(count)
+        case "depth": return .int(1)
+        case "depth0": return .int(0)
+        case "previtem":
+            guard index > 0 else { return nil }  // Undefined on the first iteration
+            return loop.items[index - 1]
+        case "nextitem":
+            guard index < count - 1 else { return nil }
+            return loop.items[index + 1]
+        default: return nil
+        }
     }
 
     private func assign(_ target: JinjaTarget, _ value: JinjaValue, _ scope: JinjaScope) throws {
@@ -229,6 +315,7 @@ final class JinjaInterpreter {
                 throw JinjaFailure(.runtime, "cannot assign attribute on non-namespace object")
             }
             try JinjaInterpreter.checkNamespaceName(attribute)
+            try checkNesting(value)
             object.attributes[attribute] = value
         }
     }
@@ -247,7 +334,12 @@ final class JinjaInterpreter {
 
     func evaluate(_ expr: JinjaExpr, _ scope: JinjaScope) throws -> JinjaValue {
         lastLine = expr.line
+        recursion += 1
+        defer { recursion -= 1 }
         do {
+            if recursion > options.maxRecursion {
+                throw JinjaFailure(.limit, "the template recursed more than \(options.maxRecursion) levels deep")
+            }
             try charge()
             return try evaluateKind(expr, scope)
         } catch let failure as JinjaFailure {
@@ -262,7 +354,9 @@ final class JinjaInterpreter {
         case .name(let name):
             return scope.lookup(name) ?? .undefined("'\(name)' is undefined")
         case .list(let items), .tuple(let items):
-            return .array(try items.map { try evaluate($0, scope) })
+            let value = JinjaValue.array(try items.map { try evaluate($0, scope) })
+            try checkNesting(value)
+            return value
         case .dict(let pairs):
             var dictionary = JinjaDictionary()
             for pair in pairs {
@@ -273,6 +367,7 @@ final class JinjaInterpreter {
                 }
                 dictionary[name] = try evaluate(pair.value, scope)
             }
+            try checkNesting(.dictionary(dictionary))
             return .dictionary(dictionary)
         case .attribute(let base, let name):
             return try getAttribute(try evaluate(base, scope), name)
@@ -322,12 +417,12 @@ final class JinjaInterpreter {
             let value = try evaluate(left, scope)
             return JinjaPython.truthy(value) ? value : try evaluate(right, scope)
         case .concat(let parts):
-            var text = ""
+            var joined = ""
             for part in parts {
-                text += JinjaPython.str(try evaluate(part, scope))
-                try checkSize(text)
+                joined += try text(try evaluate(part, scope))
+                try checkSize(joined)
             }
-            return .string(text)
+            return .string(joined)
         case .compare(let first, let operations):
             var left = try evaluate(first, scope)
             for operation in operations {
@@ -367,11 +462,17 @@ final class JinjaInterpreter {
             if JinjaMethods.stringMethods.contains(name) { return method(value, name) }
         case .array:
             if JinjaMethods.listMethods.contains(name) { return method(value, name) }
+        case .int, .bool, .double:
+            // The number attributes a template might test for.
+            if name == "real" { return value }
+            if name == "imag" { return JinjaPython.number(value).map { if case .double = $0 { return .double(0) }; return .int(0) } ?? .int(0) }
         case .object(let object):
             switch object.kind {
             case .loop where name == "cycle" || name == "changed":
                 return method(value, name)
-            case .namespace, .loop:
+            case .loop:
+                if let field = JinjaInterpreter.loopField(object, name) { return field }
+            case .namespace:
                 if let member = object.attributes[name] { return member }
             default:
                 break
@@ -407,18 +508,22 @@ final class JinjaInterpreter {
             if case .undefined = attribute {} else { return attribute }
             return .undefined("'\(JinjaInterpreter.objectTypeRepr(value))' has no attribute '\(name)'")
         }
-        return .undefined("'\(JinjaInterpreter.objectTypeRepr(value))' has no element \(JinjaPython.repr(key))")
+        return .undefined("\(JinjaInterpreter.objectTypeRepr(value)) has no element \(JinjaInterpreter.shortRepr(key))")
     }
 
-    /// `value[start:stop:step]` on strings and lists; anything else (or non-integer bounds) gives Undefined.
-    private func getSlice(_ value: JinjaValue, _ start: JinjaValue?, _ stop: JinjaValue?, _ step: JinjaValue?) throws -> JinjaValue {
+    /// `value[start:stop:step]` on strings and lists. Jinja compiles slices to Python slicing directly (not
+    /// through its forgiving getitem), so slicing anything else is a TypeError.
+    func getSlice(_ value: JinjaValue, _ start: JinjaValue?, _ stop: JinjaValue?, _ step: JinjaValue?) throws -> JinjaValue {
         if case .undefined(let message) = value { throw JinjaFailure(.runtime, message) }
         var bounds: [Int?] = []
         for bound in [start, stop, step] {
             switch bound {
             case nil, .none?: bounds.append(nil)
             case let value?:
-                guard let index = JinjaInterpreter.integerIndex(value) else { return .undefined("invalid slice") }
+                if case .undefined(let message) = value { throw JinjaFailure(.runtime, message) }
+                guard let index = JinjaInterpreter.integerIndex(value) else {
+                    throw JinjaFailure.type("slice indices must be integers or None or have an __index__ method")
+                }
                 bounds.append(index)
             }
         }
@@ -430,8 +535,10 @@ final class JinjaInterpreter {
             let scalars = Array(text.unicodeScalars)
             let indices = try JinjaPython.sliceIndices(count: scalars.count, start: bounds[0], stop: bounds[1], step: bounds[2])
             return .string(JinjaPython.string(indices.map { scalars[$0] }))
+        case .dictionary:
+            throw JinjaFailure.type("unhashable type: 'slice'")
         default:
-            return .undefined("'\(JinjaInterpreter.objectTypeRepr(value))' cannot be sliced")
+            throw JinjaFailure.type("'\(JinjaPython.typeName(value))' object is not subscriptable")
         }
     }
 
@@ -458,7 +565,9 @@ final class JinjaInterpreter {
         let items: [JinjaValue]
         switch value {
         case .array(let array): items = array
-        case .string(let text): items = text.unicodeScalars.map { .string(String($0)) }
+        case .string(let string):
+            try charge(string.unicodeScalars.count)  // before building one value per character
+            return string.unicodeScalars.map { .string(String($0)) }
         case .dictionary(let dictionary): items = dictionary.keys.map { .string($0) }
         case .undefined: items = []
         case .object(let object):
@@ -475,7 +584,7 @@ final class JinjaInterpreter {
 
     // MARK: - Operators
 
-    private func negate(_ value: JinjaValue) throws -> JinjaValue {
+    func negate(_ value: JinjaValue) throws -> JinjaValue {
         if case .undefined(let message) = value { throw JinjaFailure(.runtime, message) }
         switch JinjaPython.number(value) {
         case .int(let i)?:
@@ -492,6 +601,10 @@ final class JinjaInterpreter {
     }
 
     func binary(_ op: JinjaBinaryOperator, _ lhs: JinjaValue, _ rhs: JinjaValue) throws -> JinjaValue {
+        if op == .modulo, case .string(let format) = lhs, case .undefined = rhs {
+            // str % Undefined: Undefined supports item access, so Python treats it as a mapping argument.
+            return .string(try JinjaFormat.percent(format, arguments: [rhs], mapping: nil, mappingLike: true, interpreter: self))
+        }
         if case .undefined(let message) = lhs { throw JinjaFailure(.runtime, message) }
         if case .undefined(let message) = rhs { throw JinjaFailure(.runtime, message) }
         if let a = JinjaPython.number(lhs), let b = JinjaPython.number(rhs) { return try arithmetic(op, a, b) }
@@ -624,7 +737,7 @@ final class JinjaInterpreter {
         return .int(result.partialValue)
     }
 
-    private func compare(_ lhs: JinjaValue, _ op: JinjaCompareOperator, _ rhs: JinjaValue) throws -> Bool {
+    func compare(_ lhs: JinjaValue, _ op: JinjaCompareOperator, _ rhs: JinjaValue) throws -> Bool {
         switch op {
         case .eq: return JinjaPython.equals(lhs, rhs)
         case .ne: return !JinjaPython.equals(lhs, rhs)
@@ -801,18 +914,21 @@ final class JinjaInterpreter {
             try charge(values.underestimatedCount)
             return .array(values.map { .int($0) })
         case "dict":
-            return .dictionary(try dictionaryArgument("dict", positional, keyword))
+            let dictionary = JinjaValue.dictionary(try dictionaryArgument("dict", positional, keyword))
+            try checkNesting(dictionary)
+            return dictionary
         case "namespace":
             let attributes = try dictionaryArgument("namespace", positional, keyword)
             for key in attributes.keys { try JinjaInterpreter.checkNamespaceName(key) }
-            return .object(JinjaObject(.namespace, attributes: attributes))
+            try checkNesting(.dictionary(attributes))
+            return make(JinjaObject(.namespace, attributes: attributes))
         case "raise_exception":
-            throw JinjaFailure(.raised, positional.first.map(JinjaPython.str) ?? "")
+            throw JinjaFailure(.raised, try positional.first.map(text) ?? "")
         case "strftime_now":
             guard let format = positional.first else {
                 throw JinjaFailure.type("strftime_now() missing 1 required positional argument: 'format'")
             }
-            return .string(try JinjaFormat.formatTime(JinjaPython.str(format), date: options.now(), timeZone: options.timeZone))
+            return .string(try JinjaFormat.formatTime(try text(format), date: options.now(), timeZone: options.timeZone))
         default:
             throw JinjaFailure(.unsupported, "unsupported function '\(name)'")
         }

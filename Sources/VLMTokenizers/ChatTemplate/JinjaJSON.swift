@@ -6,13 +6,16 @@ enum JinjaJSON {
     // MARK: - json.dumps
 
     /// `json.dumps(value, ensure_ascii=, indent=, separators=, sort_keys=)`.
+    /// Fails with a limit error once the text passes `limit` UTF-8 bytes.
     static func dumps(
-        _ value: JinjaValue, ensureASCII: Bool, indent: String?, separators: (item: String, key: String)?, sortKeys: Bool
+        _ value: JinjaValue, ensureASCII: Bool, indent: String?, separators: (item: String, key: String)?, sortKeys: Bool,
+        limit: Int = .max
     ) throws -> String {
         let itemSeparator = separators?.item ?? (indent == nil ? ", " : ",")
         let keySeparator = separators?.key ?? ": "
         var out = ""
         func write(_ value: JinjaValue, level: Int) throws {
+            if out.utf8.count > limit { throw JinjaFailure(.limit, "the template built a string over \(limit) bytes") }
             switch value {
             case .none: out += "null"
             case .bool(let b): out += b ? "true" : "false"

@@ -154,7 +154,8 @@ struct JinjaLexer {
     // MARK: - Comments and raw blocks
 
     private mutating func lexComment() throws {
-        // (.*?)((?:\+#}|\-#}\s*|#}\n?))
+        // (.*?)((?:\+#}|\-#}\s*|#}\n?)); Jinja's lexer stops silently when `{#` ends the template.
+        if pos >= src.count { return }
         var q = pos
         while q < src.count {
             if matches("+#}", at: q) {
@@ -191,6 +192,7 @@ struct JinjaLexer {
     private mutating func lexRaw(beginAt start: Int) throws {
         guard let bodyStart = rawBeginEnd(at: start) else { return }
         consume(to: bodyStart)
+        if pos >= src.count { return }  // `{% raw %}` ending the template: Jinja's lexer stops silently
         // (.*?)((?:{%(\-|\+|))\s*endraw\s*(?:\+%}|\-%}\s*|%}\n?))
         var q = pos
         while q < src.count {

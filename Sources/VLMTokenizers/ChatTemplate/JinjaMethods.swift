@@ -94,15 +94,14 @@ enum JinjaMethods {
                 let args = try jinjaBind(name, ["value", "start", "stop"], positional, keyword, required: 1)
                 let range = try bounds(count: items.count, args[1], args[2])
                 if let index = range.first(where: { JinjaPython.equals(items[$0], args[0] ?? .none) }) { return .int(index) }
-                throw JinjaFailure.type("\(JinjaPython.repr(args[0] ?? .none)) is not in list")
+                throw JinjaFailure.type("\(JinjaInterpreter.shortRepr(args[0] ?? .none)) is not in list")
             default:
                 break
             }
         case .object(let object):
             if case .loop = object.kind, name == "cycle" {
                 guard !positional.isEmpty else { throw JinjaFailure.type("no items for cycling given") }
-                guard case .int(let index0)? = object.attributes["index0"] else { break }
-                return positional[index0 % positional.count]
+                return positional[object.position % positional.count]
             }
         default:
             break
@@ -230,18 +229,22 @@ enum JinjaMethods {
         return lines
     }
 
-    /// Python's `str.replace`.
-    static func replace(_ text: String, _ old: String, _ new: String, count: Int) -> String {
+    /// Python's `str.replace`; fails once the result passes `limit` scalars.
+    static func replace(_ text: String, _ old: String, _ new: String, count: Int, limit: Int) throws -> String {
         let s = Array(text.unicodeScalars)
         let o = Array(old.unicodeScalars)
         let n = Array(new.unicodeScalars)
         var out: [Unicode.Scalar] = []
         var replaced = 0
+        func check() throws {
+            if out.count > limit { throw JinjaFailure(.limit, "the template built a string over \(limit) bytes") }
+        }
         if o.isEmpty {
             for scalar in s {
                 if count < 0 || replaced < count {
                     out += n
                     replaced += 1
+                    try check()
                 }
                 out.append(scalar)
             }
@@ -254,6 +257,7 @@ enum JinjaMethods {
             out += n
             i = found + o.count
             replaced += 1
+            try check()
         }
         out += s[i...]
         return JinjaPython.string(out)
@@ -390,7 +394,8 @@ enum JinjaMethods {
             guard case .string(let old)? = args[0], case .string(let new)? = args[1] else {
                 throw JinjaFailure.type("replace() arguments must be str")
             }
-            let result = replace(text, old, new, count: try integer(args[2], name, default: -1))
+            let result = try replace(
+                text, old, new, count: try integer(args[2], name, default: -1), limit: interpreter.options.maxOutputBytes)
             try interpreter.checkSize(result)
             return .string(result)
         case "find", "rfind", "index", "rindex", "count":
@@ -424,8 +429,12 @@ enum JinjaMethods {
                 }
                 parts.append(part)
             }
-            let result = parts.joined(separator: text)
-            try interpreter.checkSize(result)
+            var result = ""
+            for (index, part) in parts.enumerated() {
+                if index > 0 { result += text }
+                result += part
+                try interpreter.checkSize(result)
+            }
             return .string(result)
         case "format":
             return .string(try JinjaFormat.braces(text, positional: positional, keyword: keyword, interpreter: interpreter))
@@ -476,6 +485,7 @@ enum JinjaMethods {
         case "expandtabs":
             let args = try bind(["tabsize"])
             let size = try integer(args[0], name, default: 8)
+            if size > interpreter.options.maxOutputBytes { throw JinjaFailure(.limit, "expandtabs() size too large") }
             var out = String.UnicodeScalarView()
             var column = 0
             for scalar in text.unicodeScalars {

@@ -19,7 +19,74 @@ struct JinjaParser {
 
     static func parse(_ source: String) throws -> [JinjaNode] {
         var parser = JinjaParser(tokens: try JinjaLexer.tokenize(source))
-        return try parser.subparse(endTags: nil)
+        let nodes = JinjaOptimizer().optimize(JinjaScopeAnalysis.root(try parser.subparse(endTags: nil)))
+        try checkNames(nodes, soft: false)
+        return nodes
+    }
+
+    // MARK: - Filter and test names
+
+    /// Jinja's compiler refuses a filter or test it does not know, except inside an `if` statement or an inline
+    /// `if` expression (a "soft" frame), where the error waits until the filter is called. Loop, macro, call,
+    /// filter, with and set-block bodies start hard frames again (compiler.py `_filter_test_common`).
+    private static func checkNames(_ nodes: [JinjaNode], soft: Bool) throws {
+        for node in nodes {
+            switch node {
+            case .text, .loopBreak, .loopContinue, .declareMissing:
+                break
+            case .output(let expr):
+                try checkNames(expr, soft: soft)
+            case .ifChain(let branches, let otherwise):
+                for branch in branches {
+                    try checkNames(branch.condition, soft: true)
+                    try checkNames(branch.body, soft: true)
+                }
+                try checkNames(otherwise, soft: true)
+            case .forLoop(let loop):
+                try checkNames(loop.iterable, soft: soft)
+                if let condition = loop.condition { try checkNames(condition, soft: false) }
+                try checkNames(loop.body, soft: false)
+                try checkNames(loop.otherwise, soft: soft)
+            case .assign(_, let expr, _):
+                try checkNames(expr, soft: soft)
+            case .assignBlock(_, let filter, let body, _):
+                if let filter { try checkNames(filter, soft: false) }
+                try checkNames(body, soft: false)
+            case .macro(let definition):
+                for value in definition.defaults { try checkNames(value, soft: false) }
+                try checkNames(definition.body, soft: false)
+            case .callBlock(let call, let caller):
+                try checkNames(call, soft: soft)
+                try checkNames(caller.body, soft: false)
+            case .filterBlock(let filter, let body, _):
+                try checkNames(filter, soft: false)
+                try checkNames(body, soft: false)
+            case .with(let assignments, let body):
+                for assignment in assignments { try checkNames(assignment.value, soft: soft) }
+                try checkNames(body, soft: false)
+            case .scope(let body):
+                try checkNames(body, soft: false)
+            }
+        }
+    }
+
+    private static func checkNames(_ expr: JinjaExpr, soft: Bool) throws {
+        var soft = soft
+        switch expr.kind {
+        case .filter(_, let name, _):
+            if !soft && !JinjaInterpreter.supportedFilters.contains(name) && !JinjaInterpreter.unsupportedFilters.contains(name) {
+                throw ChatTemplateError(kind: .syntax, line: expr.line, message: "No filter named '\(name)'.")
+            }
+        case .test(_, let name, _):
+            if !soft && !JinjaInterpreter.supportedTests.contains(name) {
+                throw ChatTemplateError(kind: .syntax, line: expr.line, message: "No test named '\(name)'.")
+            }
+        case .conditional:
+            soft = true
+        default:
+            break
+        }
+        for child in JinjaExpr.children(of: expr.kind) { try checkNames(child, soft: soft) }
     }
 
     // MARK: - Token stream
@@ -94,6 +161,16 @@ struct JinjaParser {
 
     private func fail(_ message: String, line: Int? = nil, kind: ChatTemplateError.Kind = .syntax) -> ChatTemplateError {
         ChatTemplateError(kind: kind, line: line ?? current.line, message: message)
+    }
+
+    /// Builds an expression node, refusing trees deeper than the interpreter may safely recurse
+    /// (a long `a + a + ...` chain nests as deeply as parentheses do).
+    private func make(_ kind: JinjaExpr.Kind, line: Int) throws -> JinjaExpr {
+        let expr = JinjaExpr(kind: kind, line: line)
+        if expr.depth > JinjaParser.maxNesting * 2 {
+            throw fail("expression nested more than \(JinjaParser.maxNesting * 2) levels deep", line: line, kind: .limit)
+        }
+        return expr
     }
 
     private mutating func nest() throws {
@@ -376,7 +453,7 @@ struct JinjaParser {
             if let single = items.first { return single }
             if !explicitParentheses { throw fail("expected an expression, got \(describe(current))") }
         }
-        return JinjaExpr(kind: .tuple(items), line: line)
+        return try make(.tuple(items), line: line)
     }
 
     private mutating func parseExpression(withCondexpr: Bool = true) throws -> JinjaExpr {
@@ -391,7 +468,7 @@ struct JinjaParser {
         while skipName("if") {
             let test = try parseOr()
             let otherwise = skipName("else") ? try parseExpression() : nil
-            expr = JinjaExpr(kind: .conditional(test: test, then: expr, otherwise: otherwise), line: line)
+            expr = try make(.conditional(test: test, then: expr, otherwise: otherwise), line: line)
             line = current.line
         }
         return expr
@@ -400,14 +477,14 @@ struct JinjaParser {
     private mutating func parseOr() throws -> JinjaExpr {
         let line = current.line
         var left = try parseAnd()
-        while skipName("or") { left = JinjaExpr(kind: .or(left, try parseAnd()), line: line) }
+        while skipName("or") { left = try make(.or(left, try parseAnd()), line: line) }
         return left
     }
 
     private mutating func parseAnd() throws -> JinjaExpr {
         let line = current.line
         var left = try parseNot()
-        while skipName("and") { left = JinjaExpr(kind: .and(left, try parseNot()), line: line) }
+        while skipName("and") { left = try make(.and(left, try parseNot()), line: line) }
         return left
     }
 
@@ -416,7 +493,7 @@ struct JinjaParser {
             let line = advance().line
             try nest()
             defer { expressionDepth -= 1 }
-            return JinjaExpr(kind: .not(try parseNot()), line: line)
+            return try make(.not(try parseNot()), line: line)
         }
         return try parseCompare()
     }
@@ -443,7 +520,7 @@ struct JinjaParser {
                 break
             }
         }
-        return operations.isEmpty ? expr : JinjaExpr(kind: .compare(expr, operations), line: line)
+        return operations.isEmpty ? expr : try make(.compare(expr, operations), line: line)
     }
 
     private mutating func parseMath1() throws -> JinjaExpr {
@@ -453,7 +530,7 @@ struct JinjaParser {
             let op: JinjaBinaryOperator
             if isOp("+") { op = .add } else if isOp("-") { op = .subtract } else { break }
             advance()
-            left = JinjaExpr(kind: .binary(op, left, try parseConcat()), line: line)
+            left = try make(.binary(op, left, try parseConcat()), line: line)
         }
         return left
     }
@@ -462,7 +539,7 @@ struct JinjaParser {
         let line = current.line
         var parts = [try parseMath2()]
         while skipOp("~") { parts.append(try parseMath2()) }
-        return parts.count == 1 ? parts[0] : JinjaExpr(kind: .concat(parts), line: line)
+        return parts.count == 1 ? parts[0] : try make(.concat(parts), line: line)
     }
 
     private mutating func parseMath2() throws -> JinjaExpr {
@@ -482,7 +559,7 @@ struct JinjaParser {
                 break
             }
             advance()
-            left = JinjaExpr(kind: .binary(op, left, try parsePow()), line: line)
+            left = try make(.binary(op, left, try parsePow()), line: line)
         }
         return left
     }
@@ -490,7 +567,7 @@ struct JinjaParser {
     private mutating func parsePow() throws -> JinjaExpr {
         let line = current.line
         var left = try parseUnary()
-        while skipOp("**") { left = JinjaExpr(kind: .binary(.power, left, try parseUnary()), line: line) }
+        while skipOp("**") { left = try make(.binary(.power, left, try parseUnary()), line: line) }
         return left
     }
 
@@ -503,7 +580,7 @@ struct JinjaParser {
             try nest()
             let operand = try parseUnary(withFilter: false)
             expressionDepth -= 1
-            node = JinjaExpr(kind: negative ? .negative(operand) : .positive(operand), line: line)
+            node = try make(negative ? .negative(operand) : .positive(operand), line: line)
         } else {
             node = try parsePrimary()
         }
@@ -518,10 +595,10 @@ struct JinjaParser {
         case .name(let name):
             advance()
             switch name {
-            case "true", "True": return JinjaExpr(kind: .literal(.bool(true)), line: token.line)
-            case "false", "False": return JinjaExpr(kind: .literal(.bool(false)), line: token.line)
-            case "none", "None": return JinjaExpr(kind: .literal(.none), line: token.line)
-            default: return JinjaExpr(kind: .name(name), line: token.line)
+            case "true", "True": return try make(.literal(.bool(true)), line: token.line)
+            case "false", "False": return try make(.literal(.bool(false)), line: token.line)
+            case "none", "None": return try make(.literal(.none), line: token.line)
+            default: return try make(.name(name), line: token.line)
             }
         case .string(var text):
             advance()
@@ -529,13 +606,13 @@ struct JinjaParser {
                 text += more
                 advance()
             }
-            return JinjaExpr(kind: .literal(.string(text)), line: token.line)
+            return try make(.literal(.string(text)), line: token.line)
         case .integer(let value):
             advance()
-            return JinjaExpr(kind: .literal(.int(value)), line: token.line)
+            return try make(.literal(.int(value)), line: token.line)
         case .float(let value):
             advance()
-            return JinjaExpr(kind: .literal(.double(value)), line: token.line)
+            return try make(.literal(.double(value)), line: token.line)
         case .op("("):
             advance()
             let inner = try parseTuple(explicitParentheses: true)
@@ -550,7 +627,7 @@ struct JinjaParser {
                 items.append(try parseExpression())
             }
             try expectOp("]")
-            return JinjaExpr(kind: .list(items), line: token.line)
+            return try make(.list(items), line: token.line)
         case .op("{"):
             advance()
             var pairs: [(key: JinjaExpr, value: JinjaExpr)] = []
@@ -562,7 +639,7 @@ struct JinjaParser {
                 pairs.append((key, try parseExpression()))
             }
             try expectOp("}")
-            return JinjaExpr(kind: .dict(pairs), line: token.line)
+            return try make(.dict(pairs), line: token.line)
         default:
             throw fail("unexpected \(describe(token))")
         }
@@ -601,9 +678,9 @@ struct JinjaParser {
         if token.kind == .op(".") {
             let attribute = advance()
             switch attribute.kind {
-            case .name(let name): return JinjaExpr(kind: .attribute(node, name), line: token.line)
+            case .name(let name): return try make(.attribute(node, name), line: token.line)
             case .integer(let i):
-                return JinjaExpr(kind: .item(node, JinjaExpr(kind: .literal(.int(i)), line: attribute.line)), line: token.line)
+                return try make(.item(node, try make(.literal(.int(i)), line: attribute.line)), line: token.line)
             default: throw fail("expected name or number after '.'", line: attribute.line)
             }
         }
@@ -613,8 +690,8 @@ struct JinjaParser {
             arguments.append(try parseSubscribed())
         }
         try expectOp("]")
-        let index = arguments.count == 1 ? arguments[0] : JinjaExpr(kind: .tuple(arguments), line: token.line)
-        return JinjaExpr(kind: .item(node, index), line: token.line)
+        let index = arguments.count == 1 ? arguments[0] : try make(.tuple(arguments), line: token.line)
+        return try make(.item(node, index), line: token.line)
     }
 
     private mutating func parseSubscribed() throws -> JinjaExpr {
@@ -632,7 +709,7 @@ struct JinjaParser {
         if !isOp(":") && !isOp("]") && !isOp(",") { stop = try parseExpression() }
         var step: JinjaExpr?
         if skipOp(":"), !isOp("]") && !isOp(",") { step = try parseExpression() }
-        return JinjaExpr(kind: .slice(start, stop, step), line: line)
+        return try make(.slice(start, stop, step), line: line)
     }
 
     private mutating func parseCallArguments() throws -> JinjaArguments {
@@ -671,7 +748,7 @@ struct JinjaParser {
 
     private mutating func parseCall(_ node: JinjaExpr) throws -> JinjaExpr {
         let line = current.line
-        return JinjaExpr(kind: .call(node, try parseCallArguments()), line: line)
+        return try make(.call(node, try parseCallArguments()), line: line)
     }
 
     private mutating func parseDottedName() throws -> String {
@@ -689,7 +766,7 @@ struct JinjaParser {
             let line = current.line
             let name = try parseDottedName()
             let arguments = isOp("(") ? try parseCallArguments() : JinjaArguments()
-            node = JinjaExpr(kind: .filter(node, name, arguments), line: line)
+            node = try make(.filter(node, name, arguments), line: line)
             inline = false
         }
         return node
@@ -714,7 +791,7 @@ struct JinjaParser {
                 arguments.positional = [try parsePostfix(try parsePrimary())]
             }
         }
-        let test = JinjaExpr(kind: .test(node, name, arguments), line: line)
-        return negated ? JinjaExpr(kind: .not(test), line: line) : test
+        let test = try make(.test(node, name, arguments), line: line)
+        return negated ? try make(.not(test), line: line) : test
     }
 }

@@ -20,33 +20,80 @@ enum JinjaPython {
 
     /// Python's `str(value)`, which is what `{{ value }}` and `~` print.
     static func str(_ value: JinjaValue) -> String {
-        switch value {
-        case .string(let s): return s
-        case .undefined: return ""
-        default: return repr(value)
-        }
+        (try? str(value, limit: .max)) ?? ""
     }
 
     /// Python's `repr(value)`, used for items inside printed lists and dictionaries.
     static func repr(_ value: JinjaValue) -> String {
+        (try? repr(value, limit: .max)) ?? ""
+    }
+
+    /// `str(value)` that fails with a limit error as soon as the text passes `limit` UTF-8 bytes, so that
+    /// printing a huge list of huge strings cannot exhaust memory first.
+    static func str(_ value: JinjaValue, limit: Int) throws -> String {
         switch value {
-        case .none: return "None"
-        case .bool(let b): return b ? "True" : "False"
-        case .int(let i): return String(i)
-        case .double(let d): return floatRepr(d)
-        case .string(let s): return stringRepr(s)
-        case .array(let items): return "[" + items.map(repr).joined(separator: ", ") + "]"
+        case .string(let s): return s
+        case .undefined: return ""
+        default: return try repr(value, limit: limit)
+        }
+    }
+
+    /// `repr(value)` with the same limit. A namespace met again inside itself prints as `<Namespace {...}>`
+    /// and nesting beyond 1000 levels as `...`, where Python would raise RecursionError.
+    static func repr(_ value: JinjaValue, limit: Int) throws -> String {
+        var out = ""
+        var printing: Set<ObjectIdentifier> = []
+        try writeRepr(value, into: &out, limit: limit, depth: 0, printing: &printing)
+        return out
+    }
+
+    private static func writeRepr(
+        _ value: JinjaValue, into out: inout String, limit: Int, depth: Int, printing: inout Set<ObjectIdentifier>
+    ) throws {
+        func write(_ text: String) throws {
+            out += text
+            if out.utf8.count > limit { throw JinjaFailure(.limit, "the template built a string over \(limit) bytes") }
+        }
+        func inner(_ item: JinjaValue) throws {
+            try writeRepr(item, into: &out, limit: limit, depth: depth + 1, printing: &printing)
+        }
+        if depth > 1000 { return try write("...") }
+        switch value {
+        case .none: try write("None")
+        case .bool(let b): try write(b ? "True" : "False")
+        case .int(let i): try write(String(i))
+        case .double(let d): try write(floatRepr(d))
+        case .string(let s): try write(stringRepr(s))
+        case .array(let items):
+            try write("[")
+            for (index, item) in items.enumerated() {
+                if index > 0 { try write(", ") }
+                try inner(item)
+            }
+            try write("]")
         case .dictionary(let dict):
-            return "{" + dict.pairs.map { stringRepr($0.key) + ": " + repr($0.value) }.joined(separator: ", ") + "}"
-        case .undefined: return "Undefined"
+            try write("{")
+            for (index, pair) in dict.pairs.enumerated() {
+                if index > 0 { try write(", ") }
+                try write(stringRepr(pair.key) + ": ")
+                try inner(pair.value)
+            }
+            try write("}")
+        case .undefined: try write("Undefined")
         case .object(let object):
             switch object.kind {
-            case .namespace: return "<Namespace " + repr(.dictionary(object.attributes)) + ">"
-            case .loop: return "<LoopContext \(object.attributes["index"].map(repr) ?? "?")>"
-            case .macro(let macro): return "<Macro '\(macro.name)'>"
-            case .function(let name): return "<built-in function \(name)>"
-            case .method(let receiver, let name): return "<built-in method \(name) of \(typeName(receiver)) object>"
-            case .iterator(let typeName): return "<\(typeName) object>"
+            case .namespace:
+                let id = ObjectIdentifier(object)
+                guard printing.insert(id).inserted else { return try write("<Namespace {...}>") }
+                defer { printing.remove(id) }
+                try write("<Namespace ")
+                try inner(.dictionary(object.attributes))
+                try write(">")
+            case .loop: try write("<LoopContext \(object.position + 1)/\(object.items.count)>")
+            case .macro(let macro): try write("<Macro '\(macro.name)'>")
+            case .function(let name): try write("<built-in function \(name)>")
+            case .method(let receiver, let name): try write("<built-in method \(name) of \(typeName(receiver)) object>")
+            case .iterator(let typeName): try write("<\(typeName) object>")
             }
         }
     }

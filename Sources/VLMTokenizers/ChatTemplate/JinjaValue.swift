@@ -115,7 +115,7 @@ public final class JinjaObject: @unchecked Sendable {
     enum Kind {
         /// `namespace(...)`: attributes in `attributes`, assignable with `{% set ns.name = ... %}`.
         case namespace
-        /// The `loop` variable of a for loop: its fields in `attributes`.
+        /// The `loop` variable of a for loop: the iterated `items` and the current `position`.
         case loop
         /// A `{% macro %}`, or the `caller` of a `{% call %}` block.
         case macro(JinjaMacro)
