@@ -15,6 +15,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
     ],
     targets: [
         // Hot numeric loops in C: AVX2/FMA/F16C chosen at run time per function, scalar fallback.
@@ -31,9 +32,14 @@ let package = Package(
         .target(name: "CImageCodecs", linkerSettings: [.linkedLibrary("jpeg"), .linkedLibrary("png16")]),
         .target(name: "VLMMedia", dependencies: [.target(name: "CImageCodecs", condition: .when(platforms: [.linux]))]),
         .target(name: "VLMRuntime", dependencies: ["VLMCore", "VLMTokenizers", "VLMMedia", "VLMModels"]),
+        // `vlm serve`: an OpenAI-compatible HTTP server over one runner (Hummingbird).
+        .target(name: "VLMServer", dependencies: [
+            "VLMRuntime", "VLMMedia", "VLMTokenizers",
+            .product(name: "Hummingbird", package: "hummingbird"),
+        ]),
         // The `vlm` command: run, bench. No model logic here.
         .executableTarget(name: "vlm", dependencies: [
-            "VLMRuntime", "VLMMedia", "VLMTokenizers",
+            "VLMRuntime", "VLMMedia", "VLMTokenizers", "VLMServer",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "VLMCoreTests", dependencies: ["VLMCore"]),
@@ -43,6 +49,7 @@ let package = Package(
         .testTarget(name: "VLMRuntimeTests", dependencies: ["VLMRuntime"]),
         // Runs the built `vlm` binary as a user would.
         .testTarget(name: "VLMCLITests", dependencies: ["vlm"]),
+        .testTarget(name: "VLMServerTests", dependencies: ["VLMServer", "VLMRuntime"]),
     ],
     // Swift 5 mode: the kernels hand raw buffers to worker threads by design (each thread owns a disjoint
     // slice), which Swift 6's Sendable checking cannot express without unsafe casts at every call.

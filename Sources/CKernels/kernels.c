@@ -3,7 +3,12 @@
 // entry points. ISA bodies carry per-function target attributes, so the package needs no compiler flags.
 #include "ckernels.h"
 #include <math.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #if defined(__x86_64__) || defined(_M_X64)
 #define VK_X86 1
@@ -39,6 +44,41 @@ int vk_simd_level(void) {
 }
 
 void vk_force_scalar(int on) { g_force_scalar = on; }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Per-thread scratch for kernels whose callers pass none (or too little): grown on demand, 64-byte aligned, freed
+// when the thread exits.
+// ---------------------------------------------------------------------------------------------------------------
+typedef struct { float *p; size_t cap; } tls_buffer;
+static pthread_key_t g_tls_key;
+static pthread_once_t g_tls_once = PTHREAD_ONCE_INIT;
+
+static void tls_free(void *v) {
+    tls_buffer *b = (tls_buffer *)v;
+    free(b->p);
+    free(b);
+}
+static void tls_init(void) { pthread_key_create(&g_tls_key, tls_free); }
+
+static float *tls_scratch(size_t floats) {
+    pthread_once(&g_tls_once, tls_init);
+    tls_buffer *b = (tls_buffer *)pthread_getspecific(g_tls_key);
+    if (!b) {
+        b = (tls_buffer *)calloc(1, sizeof *b);
+        if (!b) abort();
+        pthread_setspecific(g_tls_key, b);
+    }
+    if (b->cap < floats) {
+        free(b->p);
+        b->p = NULL;
+        size_t cap = floats + floats / 4 + 64;
+        void *p = NULL;
+        if (posix_memalign(&p, 64, cap * sizeof(float)) != 0) abort();
+        b->p = (float *)p;
+        b->cap = cap;
+    }
+    return b->p;
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Scalar conversions (bit exact with torch: bf16 is the top half of f32; f16 is IEEE binary16)
@@ -172,23 +212,53 @@ VK_AVX2 static void axpy_avx2(float a, const float *x, float *y, size_t n) {
     for (; i < n; i++) y[i] += a * x[i];
 }
 
-// Decode path (one token): four weight rows at a time, converted on the fly, each weight byte read once.
+// ---- Decode path (one token): a streaming matrix-vector product ------------------------------------------------
+// Four weight rows at a time, 16 columns per step (eight independent accumulators), weights converted on the fly so
+// each weight byte is read once from memory. Software prefetch runs VK_GEMV_PF bytes ahead in every row stream:
+// with rows of a few KB, the hardware prefetcher alone leaves the stream short of bandwidth at each row start.
+#define VK_GEMV_PF 512
+
+VK_AVX2 static inline void prefetch_row(const void *w, vk_dtype dt, size_t i) {
+    size_t es = dt == VK_F32 ? 4 : 2;
+    _mm_prefetch((const char *)w + i * es + VK_GEMV_PF, _MM_HINT_T0);
+}
+
 VK_AVX2 static void gemv_avx2(const float *x, size_t K, const void *w, vk_dtype dt, size_t n0, size_t n1,
                               const float *bias, float *y) {
     size_t n = n0;
-    size_t K8 = K & ~(size_t)7;
+    size_t K16 = K & ~(size_t)15, K8 = K & ~(size_t)7;
+    // Lines per prefetch step: f32 rows cover 64 bytes per 16 columns, 16-bit rows 32 bytes.
+    const size_t pf_every = dt == VK_F32 ? 16 : 32;
     for (; n + 4 <= n1; n += 4) {
         __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+        __m256 b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps(), b2 = _mm256_setzero_ps(), b3 = _mm256_setzero_ps();
         size_t r0 = n * K, r1 = r0 + K, r2 = r1 + K, r3 = r2 + K;
-        for (size_t k = 0; k < K8; k += 8) {
-            __m256 xv = _mm256_loadu_ps(x + k);
-            a0 = _mm256_fmadd_ps(xv, load8(w, dt, r0 + k), a0);
-            a1 = _mm256_fmadd_ps(xv, load8(w, dt, r1 + k), a1);
-            a2 = _mm256_fmadd_ps(xv, load8(w, dt, r2 + k), a2);
-            a3 = _mm256_fmadd_ps(xv, load8(w, dt, r3 + k), a3);
+        size_t k = 0;
+        for (; k < K16; k += 16) {
+            if ((k & (pf_every - 1)) == 0) {
+                prefetch_row(w, dt, r0 + k); prefetch_row(w, dt, r1 + k);
+                prefetch_row(w, dt, r2 + k); prefetch_row(w, dt, r3 + k);
+            }
+            __m256 x0 = _mm256_loadu_ps(x + k), x1 = _mm256_loadu_ps(x + k + 8);
+            a0 = _mm256_fmadd_ps(x0, load8(w, dt, r0 + k), a0);
+            b0 = _mm256_fmadd_ps(x1, load8(w, dt, r0 + k + 8), b0);
+            a1 = _mm256_fmadd_ps(x0, load8(w, dt, r1 + k), a1);
+            b1 = _mm256_fmadd_ps(x1, load8(w, dt, r1 + k + 8), b1);
+            a2 = _mm256_fmadd_ps(x0, load8(w, dt, r2 + k), a2);
+            b2 = _mm256_fmadd_ps(x1, load8(w, dt, r2 + k + 8), b2);
+            a3 = _mm256_fmadd_ps(x0, load8(w, dt, r3 + k), a3);
+            b3 = _mm256_fmadd_ps(x1, load8(w, dt, r3 + k + 8), b3);
         }
-        float s0 = hsum256(a0), s1 = hsum256(a1), s2 = hsum256(a2), s3 = hsum256(a3);
-        for (size_t k = K8; k < K; k++) {
+        for (; k < K8; k += 8) {
+            __m256 x0 = _mm256_loadu_ps(x + k);
+            a0 = _mm256_fmadd_ps(x0, load8(w, dt, r0 + k), a0);
+            a1 = _mm256_fmadd_ps(x0, load8(w, dt, r1 + k), a1);
+            a2 = _mm256_fmadd_ps(x0, load8(w, dt, r2 + k), a2);
+            a3 = _mm256_fmadd_ps(x0, load8(w, dt, r3 + k), a3);
+        }
+        float s0 = hsum256(_mm256_add_ps(a0, b0)), s1 = hsum256(_mm256_add_ps(a1, b1));
+        float s2 = hsum256(_mm256_add_ps(a2, b2)), s3 = hsum256(_mm256_add_ps(a3, b3));
+        for (; k < K; k++) {
             s0 += x[k] * load_w(w, dt, r0 + k);
             s1 += x[k] * load_w(w, dt, r1 + k);
             s2 += x[k] * load_w(w, dt, r2 + k);
@@ -198,81 +268,495 @@ VK_AVX2 static void gemv_avx2(const float *x, size_t K, const void *w, vk_dtype 
         y[n] = s0; y[n + 1] = s1; y[n + 2] = s2; y[n + 3] = s3;
     }
     for (; n < n1; n++) {
-        __m256 a0 = _mm256_setzero_ps();
-        size_t r0 = n * K;
-        for (size_t k = 0; k < K8; k += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k), load8(w, dt, r0 + k), a0);
-        float s0 = hsum256(a0);
-        for (size_t k = K8; k < K; k++) s0 += x[k] * load_w(w, dt, r0 + k);
+        __m256 a0 = _mm256_setzero_ps(), b0 = _mm256_setzero_ps();
+        size_t r0 = n * K, k = 0;
+        for (; k < K16; k += 16) {
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k), load8(w, dt, r0 + k), a0);
+            b0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 8), load8(w, dt, r0 + k + 8), b0);
+        }
+        for (; k < K8; k += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k), load8(w, dt, r0 + k), a0);
+        float s0 = hsum256(_mm256_add_ps(a0, b0));
+        for (; k < K; k++) s0 += x[k] * load_w(w, dt, r0 + k);
         y[n] = bias ? s0 + bias[n] : s0;
     }
 }
 
-// Prefill path: micro-kernel of 4 tokens x 3 weight rows (12 accumulators, 3 weight + 1 activation registers).
-// Tokens are processed in blocks that keep their activations in L2; weight rows are converted to f32 once per
-// block into `scratch`, so bf16/f16 weights cost no more arithmetic than f32 ones.
-#define MR 4
-#define NR 3
-VK_AVX2 static void micro_4x3(const float *x, size_t ldx, size_t K, const float *w0, const float *w1,
-                              const float *w2, size_t mr, size_t nr, float out[MR][NR]) {
-    __m256 c[MR][NR];
-    for (size_t i = 0; i < MR; i++)
-        for (size_t j = 0; j < NR; j++) c[i][j] = _mm256_setzero_ps();
-    const float *xr[MR];
-    for (size_t i = 0; i < MR; i++) xr[i] = x + (i < mr ? i : 0) * ldx;
-    const float *wr[NR] = {w0, nr > 1 ? w1 : w0, nr > 2 ? w2 : w0};
+// ---- Prefill path: cache-blocked GEMM ------------------------------------------------------------------------
+// The classic BLIS/GotoBLAS structure. y[t, n] = sum_k x[t, k] w[n, k]: M = tokens, N = output rows of W.
+//   for each K block of kc <= VK_KC:                     (packed B block: kc x N(slice), L3; micro-panel L1)
+//     for each token block of mc <= VK_MC:               (packed A block: mc x kc, L2)
+//       pack A: 6-token panels, [k][6]
+//       for each 16-column panel of the slice:           pack it on the first token block (bf16/f16 -> f32, W
+//                                                          transposed to [k][16]), reuse it for the others
+//         for each 6-token panel: 6x16 micro-kernel      (12 ymm accumulators, 2 vector B loads and 6 A
+//                                                          broadcasts per k: 12 FMAs per 8 loads)
+// The first K block stores (adding the bias), later ones accumulate into y. Each weight element is converted
+// exactly once per call; a thread only touches columns [n0, n1) of y and rows [n0, n1) of W.
+#define VK_MR 6
+#define VK_NR 16
+#ifndef VK_KC
+#define VK_KC 256
+#endif
+#ifndef VK_MC
+#define VK_MC 240
+#endif
+
+static inline size_t div_up(size_t a, size_t b) { return (a + b - 1) / b; }
+static inline size_t round_up(size_t a, size_t b) { return div_up(a, b) * b; }
+
+// K block: split K into equal blocks of at most VK_KC (multiple of 8 where possible).
+static inline size_t gemm_kc(size_t K) {
+    size_t nb = div_up(K, VK_KC);
+    return round_up(div_up(K, nb), 8);
+}
+// Token block: equal blocks of at most VK_MC tokens, a multiple of VK_MR.
+static inline size_t gemm_mc(size_t T) {
+    size_t nb = div_up(T, VK_MC);
+    return round_up(div_up(T, nb), VK_MR);
+}
+
+VK_AVX2 static inline void transpose8(__m256 r[8]) {
+    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    r[0] = _mm256_permute2f128_ps(s0, s4, 0x20); r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+    r[2] = _mm256_permute2f128_ps(s2, s6, 0x20); r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+    r[4] = _mm256_permute2f128_ps(s0, s4, 0x31); r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+    r[6] = _mm256_permute2f128_ps(s2, s6, 0x31); r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+// Packs rows [n, n + nr) (nr <= 16) of W, columns [k0, k0 + kc), transposed: bp[k * 16 + j] = W[n + j, k0 + k] as
+// f32, zero for j >= nr. W's rows are ldw elements apart.
+VK_AVX2 static void pack_b_panel(const void *w, vk_dtype dt, size_t ldw, size_t n, size_t nr, size_t k0, size_t kc,
+                                 float *bp) {
+    for (size_t j0 = 0; j0 < VK_NR; j0 += 8) {
+        size_t rows = nr > j0 ? (nr - j0 < 8 ? nr - j0 : 8) : 0;
+        size_t k = 0;
+        if (rows == 0) {
+            for (; k < kc; k++) _mm256_store_ps(bp + k * VK_NR + j0, _mm256_setzero_ps());
+            continue;
+        }
+        size_t base = (n + j0) * ldw + k0;
+        for (; k + 8 <= kc; k += 8) {
+            __m256 r[8];
+            for (size_t i = 0; i < 8; i++) r[i] = i < rows ? load8(w, dt, base + i * ldw + k) : _mm256_setzero_ps();
+            transpose8(r);
+            for (size_t i = 0; i < 8; i++) _mm256_store_ps(bp + (k + i) * VK_NR + j0, r[i]);
+        }
+        for (; k < kc; k++)
+            for (size_t i = 0; i < 8; i++) bp[k * VK_NR + j0 + i] = i < rows ? load_w(w, dt, base + i * ldw + k) : 0.0f;
+    }
+}
+
+// Packs rows [0, mc) of x (row stride ldx), columns [0, kc), into 6-row panels: ap[p * 6 * kc + k * 6 + i] =
+// x[6p + i, k]. Rows past mc in the last panel are filled with copies (the micro-kernel never reads them).
+// Writes up to 2 floats past the end of the packed block.
+VK_AVX2 static void pack_a(const float *x, size_t ldx, size_t mc, size_t kc, float *ap) {
+    for (size_t i0 = 0; i0 < mc; i0 += VK_MR) {
+        size_t mr = mc - i0 < VK_MR ? mc - i0 : VK_MR;
+        const float *rows[VK_MR];
+        for (size_t i = 0; i < VK_MR; i++) rows[i] = x + (i0 + (i < mr ? i : mr - 1)) * ldx;
+        float *dst = ap + i0 * kc;
+        size_t k = 0;
+        for (; k + 8 <= kc; k += 8) {
+            __m256 r[8];
+            for (size_t i = 0; i < VK_MR; i++) r[i] = _mm256_loadu_ps(rows[i] + k);
+            r[6] = r[7] = _mm256_setzero_ps();
+            transpose8(r);
+            // Overlapping stores in increasing order: lanes 6 and 7 of each are overwritten by the next.
+            for (size_t i = 0; i < 8; i++) _mm256_storeu_ps(dst + (k + i) * VK_MR, r[i]);
+        }
+        for (; k < kc; k++)
+            for (size_t i = 0; i < VK_MR; i++) dst[k * VK_MR + i] = rows[i][k];
+    }
+}
+
+// c[i, j] (+)= sum_k a[k * 6 + i] * b[k * ldb + j] for i < MR_, j < nr (<= 16). mode 0 stores (adding bias[j] when
+// bias is given), mode 1 accumulates into c.
+VK_AVX2 static inline __attribute__((always_inline)) void ukr_tile(const int MR_, size_t kc, const float *a,
+                                                                   const float *b, size_t ldb, float *c, size_t ldc,
+                                                                   size_t nr, int accumulate, const float *bias) {
+    __m256 acc[VK_MR][2];
+    for (int i = 0; i < MR_; i++) { acc[i][0] = _mm256_setzero_ps(); acc[i][1] = _mm256_setzero_ps(); }
+    for (int i = 0; i < MR_; i++) {
+        _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
+        _mm_prefetch((const char *)(c + i * ldc + 15), _MM_HINT_T0);
+    }
+#pragma GCC unroll 4
+    for (size_t k = 0; k < kc; k++) {
+        __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+        for (int i = 0; i < MR_; i++) {
+            __m256 ai = _mm256_broadcast_ss(a + i);
+            acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]);
+            acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]);
+        }
+        a += VK_MR;
+        b += ldb;
+    }
+    if (nr == VK_NR) {
+        __m256 bias0 = _mm256_setzero_ps(), bias1 = _mm256_setzero_ps();
+        if (!accumulate && bias) { bias0 = _mm256_loadu_ps(bias); bias1 = _mm256_loadu_ps(bias + 8); }
+        for (int i = 0; i < MR_; i++) {
+            float *ci = c + i * ldc;
+            __m256 r0 = acc[i][0], r1 = acc[i][1];
+            if (accumulate) {
+                r0 = _mm256_add_ps(_mm256_loadu_ps(ci), r0);
+                r1 = _mm256_add_ps(_mm256_loadu_ps(ci + 8), r1);
+            } else if (bias) {
+                r0 = _mm256_add_ps(r0, bias0);
+                r1 = _mm256_add_ps(r1, bias1);
+            }
+            _mm256_storeu_ps(ci, r0);
+            _mm256_storeu_ps(ci + 8, r1);
+        }
+    } else {
+        const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)nr), lane);
+        __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)nr - 8), lane);
+        __m256 bias0 = _mm256_setzero_ps(), bias1 = _mm256_setzero_ps();
+        if (!accumulate && bias) { bias0 = _mm256_maskload_ps(bias, m0); bias1 = _mm256_maskload_ps(bias + 8, m1); }
+        for (int i = 0; i < MR_; i++) {
+            float *ci = c + i * ldc;
+            __m256 r0 = acc[i][0], r1 = acc[i][1];
+            if (accumulate) {
+                r0 = _mm256_add_ps(_mm256_maskload_ps(ci, m0), r0);
+                r1 = _mm256_add_ps(_mm256_maskload_ps(ci + 8, m1), r1);
+            } else if (bias) {
+                r0 = _mm256_add_ps(r0, bias0);
+                r1 = _mm256_add_ps(r1, bias1);
+            }
+            _mm256_maskstore_ps(ci, m0, r0);
+            _mm256_maskstore_ps(ci + 8, m1, r1);
+        }
+    }
+}
+
+VK_AVX2 static void ukr(size_t mr, size_t kc, const float *a, const float *b, size_t ldb, float *c, size_t ldc,
+                        size_t nr, int accumulate, const float *bias) {
+    switch (mr) {
+    case 6: ukr_tile(6, kc, a, b, ldb, c, ldc, nr, accumulate, bias); break;
+    case 5: ukr_tile(5, kc, a, b, ldb, c, ldc, nr, accumulate, bias); break;
+    case 4: ukr_tile(4, kc, a, b, ldb, c, ldc, nr, accumulate, bias); break;
+    case 3: ukr_tile(3, kc, a, b, ldb, c, ldc, nr, accumulate, bias); break;
+    case 2: ukr_tile(2, kc, a, b, ldb, c, ldc, nr, accumulate, bias); break;
+    default: ukr_tile(1, kc, a, b, ldb, c, ldc, nr, accumulate, bias); break;
+    }
+}
+
+// Floats of packing space gemm_avx2 uses (B block, A block, slack for pack_a's overrun and 64-byte alignment).
+static size_t gemm_scratch_floats(size_t T, size_t K, size_t N) {
+    size_t kc = gemm_kc(K), mc = gemm_mc(T);
+    return kc * round_up(N, VK_NR) + mc * kc + 8 + 16;
+}
+
+static inline float *align64(float *p) { return (float *)(((uintptr_t)p + 63) & ~(uintptr_t)63); }
+
+// Issues prefetches (to L2) for the source rows of the next weight panel, spread over `parts` calls.
+VK_AVX2 static inline void prefetch_panel_part(const void *w, vk_dtype dt, size_t ldw, size_t n, size_t nr,
+                                               size_t k0, size_t kc, size_t part, size_t parts) {
+    size_t es = dt == VK_F32 ? 4 : 2;
+    size_t lines = div_up(kc * es, 64), total = lines * nr;
+    size_t lo = total * part / parts, hi = total * (part + 1) / parts;
+    for (size_t q = lo; q < hi; q++) {
+        size_t row = q / lines, line = q % lines;
+        _mm_prefetch((const char *)w + ((n + row) * ldw + k0) * es + line * 64, _MM_HINT_T1);
+    }
+}
+
+VK_AVX2 static void gemm_avx2(const float *x, size_t T, size_t K, size_t ldx, const void *w, vk_dtype dt, size_t ldw,
+                              size_t n0, size_t n1, const float *bias, float *y, size_t ldy, float *buf) {
+    size_t N = n1 - n0, npan = div_up(N, VK_NR);
+    size_t kcb = gemm_kc(K), mcb = gemm_mc(T);
+    float *bp = align64(buf);
+    float *ap = bp + kcb * npan * VK_NR;
+    for (size_t k0 = 0; k0 < K; k0 += kcb) {
+        size_t kc = K - k0 < kcb ? K - k0 : kcb;
+        for (size_t t0 = 0; t0 < T; t0 += mcb) {
+            size_t mc = T - t0 < mcb ? T - t0 : mcb;
+            pack_a(x + t0 * ldx + k0, ldx, mc, kc, ap);
+            size_t nmr = div_up(mc, VK_MR);
+            for (size_t j = 0; j < npan; j++) {
+                size_t n = n0 + j * VK_NR, nr = n1 - n < VK_NR ? n1 - n : VK_NR;
+                float *bj = bp + j * kc * VK_NR;
+                int first_pass = t0 == 0;
+                if (first_pass) pack_b_panel(w, dt, ldw, n, nr, k0, kc, bj);
+                size_t nn = n + VK_NR, nnr = j + 1 < npan ? (n1 - nn < VK_NR ? n1 - nn : VK_NR) : 0;
+                for (size_t i = 0, p = 0; i < mc; i += VK_MR, p++) {
+                    if (first_pass && nnr) prefetch_panel_part(w, dt, ldw, nn, nnr, k0, kc, p, nmr);
+                    size_t mr = mc - i < VK_MR ? mc - i : VK_MR;
+                    ukr(mr, kc, ap + i * kc, bj, VK_NR, y + (t0 + i) * ldy + n, ldy, nr, k0 != 0,
+                        bias ? bias + n : NULL);
+                }
+            }
+        }
+    }
+}
+
+// ---- Few tokens (2..VK_SMALL_T): dot-product kernel, weights converted on the fly ------------------------------
+// With a handful of tokens the product is bound by reading the weights, and packing them would cost more than it
+// saves: TT tokens x RR rows of accumulators, each weight vector loaded and converted once per step.
+#define VK_SMALL_T 4
+VK_AVX2 static inline __attribute__((always_inline)) void small_tile(const int TT, const int RR, const float *x,
+                                                                     size_t ldx, size_t K, const void *w, vk_dtype dt,
+                                                                     size_t n, const float *bias, float *y, size_t ldy) {
+    __m256 acc[4][4];
+    for (int t = 0; t < TT; t++)
+        for (int r = 0; r < RR; r++) acc[t][r] = _mm256_setzero_ps();
     size_t K8 = K & ~(size_t)7;
     for (size_t k = 0; k < K8; k += 8) {
-        __m256 b0 = _mm256_loadu_ps(wr[0] + k), b1 = _mm256_loadu_ps(wr[1] + k), b2 = _mm256_loadu_ps(wr[2] + k);
-        __m256 a;
-        a = _mm256_loadu_ps(xr[0] + k);
-        c[0][0] = _mm256_fmadd_ps(a, b0, c[0][0]); c[0][1] = _mm256_fmadd_ps(a, b1, c[0][1]); c[0][2] = _mm256_fmadd_ps(a, b2, c[0][2]);
-        a = _mm256_loadu_ps(xr[1] + k);
-        c[1][0] = _mm256_fmadd_ps(a, b0, c[1][0]); c[1][1] = _mm256_fmadd_ps(a, b1, c[1][1]); c[1][2] = _mm256_fmadd_ps(a, b2, c[1][2]);
-        a = _mm256_loadu_ps(xr[2] + k);
-        c[2][0] = _mm256_fmadd_ps(a, b0, c[2][0]); c[2][1] = _mm256_fmadd_ps(a, b1, c[2][1]); c[2][2] = _mm256_fmadd_ps(a, b2, c[2][2]);
-        a = _mm256_loadu_ps(xr[3] + k);
-        c[3][0] = _mm256_fmadd_ps(a, b0, c[3][0]); c[3][1] = _mm256_fmadd_ps(a, b1, c[3][1]); c[3][2] = _mm256_fmadd_ps(a, b2, c[3][2]);
+        if ((k & 31) == 0)
+            for (int r = 0; r < RR; r++) prefetch_row(w, dt, (n + r) * K + k);
+        __m256 wv[4];
+        for (int r = 0; r < RR; r++) wv[r] = load8(w, dt, (n + r) * K + k);
+        for (int t = 0; t < TT; t++) {
+            __m256 xv = _mm256_loadu_ps(x + t * ldx + k);
+            for (int r = 0; r < RR; r++) acc[t][r] = _mm256_fmadd_ps(xv, wv[r], acc[t][r]);
+        }
     }
-    for (size_t i = 0; i < MR; i++)
-        for (size_t j = 0; j < NR; j++) {
-            float s = hsum256(c[i][j]);
-            for (size_t k = K8; k < K; k++) s += xr[i][k] * wr[j][k];
-            out[i][j] = s;
+    for (int t = 0; t < TT; t++)
+        for (int r = 0; r < RR; r++) {
+            float s = hsum256(acc[t][r]);
+            for (size_t k = K8; k < K; k++) s += x[t * ldx + k] * load_w(w, dt, (n + r) * K + k);
+            y[t * ldy + n + r] = bias ? s + bias[n + r] : s;
         }
 }
 
-VK_AVX2 static void gemm_avx2(const float *x, size_t T, size_t K, size_t ldx, const void *w, vk_dtype dt,
-                              size_t n0, size_t n1, const float *bias, float *y, size_t ldy, float *scratch) {
-    // Token block: about 192 KiB of activations.
-    size_t tb = (192 * 1024 / sizeof(float)) / (K ? K : 1);
-    if (tb < MR) tb = MR;
-    tb -= tb % MR;
-    for (size_t t0 = 0; t0 < T; t0 += tb) {
-        size_t t1 = t0 + tb < T ? t0 + tb : T;
-        for (size_t n = n0; n < n1; n += NR) {
-            size_t nr = n1 - n < NR ? n1 - n : NR;
-            const float *wp[NR];
-            for (size_t j = 0; j < NR; j++) {
-                size_t row = n + (j < nr ? j : 0);
-                if (dt == VK_F32) {
-                    wp[j] = (const float *)w + row * K;
-                } else {
-                    if (j < nr) to_f32_avx2((const uint16_t *)w + row * K, dt, K, scratch + j * K);
-                    wp[j] = scratch + (j < nr ? j : 0) * K;
-                }
-            }
-            for (size_t t = t0; t < t1; t += MR) {
-                size_t mr = t1 - t < MR ? t1 - t : MR;
-                float out[MR][NR];
-                micro_4x3(x + t * ldx, ldx, K, wp[0], wp[1], wp[2], mr, nr, out);
-                for (size_t i = 0; i < mr; i++)
-                    for (size_t j = 0; j < nr; j++) y[(t + i) * ldy + n + j] = bias ? out[i][j] + bias[n + j] : out[i][j];
-            }
-        }
+VK_AVX2 static void gemm_small_avx2(const float *x, size_t T, size_t K, size_t ldx, const void *w, vk_dtype dt,
+                                    size_t n0, size_t n1, const float *bias, float *y, size_t ldy) {
+    size_t n = n0;
+    switch (T) {
+    case 2:
+        for (; n + 4 <= n1; n += 4) small_tile(2, 4, x, ldx, K, w, dt, n, bias, y, ldy);
+        for (; n < n1; n++) small_tile(2, 1, x, ldx, K, w, dt, n, bias, y, ldy);
+        break;
+    case 3:
+        for (; n + 4 <= n1; n += 4) small_tile(3, 4, x, ldx, K, w, dt, n, bias, y, ldy);
+        for (; n < n1; n++) small_tile(3, 1, x, ldx, K, w, dt, n, bias, y, ldy);
+        break;
+    default:
+        for (; n + 3 <= n1; n += 3) small_tile(4, 3, x, ldx, K, w, dt, n, bias, y, ldy);
+        for (; n < n1; n++) small_tile(4, 1, x, ldx, K, w, dt, n, bias, y, ldy);
+        break;
     }
 }
-#undef MR
-#undef NR
+
+// ---- Element-wise math ----------------------------------------------------------------------------------------
+// exp: Cephes' expf (range reduction by ln 2 in two parts, degree-5 polynomial), about 1 ulp. 2^n is applied as
+// two factors 2^(n/2) so results overflow to +inf and underflow gradually through the subnormals like expf;
+// NaN stays NaN.
+VK_AVX2 static inline __m256 exp256(__m256 x) {
+    const __m256 hi = _mm256_set1_ps(89.0f), lo = _mm256_set1_ps(-104.0f);
+    __m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
+    x = _mm256_max_ps(_mm256_min_ps(x, hi), lo);
+    __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+    __m256 z = _mm256_mul_ps(x, x);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, z, x);
+    y = _mm256_add_ps(y, _mm256_set1_ps(1.0f));
+    __m256i n = _mm256_cvttps_epi32(fx);                   // in [-150, 128]
+    __m256i n1 = _mm256_srai_epi32(n, 1), n2 = _mm256_sub_epi32(n, n1);
+    const __m256i bias = _mm256_set1_epi32(127);
+    y = _mm256_mul_ps(y, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, bias), 23)));
+    y = _mm256_mul_ps(y, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, bias), 23)));
+    return _mm256_or_ps(y, nan);
+}
+
+// silu(g) * x = g / (1 + exp(-g)) * x.
+VK_AVX2 static void silu_mul_avx2(const float *gate, float *x, size_t n) {
+    const __m256 one = _mm256_set1_ps(1.0f), neg = _mm256_set1_ps(-0.0f);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 g = _mm256_loadu_ps(gate + i);
+        __m256 s = _mm256_div_ps(g, _mm256_add_ps(one, exp256(_mm256_xor_ps(g, neg))));
+        _mm256_storeu_ps(x + i, _mm256_mul_ps(s, _mm256_loadu_ps(x + i)));
+    }
+    for (; i < n; i++) {
+        float g = gate[i];
+        x[i] = (g / (1.0f + expf(-g))) * x[i];
+    }
+}
+
+// 0.5 v (1 + tanh(u)) = v / (1 + exp(-2u)), u = sqrt(2/pi) (v + 0.044715 v^3).
+VK_AVX2 static void gelu_tanh_avx2(float *x, size_t n) {
+    const __m256 one = _mm256_set1_ps(1.0f), c = _mm256_set1_ps(0.044715f);
+    const __m256 m2k = _mm256_set1_ps(-2.0f * 0.7978845608028654f);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        __m256 u = _mm256_fmadd_ps(_mm256_mul_ps(c, v), _mm256_mul_ps(v, v), v);
+        _mm256_storeu_ps(x + i, _mm256_div_ps(v, _mm256_add_ps(one, exp256(_mm256_mul_ps(m2k, u)))));
+    }
+    for (; i < n; i++) {
+        float v = x[i];
+        x[i] = 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+    }
+}
+
+// 0.5 v (1 + erf(v / sqrt 2)) = 0.5 v erfc(-v / sqrt 2), with erfc from Numerical Recipes' erfcc (Chebyshev fit,
+// relative error below 1.2e-7 everywhere), so the result keeps its relative accuracy in the negative tail too.
+VK_AVX2 static void gelu_erf_avx2(float *x, size_t n) {
+    const __m256 one = _mm256_set1_ps(1.0f), half = _mm256_set1_ps(0.5f), two = _mm256_set1_ps(2.0f);
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        __m256 zs = _mm256_mul_ps(v, _mm256_set1_ps(-0.7071067811865476f));  // erfc argument
+        __m256 z = _mm256_and_ps(zs, abs_mask);
+        __m256 t = _mm256_div_ps(one, _mm256_fmadd_ps(half, z, one));
+        __m256 p = _mm256_set1_ps(0.17087277f);
+        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-0.82215223f));
+        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.48851587f));
+        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-1.13520398f));
+        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.27886807f));
+        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-0.18628806f));
+        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.09678418f));
+        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.37409196f));
+        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.00002368f));
+        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-1.26551223f));
+        __m256 r = _mm256_mul_ps(t, exp256(_mm256_fnmadd_ps(z, z, p)));  // erfc(|zs|)
+        // erfc(zs) = r for zs >= 0, 2 - r for zs < 0.
+        __m256 negz = _mm256_cmp_ps(zs, _mm256_setzero_ps(), _CMP_LT_OQ);
+        r = _mm256_blendv_ps(r, _mm256_sub_ps(two, r), negz);
+        _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_mul_ps(half, v), r));
+    }
+    for (; i < n; i++) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.7071067811865476f));
+}
+
+VK_AVX2 static float max_avx2(const float *x, size_t n) {
+    float m = x[0];
+    size_t i = 0;
+    if (n >= 8) {
+        __m256 mv = _mm256_loadu_ps(x);
+        for (i = 8; i + 8 <= n; i += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(x + i));
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_max_ss(h, _mm_movehdup_ps(h));
+        m = _mm_cvtss_f32(h);
+    }
+    for (; i < n; i++) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+// x[i] = exp(x[i] * scale - m) in place; returns the sum.
+VK_AVX2 static float exp_sum_avx2(float *x, size_t n, float scale, float m) {
+    __m256 sv = _mm256_set1_ps(scale), mv = _mm256_set1_ps(m), acc = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 e = exp256(_mm256_sub_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), sv), mv));
+        _mm256_storeu_ps(x + i, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    float s = hsum256(acc);
+    for (; i < n; i++) { x[i] = expf(x[i] * scale - m); s += x[i]; }
+    return s;
+}
+
+VK_AVX2 static void scale_avx2(float *x, size_t n, float a) {
+    __m256 av = _mm256_set1_ps(a);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), av));
+    for (; i < n; i++) x[i] *= a;
+}
+
+VK_AVX2 static void softmax_avx2(float *x, size_t n) {
+    float m = max_avx2(x, n);
+    float s = exp_sum_avx2(x, n, 1.0f, m);
+    scale_avx2(x, n, 1.0f / s);
+}
+
+// ---- Attention over a block of queries ------------------------------------------------------------------------
+// For 1024-token vision tiles the per-query loop (a 64-long dot product per key, then an axpy per key) runs far
+// below peak; here blocks of VK_ATT_MQ queries go through the GEMM micro-kernel instead:
+//   K packed once per call as Kᵀ panels ([head_dim][16 keys]) and V as [keys][16 dims] panels,
+//   S = Q Kᵀ for the block (6x16 tiles), row softmax (vector exp) leaving unnormalised weights in S,
+//   O = S V (6x16 tiles, keys blocked by VK_KC), then each output row scaled by 1 / (row sum).
+// Causal rows see keys up to their position: S is computed up to the block's last visible key and each row's
+// invisible tail is zeroed before the product with V.
+#define VK_ATT_MQ 48
+VK_AVX2 static void attention_blocked(const float *q, size_t nq, size_t q_stride, const float *k, const float *v,
+                                      size_t kv_stride, size_t hd, size_t q_pos0, int causal, size_t n_keys,
+                                      float scale, float *out, size_t out_stride) {
+    size_t nk_all = causal ? (q_pos0 + nq < n_keys ? q_pos0 + nq : n_keys) : n_keys;
+    if (nk_all == 0) {  // nothing to attend to: zero rows, as the per-query loop leaves them
+        for (size_t i = 0; i < nq; i++) memset(out + i * out_stride, 0, hd * sizeof(float));
+        return;
+    }
+    size_t hd_pan = div_up(hd, VK_NR), nk_pad = round_up(nk_all, VK_NR);
+    size_t mq = round_up(nq, VK_MR) < VK_ATT_MQ ? round_up(nq, VK_MR) : VK_ATT_MQ;
+    size_t kcb = VK_KC;
+    size_t n_kp = hd * nk_pad, n_vp = hd_pan * VK_NR * nk_all, n_qp = mq * hd + 8, n_s = mq * nk_pad;
+    size_t n_pp = mq * kcb + 8;
+    float *buf = align64(tls_scratch(n_kp + n_vp + n_qp + n_s + n_pp + mq + 6 * 16));
+    float *kp = buf;
+    float *vp = align64(kp + n_kp);
+    float *qp = align64(vp + n_vp);
+    float *s = align64(qp + n_qp);
+    float *pp = align64(s + n_s);
+    float *inv = pp + n_pp;
+
+    for (size_t j = 0; j < nk_all; j += VK_NR)
+        pack_b_panel(k, VK_F32, kv_stride, j, nk_all - j < VK_NR ? nk_all - j : VK_NR, 0, hd, kp + j * hd);
+    for (size_t p = 0; p < hd_pan; p++) {
+        size_t d0 = p * VK_NR, dn = hd - d0 < VK_NR ? hd - d0 : VK_NR;
+        float *dst = vp + p * nk_all * VK_NR;
+        if (dn == VK_NR) {
+            for (size_t j = 0; j < nk_all; j++) {
+                _mm256_store_ps(dst + j * VK_NR, _mm256_loadu_ps(v + j * kv_stride + d0));
+                _mm256_store_ps(dst + j * VK_NR + 8, _mm256_loadu_ps(v + j * kv_stride + d0 + 8));
+            }
+        } else {
+            for (size_t j = 0; j < nk_all; j++)
+                for (size_t d = 0; d < VK_NR; d++) dst[j * VK_NR + d] = d < dn ? v[j * kv_stride + d0 + d] : 0.0f;
+        }
+    }
+
+    for (size_t i0 = 0; i0 < nq; i0 += mq) {
+        size_t m = nq - i0 < mq ? nq - i0 : mq;
+        size_t nkb = causal ? (q_pos0 + i0 + m < n_keys ? q_pos0 + i0 + m : n_keys) : n_keys;
+        pack_a(q + i0 * q_stride, q_stride, m, hd, qp);
+        for (size_t j = 0; j < nkb; j += VK_NR) {
+            size_t nr = nkb - j < VK_NR ? nkb - j : VK_NR;
+            for (size_t ii = 0; ii < m; ii += VK_MR)
+                ukr(m - ii < VK_MR ? m - ii : VK_MR, hd, qp + ii * hd, kp + j * hd, VK_NR, s + ii * nk_pad + j, nk_pad,
+                    nr, 0, NULL);
+        }
+        for (size_t r = 0; r < m; r++) {
+            float *row = s + r * nk_pad;
+            size_t nki = causal ? (q_pos0 + i0 + r + 1 < n_keys ? q_pos0 + i0 + r + 1 : n_keys) : n_keys;
+            float mx = max_avx2(row, nki) * scale;  // scale > 0: max(x * scale) = max(x) * scale, bit for bit
+            if (scale < 0) {
+                mx = row[0] * scale;
+                for (size_t j = 1; j < nki; j++) mx = row[j] * scale > mx ? row[j] * scale : mx;
+            }
+            inv[r] = 1.0f / exp_sum_avx2(row, nki, scale, mx);
+            for (size_t j = nki; j < nkb; j++) row[j] = 0.0f;
+        }
+        for (size_t kk0 = 0; kk0 < nkb; kk0 += kcb) {
+            size_t kc = nkb - kk0 < kcb ? nkb - kk0 : kcb;
+            pack_a(s + kk0, nk_pad, m, kc, pp);
+            for (size_t p = 0; p < hd_pan; p++) {
+                size_t nr = hd - p * VK_NR < VK_NR ? hd - p * VK_NR : VK_NR;
+                for (size_t ii = 0; ii < m; ii += VK_MR)
+                    ukr(m - ii < VK_MR ? m - ii : VK_MR, kc, pp + ii * kc, vp + p * nk_all * VK_NR + kk0 * VK_NR,
+                        VK_NR, out + (i0 + ii) * out_stride + p * VK_NR, out_stride, nr, kk0 != 0, NULL);
+            }
+        }
+        for (size_t r = 0; r < m; r++) scale_avx2(out + (i0 + r) * out_stride, hd, inv[r]);
+    }
+}
+
 #endif  // VK_X86
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -315,20 +799,52 @@ static void matmul_neon(const float *x, size_t T, size_t K, size_t ldx, const vo
 // ---------------------------------------------------------------------------------------------------------------
 // Entry points
 // ---------------------------------------------------------------------------------------------------------------
-void vk_matmul(const float *x, size_t T, size_t K, size_t ldx, const void *w, vk_dtype dtype, size_t n0, size_t n1,
-               const float *bias, float *y, size_t ldy, float *scratch) {
+size_t vk_matmul_scratch_floats(size_t T, size_t K, size_t n0, size_t n1) {
+    if (n1 <= n0 || T == 0 || K == 0) return 0;
+#if VK_X86
+    if (T > VK_SMALL_T) return gemm_scratch_floats(T, K, n1 - n0);
+    return 0;
+#else
+    return 4 * K;
+#endif
+}
+
+void vk_matmul_ws(const float *x, size_t T, size_t K, size_t ldx, const void *w, vk_dtype dtype, size_t n0,
+                  size_t n1, const float *bias, float *y, size_t ldy, float *scratch, size_t scratch_floats) {
     if (n1 <= n0 || T == 0) return;
+    if (K == 0) {  // empty sums
+        for (size_t t = 0; t < T; t++)
+            for (size_t n = n0; n < n1; n++) y[t * ldy + n] = bias ? bias[n] : 0.0f;
+        return;
+    }
 #if VK_X86
     if (vk_simd_level() == 1) {
-        if (T == 1) gemv_avx2(x, K, w, dtype, n0, n1, bias, y);
-        else gemm_avx2(x, T, K, ldx, w, dtype, n0, n1, bias, y, ldy, scratch);
+        if (T == 1) {
+            gemv_avx2(x, K, w, dtype, n0, n1, bias, y);
+        } else if (T <= VK_SMALL_T) {
+            gemm_small_avx2(x, T, K, ldx, w, dtype, n0, n1, bias, y, ldy);
+        } else {
+            size_t need = gemm_scratch_floats(T, K, n1 - n0);
+            float *buf = scratch && scratch_floats >= need ? scratch : tls_scratch(need);
+            gemm_avx2(x, T, K, ldx, w, dtype, K, n0, n1, bias, y, ldy, buf);
+        }
         return;
     }
 #elif VK_ARM
-    if (vk_simd_level() == 2) { matmul_neon(x, T, K, ldx, w, dtype, n0, n1, bias, y, ldy, scratch); return; }
+    if (vk_simd_level() == 2) {
+        float *buf = scratch && scratch_floats >= K ? scratch : tls_scratch(K);
+        matmul_neon(x, T, K, ldx, w, dtype, n0, n1, bias, y, ldy, buf);
+        return;
+    }
 #endif
-    (void)scratch;
+    (void)scratch; (void)scratch_floats;
     matmul_scalar(x, T, K, ldx, w, dtype, n0, n1, bias, y, ldy);
+}
+
+void vk_matmul(const float *x, size_t T, size_t K, size_t ldx, const void *w, vk_dtype dtype, size_t n0, size_t n1,
+               const float *bias, float *y, size_t ldy, float *scratch) {
+    // Callers of this entry point promise 4*K floats of scratch; the blocked GEMM wants more and then uses its own.
+    vk_matmul_ws(x, T, K, ldx, w, dtype, n0, n1, bias, y, ldy, scratch, 4 * K);
 }
 
 void vk_to_f32(const void *src, vk_dtype dtype, size_t count, float *dst) {
@@ -376,6 +892,9 @@ void vk_layernorm(const float *x, const float *w, const float *b, size_t n, floa
 }
 
 void vk_gelu_tanh(float *x, size_t n) {
+#if VK_X86
+    if (vk_simd_level() == 1) { gelu_tanh_avx2(x, n); return; }
+#endif
     const float k = 0.7978845608028654f;  // sqrt(2/pi)
     for (size_t i = 0; i < n; i++) {
         float v = x[i];
@@ -384,10 +903,16 @@ void vk_gelu_tanh(float *x, size_t n) {
 }
 
 void vk_gelu_erf(float *x, size_t n) {
+#if VK_X86
+    if (vk_simd_level() == 1) { gelu_erf_avx2(x, n); return; }
+#endif
     for (size_t i = 0; i < n; i++) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.7071067811865476f));
 }
 
 void vk_silu_mul(const float *gate, float *x, size_t n) {
+#if VK_X86
+    if (vk_simd_level() == 1) { silu_mul_avx2(gate, x, n); return; }
+#endif
     for (size_t i = 0; i < n; i++) {
         float g = gate[i];
         x[i] = (g / (1.0f + expf(-g))) * x[i];
@@ -396,6 +921,9 @@ void vk_silu_mul(const float *gate, float *x, size_t n) {
 
 void vk_softmax(float *x, size_t n) {
     if (n == 0) return;
+#if VK_X86
+    if (vk_simd_level() == 1) { softmax_avx2(x, n); return; }
+#endif
     float m = x[0];
     for (size_t i = 1; i < n; i++) m = x[i] > m ? x[i] : m;
     float s = 0.0f;
@@ -404,9 +932,18 @@ void vk_softmax(float *x, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] *= inv;
 }
 
+// Queries from this many on go through the blocked kernel (below it, packing K and V costs more than it saves).
+#define VK_ATT_BLOCKED_MIN_Q 4
+
 void vk_attention_head(const float *q, size_t nq, size_t q_stride, const float *k, const float *v, size_t kv_stride,
                        size_t head_dim, size_t q_pos0, int causal, size_t n_keys, float scale, float *out,
                        size_t out_stride, float *scores) {
+#if VK_X86
+    if (vk_simd_level() == 1 && nq >= VK_ATT_BLOCKED_MIN_Q && head_dim > 0) {
+        attention_blocked(q, nq, q_stride, k, v, kv_stride, head_dim, q_pos0, causal, n_keys, scale, out, out_stride);
+        return;
+    }
+#endif
     for (size_t i = 0; i < nq; i++) {
         const float *qi = q + i * q_stride;
         size_t nk = causal ? q_pos0 + i + 1 : n_keys;
@@ -469,4 +1006,142 @@ double vk_fma_loop(size_t iterations) {
     volatile float sink = a[0] + a[7];
     (void)sink;
     return (double)iterations * 8 * 2;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Thread pool: persistent workers, a generation counter to publish jobs, spin-then-sleep waiting.
+// A decode step of a 360M model makes ~250 fork-joins of a few tens of microseconds each; waking sleeping threads
+// (futex, or libdispatch's queue) for each costs several microseconds per call, spinning costs ~100 ns. Workers
+// spin for VK_POOL_SPIN_NS after their last job and then sleep on a condition variable.
+// ---------------------------------------------------------------------------------------------------------------
+#define VK_POOL_SPIN_NS 2000000ull
+
+struct vk_pool {
+    size_t threads;  // participants, the caller included
+    pthread_t *workers;
+    struct vk_pool_arg { struct vk_pool *pool; size_t index; } *args;
+    _Atomic size_t generation;
+    _Atomic size_t pending;
+    _Atomic int busy;
+    _Atomic int sleepers;
+    _Atomic int stop;
+    // The job: written by the caller before it bumps `generation` (seq_cst), read by workers after they see it.
+    vk_task_fn fn;
+    void *ctx;
+    size_t slices;
+    pthread_mutex_t mutex;
+    pthread_cond_t wake;
+};
+
+static inline void cpu_relax(void) {
+#if VK_X86
+    __builtin_ia32_pause();
+#elif VK_ARM
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static inline uint64_t monotonic_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void *pool_worker(void *arg) {
+    struct vk_pool_arg *a = (struct vk_pool_arg *)arg;
+    vk_pool *p = a->pool;
+    size_t me = a->index, seen = 0;
+    for (;;) {
+        size_t g = atomic_load_explicit(&p->generation, memory_order_acquire);
+        if (g == seen) {
+            uint64_t t0 = monotonic_ns();
+            unsigned spins = 0;
+            while ((g = atomic_load_explicit(&p->generation, memory_order_acquire)) == seen) {
+                if (atomic_load_explicit(&p->stop, memory_order_relaxed)) return NULL;
+                cpu_relax();
+                if ((++spins & 127) == 0 && monotonic_ns() - t0 > VK_POOL_SPIN_NS) break;
+            }
+            if (g == seen) {
+                pthread_mutex_lock(&p->mutex);
+                atomic_fetch_add(&p->sleepers, 1);
+                while ((g = atomic_load(&p->generation)) == seen && !atomic_load(&p->stop))
+                    pthread_cond_wait(&p->wake, &p->mutex);
+                atomic_fetch_sub(&p->sleepers, 1);
+                pthread_mutex_unlock(&p->mutex);
+                if (g == seen) return NULL;  // stopped
+            }
+        }
+        seen = g;
+        for (size_t s = me; s < p->slices; s += p->threads) p->fn(p->ctx, s);
+        atomic_fetch_sub_explicit(&p->pending, 1, memory_order_acq_rel);
+    }
+}
+
+vk_pool *vk_pool_create(size_t threads) {
+    if (threads < 1) threads = 1;
+    vk_pool *p = (vk_pool *)calloc(1, sizeof *p);
+    if (!p) return NULL;
+    p->threads = threads;
+    pthread_mutex_init(&p->mutex, NULL);
+    pthread_cond_init(&p->wake, NULL);
+    if (threads > 1) {
+        p->workers = (pthread_t *)calloc(threads - 1, sizeof(pthread_t));
+        p->args = (struct vk_pool_arg *)calloc(threads - 1, sizeof *p->args);
+        if (!p->workers || !p->args) { free(p->workers); free(p->args); free(p); return NULL; }
+        for (size_t i = 1; i < threads; i++) {
+            p->args[i - 1].pool = p;
+            p->args[i - 1].index = i;
+            if (pthread_create(&p->workers[i - 1], NULL, pool_worker, &p->args[i - 1]) != 0) {
+                p->threads = i;  // run with the workers we got
+                break;
+            }
+        }
+    }
+    return p;
+}
+
+void vk_pool_destroy(vk_pool *p) {
+    if (!p) return;
+    pthread_mutex_lock(&p->mutex);
+    atomic_store(&p->stop, 1);
+    pthread_cond_broadcast(&p->wake);
+    pthread_mutex_unlock(&p->mutex);
+    for (size_t i = 1; i < p->threads; i++) pthread_join(p->workers[i - 1], NULL);
+    pthread_mutex_destroy(&p->mutex);
+    pthread_cond_destroy(&p->wake);
+    free(p->workers);
+    free(p->args);
+    free(p);
+}
+
+void vk_pool_run(vk_pool *p, size_t slices, vk_task_fn fn, void *ctx) {
+    if (slices == 0) return;
+    int expected = 0;
+    if (!p || p->threads == 1 || slices == 1 || !atomic_compare_exchange_strong(&p->busy, &expected, 1)) {
+        for (size_t s = 0; s < slices; s++) fn(ctx, s);  // serial: no pool, nothing to split, or pool in use
+        return;
+    }
+    p->fn = fn;
+    p->ctx = ctx;
+    p->slices = slices;
+    atomic_store_explicit(&p->pending, p->threads - 1, memory_order_relaxed);
+    atomic_fetch_add(&p->generation, 1);  // seq_cst: publishes the job, ordered before the sleepers check
+    if (atomic_load(&p->sleepers) > 0) {
+        pthread_mutex_lock(&p->mutex);
+        pthread_cond_broadcast(&p->wake);
+        pthread_mutex_unlock(&p->mutex);
+    }
+    for (size_t s = 0; s < slices; s += p->threads) fn(ctx, s);
+    uint64_t t0 = 0;
+    unsigned spins = 0;
+    while (atomic_load_explicit(&p->pending, memory_order_acquire) != 0) {
+        cpu_relax();
+        // A worker may have been descheduled (more threads than free cores): after 50 us, yield the core to it.
+        if ((++spins & 127) == 0) {
+            uint64_t t = monotonic_ns();
+            if (!t0) t0 = t;
+            else if (t - t0 > 50000) sched_yield();
+        }
+    }
+    atomic_store_explicit(&p->busy, 0, memory_order_release);
 }

@@ -14,15 +14,18 @@ public struct Linear: @unchecked Sendable {
     }
 
     /// x: [rows, inFeatures] (row stride inFeatures); y: [rows, outFeatures]. Output rows are split across the
-    /// pool's threads, so every thread streams a disjoint part of the weights.
+    /// pool's threads in whole 16-row panels of the GEMM, so every thread streams (and, for several rows, packs)
+    /// a disjoint part of the weights.
     public func apply(_ x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>, pool: ThreadPool) {
         let k = inFeatures, n = outFeatures
         let dtype = weight.dtype.kernelType
         let w = weight.data
         bias.withOptionalPointer { b in
-            pool.parallelRanges(n, granularity: 12) { slice, range in
-                let scratch = pool.scratch(slice, floats: 4 * k)
-                vk_matmul(x, rows, k, k, w, dtype, range.lowerBound, range.upperBound, b, y, n, scratch)
+            pool.parallelRanges(n, granularity: Int(VK_MATMUL_GRANULARITY)) { slice, range in
+                let lo = range.lowerBound, hi = range.upperBound
+                let floats = vk_matmul_scratch_floats(rows, k, lo, hi)
+                let scratch = pool.scratch(slice, floats: max(floats, 16))
+                vk_matmul_ws(x, rows, k, k, w, dtype, lo, hi, b, y, n, scratch, max(floats, 16))
             }
         }
     }

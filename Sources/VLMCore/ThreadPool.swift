@@ -1,17 +1,27 @@
+import CKernels
 import Dispatch
 import Foundation
 
-/// Splits numeric work across a fixed number of threads. Backed by libdispatch's persistent worker threads, so
-/// no thread is created per call; `threadCount` bounds how many slices run at once.
+/// Splits numeric work across a fixed number of threads. Backed by CKernels' persistent pool (`vk_pool`):
+/// `threadCount - 1` worker threads that spin briefly between jobs and then sleep, the calling thread taking the
+/// first slice. Back-to-back small jobs (a decode step makes hundreds) cost well under a microsecond to hand out,
+/// where waking libdispatch's workers for each cost several.
 public final class ThreadPool: @unchecked Sendable {
     public let threadCount: Int
 
     /// One scratch area per slice, grown on demand; slice `s` only ever touches `scratch[s]`.
     private let scratch: [ScratchBuffer]
+    /// nil when threadCount is 1 (or the threads could not be started: then libdispatch runs the slices).
+    private let workers: OpaquePointer?
 
     public init(threadCount: Int) {
         self.threadCount = max(1, threadCount)
         scratch = (0..<max(1, threadCount)).map { _ in ScratchBuffer() }
+        workers = self.threadCount > 1 ? vk_pool_create(self.threadCount) : nil
+    }
+
+    deinit {
+        if let workers { vk_pool_destroy(workers) }
     }
 
     /// Scratch memory of at least `floats` floats for slice `slice` (valid until the next call for that slice).
@@ -25,7 +35,8 @@ public final class ThreadPool: @unchecked Sendable {
     }
 
     /// Calls `body(slice, range)` for `threadCount` contiguous slices of 0..<count, each range a multiple of
-    /// `granularity` long except the last; slices run concurrently.
+    /// `granularity` long except the last; slices run concurrently. A call made from inside a slice (or while
+    /// another thread is using the pool) runs its slices one after another on the calling thread.
     public func parallelRanges(_ count: Int, granularity: Int = 1, _ body: (_ slice: Int, _ range: Range<Int>) -> Void) {
         guard count > 0 else { return }
         let g = max(1, granularity)
@@ -35,11 +46,31 @@ public final class ThreadPool: @unchecked Sendable {
             body(0, 0..<count)
             return
         }
-        DispatchQueue.concurrentPerform(iterations: slices) { s in
-            let u0 = units * s / slices, u1 = units * (s + 1) / slices
-            let lo = min(count, u0 * g), hi = min(count, u1 * g)
-            if lo < hi { body(s, lo..<hi) }
+        withoutActuallyEscaping(body) { body in
+            var job = SliceJob(count: count, granularity: g, units: units, slices: slices, body: body)
+            if let workers {
+                withUnsafeMutablePointer(to: &job) { p in
+                    vk_pool_run(workers, slices, { context, slice in
+                        context!.assumingMemoryBound(to: SliceJob.self).pointee.run(slice)
+                    }, p)
+                }
+            } else {
+                let j = job
+                DispatchQueue.concurrentPerform(iterations: slices) { j.run($0) }
+            }
         }
+    }
+}
+
+/// One parallelRanges call as the pool's C trampoline sees it.
+private struct SliceJob {
+    let count: Int, granularity: Int, units: Int, slices: Int
+    let body: (_ slice: Int, _ range: Range<Int>) -> Void
+
+    func run(_ s: Int) {
+        let u0 = units * s / slices, u1 = units * (s + 1) / slices
+        let lo = min(count, u0 * granularity), hi = min(count, u1 * granularity)
+        if lo < hi { body(s, lo..<hi) }
     }
 }
 

@@ -67,39 +67,22 @@ struct Run: AsyncParsableCommand {
         guard markers == image.count else { throw RunnerError.imageCountMismatch(markers: markers, images: image.count) }
         try runner.load()
         guard image.isEmpty || runner.imagePlaceholder != nil else { throw RunnerError.imagesNotSupported }
-        let placeholder = runner.imagePlaceholder ?? "<image>"
-
-        var history: [ChatMessage] = []
-        if let system { history.append(ChatMessage(role: "system", content: .text(system))) }
+        // One code path with `vlm chat`: each turn re-renders the whole conversation and the runner keeps the
+        // cached prefix, prefilling only the rest.
+        let conversation = Conversation(runner: runner, systemPrompt: system, format: raw ? .raw : .chatTemplate)
         var turns: [Any] = []
-        var transcript = ""  // --raw: the running text of all turns and replies
-        var imagesSoFar: [ImageInput] = []
         var nextImage = 0
         for userText in prompt {
-            let (message, count) = ChatMessage.user(userText)
-            imagesSoFar += image[nextImage..<(nextImage + count)].map { .file(URL(fileURLWithPath: ($0 as NSString).expandingTildeInPath)) }
+            let count = userText.components(separatedBy: "<image>").count - 1
+            let images = image[nextImage..<(nextImage + count)].map { ImageInput.file(URL(fileURLWithPath: ($0 as NSString).expandingTildeInPath)) }
             nextImage += count
-            let promptText: String
-            if raw {
-                transcript += userText.replacingOccurrences(of: "<image>", with: placeholder)
-                promptText = transcript
-            } else {
-                history.append(message)
-                promptText = try runner.renderChat(history, addGenerationPrompt: true)
-            }
-            // Each turn re-renders the whole conversation; the runner keeps the cached prefix and prefills the rest.
             let streaming = outputFormat == .text
-            let result = try runner.generate(continuing: promptText, images: imagesSoFar, config: config) { token in
+            let result = try conversation.send(userText, images: images, config: config) { token in
                 if streaming, !token.text.isEmpty { writeOut(token.text) }
             }
             if streaming {
                 writeOut("\n")
                 if stats { writeOut(result.stats.observerLine + "\n") }
-            }
-            if raw {
-                transcript += result.text
-            } else {
-                history.append(ChatMessage(role: "assistant", content: .text(result.text)))  // as a chat client sends it back
             }
             turns.append(JSONObject([
                 ("prompt", userText),

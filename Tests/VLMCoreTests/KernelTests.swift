@@ -41,28 +41,158 @@ final class KernelTests: XCTestCase {
         return y
     }
 
+    /// Weights of `dtype` holding `values` (rounded to the dtype), kept alive by the returned buffer.
+    func weightTensor(_ values: [Float], rows: Int, cols: Int, dtype: DType) -> Tensor {
+        let buffer = TensorBuffer(byteCount: values.count * dtype.byteSize)
+        switch dtype {
+        case .float32:
+            values.withUnsafeBytes { buffer.pointer.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        case .float16, .bfloat16:
+            bits(values, as: dtype).withUnsafeBytes { buffer.pointer.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        }
+        return Tensor(name: "w", dtype: dtype, shape: [rows, cols], data: UnsafeRawPointer(buffer.pointer), storage: buffer)
+    }
+
+    /// Largest |fast - ref| over `tolerance(ref index)`, and where; values must also agree on NaN-ness.
+    func worst(_ fast: [Float], _ ref: [Float], tolerance: (Int) -> Float) -> (ratio: Float, index: Int) {
+        var w: (Float, Int) = (0, -1)
+        for i in 0..<ref.count {
+            if fast[i].isNaN != ref[i].isNaN { return (.infinity, i) }
+            if ref[i].isNaN { continue }
+            let r = abs(fast[i] - ref[i]) / tolerance(i)
+            if !(r <= w.0) { w = (r, i) }
+        }
+        return w
+    }
+
+    // Token counts, input and output sizes that are not multiples of any block of the kernels (GEMV rows of 4,
+    // few-token tiles, the GEMM's 6x16 tile, its K and token blocks).
+    static let oddT = [1, 2, 3, 4, 5, 7, 13, 33, 130]
+    static let oddK = [1, 7, 63, 257, 960]
+    static let oddN = [1, 5, 17, 100]
+
     func testMatmulMatchesScalarForEveryDtypeAndOddShape() throws {
         var seed: UInt64 = 42
         for dtype in DType.allCases {
-            for (T, K, N) in [(1, 1, 1), (1, 7, 5), (1, 37, 13), (3, 9, 7), (5, 64, 11), (9, 130, 17), (17, 257, 6), (1, 960, 33)] {
-                let x = randoms(T * K, seed: &seed)
-                let wf = randoms(N * K, seed: &seed)
-                let bias = randoms(N, seed: &seed)
-                let check = { (w: UnsafeRawPointer) in
-                    for useBias in [false, true] {
-                        let fast = self.matmul(x, T: T, K: K, w: w, dtype: dtype, N: N, bias: useBias ? bias : nil, scalar: false)
-                        let ref = self.matmul(x, T: T, K: K, w: w, dtype: dtype, N: N, bias: useBias ? bias : nil, scalar: true)
-                        for i in 0..<fast.count {
-                            XCTAssertEqual(fast[i], ref[i], accuracy: 1e-4 * Float(K).squareRoot() + 1e-5, "\(dtype) T\(T) K\(K) N\(N) i\(i)")
+            for T in Self.oddT {
+                for K in Self.oddK {
+                    for N in Self.oddN {
+                        let x = randoms(T * K, seed: &seed)
+                        let wf = randoms(N * K, seed: &seed)
+                        let bias = randoms(N, seed: &seed)
+                        let check = { (w: UnsafeRawPointer) in
+                            for useBias in [false, true] {
+                                let b = useBias ? bias : nil
+                                let fast = self.matmul(x, T: T, K: K, w: w, dtype: dtype, N: N, bias: b, scalar: false)
+                                let ref = self.matmul(x, T: T, K: K, w: w, dtype: dtype, N: N, bias: b, scalar: true)
+                                let tol = 1e-5 * Float(K).squareRoot() + 1e-6
+                                let (ratio, i) = self.worst(fast, ref) { _ in tol }
+                                XCTAssertLessThanOrEqual(ratio, 1, "\(dtype) T\(T) K\(K) N\(N) bias \(useBias): y[\(i)] \(i >= 0 ? fast[i] : 0) vs \(i >= 0 ? ref[i] : 0)")
+                            }
+                        }
+                        if dtype == .float32 {
+                            wf.withUnsafeBytes { check($0.baseAddress!) }
+                        } else {
+                            bits(wf, as: dtype).withUnsafeBytes { check($0.baseAddress!) }
                         }
                     }
                 }
-                if dtype == .float32 {
-                    wf.withUnsafeBytes { check($0.baseAddress!) }
-                } else {
-                    bits(wf, as: dtype).withUnsafeBytes { check($0.baseAddress!) }
+            }
+        }
+    }
+
+    /// Linear.apply splits output rows across the pool; every thread count must give the scalar result, and the
+    /// kernel's own scratch fallback (vk_matmul with only 4*K floats) must agree with the sized entry point.
+    func testLinearApplyMatchesScalarForThreadCounts() {
+        var seed: UInt64 = 99
+        let pools = [1, 2, 3].map { ThreadPool(threadCount: $0) }
+        for dtype in DType.allCases {
+            for (T, K, N) in [(1, 960, 100), (2, 63, 17), (3, 257, 5), (5, 960, 100), (7, 7, 17), (13, 257, 100),
+                              (33, 960, 17), (130, 63, 100), (130, 960, 37), (64, 257, 1)] {
+                let x = randoms(T * K, seed: &seed), wf = randoms(N * K, seed: &seed), bias = randoms(N, seed: &seed)
+                let weight = weightTensor(wf, rows: N, cols: K, dtype: dtype)
+                let ref = matmul(x, T: T, K: K, w: weight.data, dtype: dtype, N: N, bias: bias, scalar: true)
+                let fallback = matmul(x, T: T, K: K, w: weight.data, dtype: dtype, N: N, bias: bias, scalar: false)
+                let tol = 1e-5 * Float(K).squareRoot() + 1e-6
+                XCTAssertLessThanOrEqual(worst(fallback, ref) { _ in tol }.ratio, 1, "vk_matmul \(dtype) T\(T) K\(K) N\(N)")
+                for useBias in [false, true] {
+                    let linear = Linear(weight: weight, bias: useBias ? bias : nil)
+                    let want = useBias ? ref : matmul(x, T: T, K: K, w: weight.data, dtype: dtype, N: N, bias: nil, scalar: true)
+                    for pool in pools {
+                        var y = [Float](repeating: -777, count: T * N)
+                        x.withUnsafeBufferPointer { xb in
+                            y.withUnsafeMutableBufferPointer { linear.apply(xb.baseAddress!, rows: T, into: $0.baseAddress!, pool: pool) }
+                        }
+                        let (ratio, i) = worst(y, want) { _ in tol }
+                        XCTAssertLessThanOrEqual(ratio, 1, "Linear \(dtype) T\(T) K\(K) N\(N) bias \(useBias) threads \(pool.threadCount): y[\(i)]")
+                    }
                 }
             }
+        }
+    }
+
+    /// The blocked attention (several queries through the GEMM tile) against the per-query scalar loop: causal and
+    /// bidirectional, with and without cached keys before the block, odd head sizes, strides wider than the rows.
+    func testAttentionMatchesScalarForOddShapes() {
+        var seed: UInt64 = 5
+        for hd in [1, 8, 12, 64, 72] {
+            for nq in [1, 3, 4, 5, 7, 13, 33, 50, 130] {
+                for causal in [false, true] {
+                    for cached in [0, 17] {
+                        let nKeys = causal ? cached + nq : nq + cached / 3
+                        let qs = 3 * hd + 1, kvs = 2 * hd + 3, os = hd + 5
+                        let q = randoms(nq * qs, seed: &seed).map { 3 * $0 }
+                        let k = randoms(nKeys * kvs, seed: &seed).map { 3 * $0 }
+                        let v = randoms(nKeys * kvs, seed: &seed)
+                        func run(scalar: Bool) -> [Float] {
+                            vk_force_scalar(scalar ? 1 : 0)
+                            defer { vk_force_scalar(0) }
+                            var out = [Float](repeating: -777, count: nq * os)
+                            var scores = [Float](repeating: 0, count: nKeys + 1)
+                            vk_attention_head(q, nq, qs, k, v, kvs, hd, causal ? cached : 0, causal ? 1 : 0, nKeys,
+                                              1 / Float(hd).squareRoot(), &out, os, &scores)
+                            return out
+                        }
+                        let fast = run(scalar: false), ref = run(scalar: true)
+                        let (ratio, i) = worst(fast, ref) { 2e-6 + 2e-5 * abs(ref[$0]) }
+                        XCTAssertLessThanOrEqual(ratio, 1, "hd\(hd) nq\(nq) causal \(causal) cached \(cached): out[\(i)]")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Vector exp-based activations against libm: GELU (tanh and erf forms), SiLU gate, softmax, over the range
+    /// where they bend and out to where exp over/underflows, plus NaN.
+    func testActivationsMatchScalar() {
+        var seed: UInt64 = 17
+        let n = 20_003
+        var x = randoms(n, seed: &seed).map { 12 * $0 }
+        let g = randoms(n, seed: &seed).map { 20 * $0 }
+        x[0] = -100; x[1] = 100; x[2] = 0; x[3] = -0.0; x[4] = 1e-30; x[5] = -9; x[6] = 9; x[7] = .nan
+        let inputs = x
+        var gate = g
+        gate[0] = -100; gate[1] = 100; gate[2] = 90; gate[3] = -90; gate[4] = .nan
+        func both(_ f: (UnsafeMutablePointer<Float>) -> Void) -> (fast: [Float], ref: [Float]) {
+            var a = x, b = x
+            vk_force_scalar(1); b.withUnsafeMutableBufferPointer { f($0.baseAddress!) }
+            vk_force_scalar(0); a.withUnsafeMutableBufferPointer { f($0.baseAddress!) }
+            return (a, b)
+        }
+        // GELU: libm's tanh/erf form loses relative accuracy in the negative tail (1 + tanh cancels), so the
+        // tolerance there is absolute, relative to the input.
+        for (name, f) in [("gelu_tanh", { (p: UnsafeMutablePointer<Float>) in vk_gelu_tanh(p, n) }),
+                          ("gelu_erf", { (p: UnsafeMutablePointer<Float>) in vk_gelu_erf(p, n) })] {
+            let (fast, ref) = both(f)
+            let (ratio, i) = worst(fast, ref) { 2e-7 * abs(inputs[$0]) + 3e-6 * abs(ref[$0]) + 1e-37 }
+            XCTAssertLessThanOrEqual(ratio, 1, "\(name) at x = \(i >= 0 ? x[i] : 0): \(i >= 0 ? fast[i] : 0) vs \(i >= 0 ? ref[i] : 0)")
+        }
+        let (fast, ref) = both { vk_silu_mul(gate, $0, n) }
+        let (ratio, i) = worst(fast, ref) { 1e-6 * abs(ref[$0]) + 1e-37 }
+        XCTAssertLessThanOrEqual(ratio, 1, "silu_mul at gate \(i >= 0 ? gate[i] : 0)")
+        for m in [1, 2, 7, 8, 9, 31, 100] {
+            let (fast, ref) = both { vk_softmax($0 + 11, m) }
+            XCTAssertLessThanOrEqual(worst(fast, ref) { 1e-6 * abs(ref[$0]) + 1e-38 }.ratio, 1, "softmax n\(m)")
         }
     }
 
@@ -152,5 +282,31 @@ final class KernelTests: XCTestCase {
                 hits.deallocate()
             }
         }
+    }
+
+    /// Thousands of back-to-back jobs (as in decoding), jobs nested inside a slice (run serially on that thread),
+    /// and two threads sharing one pool (one of them falls back to running its slices itself): every index once.
+    func testThreadPoolBackToBackNestedAndShared() {
+        let pool = ThreadPool(threadCount: 3)
+        let n = 64
+        let hits = UnsafeMutablePointer<Int>.allocate(capacity: n)
+        defer { hits.deallocate() }
+        hits.initialize(repeating: 0, count: n)
+        for _ in 0..<5000 { pool.parallelRanges(n) { _, r in for i in r { hits[i] += 1 } } }
+        for i in 0..<n { XCTAssertEqual(hits[i], 5000, "back-to-back index \(i)") }
+
+        hits.initialize(repeating: 0, count: n)
+        pool.parallelRanges(4) { _, outer in
+            for o in outer { pool.parallelRanges(16) { _, inner in for i in inner { hits[o * 16 + i] += 1 } } }
+        }
+        for i in 0..<n { XCTAssertEqual(hits[i], 1, "nested index \(i)") }
+
+        let shared = UnsafeMutablePointer<Int>.allocate(capacity: 2 * n)
+        defer { shared.deallocate() }
+        shared.initialize(repeating: 0, count: 2 * n)
+        DispatchQueue.concurrentPerform(iterations: 2) { caller in
+            for _ in 0..<500 { pool.parallelRanges(n) { _, r in for i in r { shared[caller * n + i] += 1 } } }
+        }
+        for i in 0..<(2 * n) { XCTAssertEqual(shared[i], 500, "shared index \(i)") }
     }
 }

@@ -33,6 +33,24 @@ void vk_matmul(const float *x, size_t T, size_t K, size_t ldx,
                float *y, size_t ldy,
                float *scratch);
 
+/// Floats of scratch that vk_matmul_ws wants for one call over output rows [n0, n1) (0 when it needs none).
+/// Covers the packed weight and activation panels of the blocked GEMM plus 64-byte alignment slack.
+size_t vk_matmul_scratch_floats(size_t T, size_t K, size_t n0, size_t n1);
+
+/// vk_matmul with the size of `scratch` given: when `scratch_floats` is below vk_matmul_scratch_floats(...),
+/// the kernel falls back to a buffer of its own (one per thread, kept for the thread's lifetime).
+/// T == 1: a streaming matrix-vector product (weights read once, converted on the fly).
+/// T >= 2: a cache-blocked GEMM (weights converted to f32 once per call into packed panels, 6x16 register tile).
+void vk_matmul_ws(const float *x, size_t T, size_t K, size_t ldx,
+                  const void *w, vk_dtype dtype,
+                  size_t n0, size_t n1,
+                  const float *bias,
+                  float *y, size_t ldy,
+                  float *scratch, size_t scratch_floats);
+
+/// Output-row granularity that keeps the GEMM's 16-wide panels whole when a caller splits [0, N) across threads.
+#define VK_MATMUL_GRANULARITY 16
+
 /// Converts `count` elements of `dtype` at src into f32 at dst.
 void vk_to_f32(const void *src, vk_dtype dtype, size_t count, float *dst);
 
@@ -70,6 +88,18 @@ void vk_attention_head(const float *q, size_t nq, size_t q_stride,
                        const float *k, const float *v, size_t kv_stride, size_t head_dim,
                        size_t q_pos0, int causal, size_t n_keys, float scale,
                        float *out, size_t out_stride, float *scores);
+
+/// A persistent pool of worker threads for fork-join loops: `vk_pool_run` calls fn(ctx, s) for s in [0, slices),
+/// slice 0 on the calling thread and slice s on worker s, and returns when all are done. Workers spin briefly
+/// between jobs (so back-to-back small jobs, as in decoding, pay no wake-up latency) and then sleep. A call made
+/// while the pool is already running a job (from another thread, or nested) runs its slices serially on the caller.
+typedef struct vk_pool vk_pool;
+typedef void (*vk_task_fn)(void *ctx, size_t slice);
+/// `threads` counts the caller: threads - 1 workers are started. Returns NULL on failure.
+vk_pool *vk_pool_create(size_t threads);
+void vk_pool_destroy(vk_pool *pool);
+/// slices may exceed the pool's threads: participant p (the caller is 0) runs slices p, p + threads, ...
+void vk_pool_run(vk_pool *pool, size_t slices, vk_task_fn fn, void *ctx);
 
 /// Sums `count` floats with the widest loads available: the read loop of the bandwidth measurement.
 float vk_sum(const float *x, size_t count);

@@ -17,8 +17,14 @@ public final class MultimodalRunner: Runner {
     public private(set) var preprocessor: ImagePreprocessor?
     public private(set) var eosTokenIDs: Set<Int> = []
     /// Token ids held by the KV cache, in order (image placeholders included).
-    public private(set) var cachedTokenIDs: [Int] = []
-    private var cache: KVCache?
+    public internal(set) var cachedTokenIDs: [Int] = []
+    /// Which picture fills each image's positions in the KV cache (placeholder ids alone cannot tell two
+    /// images with the same tiling apart).
+    public internal(set) var cachedImages: [CachedImage] = []
+    /// Preprocessed images of recent prompts by content hash, so later turns do not decode them again.
+    var preprocessMemo: [UInt64: PreprocessedImage] = [:]
+    var preprocessMemoOptions: ImageOptions?
+    internal private(set) var cache: KVCache?
     private var loadStartMs: Int64 = 0, loadEndMs: Int64 = 0
     private let stopFlag = StopFlag()
 
@@ -64,6 +70,8 @@ public final class MultimodalRunner: Runner {
         public var images: [PreprocessedImage]
         public var runs: [Run]
         public var preprocessMs: Double
+        /// Content hash of each image (ImageInput.contentHash).
+        public var imageHashes: [UInt64] = []
 
         /// Positions [first run start, last run end) of image `i`.
         func extent(of i: Int) -> Range<Int>? {
@@ -82,7 +90,8 @@ public final class MultimodalRunner: Runner {
             throw RunnerError.imageCountMismatch(markers: pieces.count - 1, images: images.count)
         }
         let t0 = monotonicSeconds()
-        let processed = try images.map { try preprocessor.preprocess($0.decode(options: imageOptions.decoding)) }
+        let hashed = try images.map { try preprocessedImage($0, preprocessor: preprocessor) }
+        let processed = hashed.map(\.image)
         let preprocessMs = (monotonicSeconds() - t0) * 1000
         var expanded = pieces[0]
         for (i, image) in processed.enumerated() { expanded += image.promptText + pieces[i + 1] }
@@ -107,7 +116,7 @@ public final class MultimodalRunner: Runner {
             row += j - i
             i = j
         }
-        return PreparedPrompt(ids: ids, images: processed, runs: runs, preprocessMs: preprocessMs)
+        return PreparedPrompt(ids: ids, images: processed, runs: runs, preprocessMs: preprocessMs, imageHashes: hashed.map(\.hash))
     }
 
     // MARK: Runner
@@ -132,6 +141,7 @@ public final class MultimodalRunner: Runner {
                                                 image: $0.image + combined.images.count, featureRow: $0.featureRow) }
             combined.ids += p.ids
             combined.images += p.images
+            combined.imageHashes += p.imageHashes
             combined.preprocessMs += p.preprocessMs
             text = ""; images = []
         }
@@ -156,9 +166,13 @@ public final class MultimodalRunner: Runner {
         var keep = 0
         while keep < min(prepared.ids.count, cachedTokenIDs.count), prepared.ids[keep] == cachedTokenIDs[keep] { keep += 1 }
         keep = min(keep, prepared.ids.count - 1)
-        // Never keep part of an image: its remaining rows would need the encoder anyway.
+        // Never keep part of an image: its remaining rows would need the encoder anyway. Keep a whole image only
+        // if the cache holds the same picture there.
         for i in prepared.images.indices {
-            if let extent = prepared.extent(of: i), extent.lowerBound < keep, keep < extent.upperBound { keep = extent.lowerBound }
+            guard let extent = prepared.extent(of: i), extent.lowerBound < keep else { continue }
+            if keep < extent.upperBound || !cachedImages.contains(CachedImage(range: extent, contentHash: prepared.imageHashes[i])) {
+                keep = extent.lowerBound
+            }
         }
         return try run(prepared, keep: keep, config: config, onToken: onToken)
     }
@@ -180,6 +194,7 @@ public final class MultimodalRunner: Runner {
         guard ids.count <= limit else { throw RunnerError.promptTooLong(promptTokens: ids.count, limit: limit) }
         cache.truncate(to: keep)
         cachedTokenIDs = Array(ids.prefix(keep))
+        cachedImages.removeAll { $0.range.upperBound > keep }
         result.stats.cachedTokens = keep
         result.promptTokenIDs = ids
         result.stats.promptTokens = ids.count
@@ -206,8 +221,10 @@ public final class MultimodalRunner: Runner {
         result.stats.imageTilesEncoded = tilesEncoded
 
         let prefillStart = monotonicSeconds()
-        guard let logits = try MultimodalPrefiller(model: model, chunkSize: config.prefillChunkSize)
-            .prefill(ids, from: keep, spans: spans, cache: cache, shouldStop: { stopFlag.isRaised }) else {
+        let logitsOrStopped = try MultimodalPrefiller(model: model, chunkSize: config.prefillChunkSize)
+            .prefill(ids, from: keep, spans: spans, cache: cache, shouldStop: { stopFlag.isRaised })
+        updateCachedImages(prepared, keep: keep)
+        guard let logits = logitsOrStopped else {
             cachedTokenIDs = Array(ids.prefix(cache.count))
             result.stopReason = .cancelled
             result.stats.inferenceEndMs = wallClockMilliseconds()
@@ -238,6 +255,7 @@ public final class MultimodalRunner: Runner {
     public func reset() {
         cache?.reset()
         cachedTokenIDs = []
+        cachedImages = []
         stopFlag.clear()
     }
 }

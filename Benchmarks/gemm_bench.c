@@ -1,0 +1,381 @@
+// Micro-benchmark of the CKernels matmul (prefill GEMM and decode GEMV) and attention, outside Swift.
+//
+//   bash Benchmarks/kernels.sh                  # builds this against Sources/CKernels/kernels.c and runs it
+//   cc -O2 -I Sources/CKernels/include Benchmarks/gemm_bench.c Sources/CKernels/kernels.c -lpthread -lm -o /tmp/gb
+//   /tmp/gb [--threads N] [--runs R] [--min] [--only gemm|gemv|attn|peak] [--shape SUBSTRING]
+//
+// Threads work as Linear.apply splits them: output rows [0, N) cut into one contiguous range per thread (multiples
+// of the GEMM panel width), every thread calling vk_matmul on its range. The threads here are persistent and meet at
+// a spin barrier, so what is timed is the kernels, not thread start-up. Figures: median of `runs` timed runs
+// (each run repeats the call until it lasts >= 0.2 s), GFLOP/s and % of the FMA peak measured here with the same
+// threads (vk_fma_loop). Decode: one pass over the weight matrices of a SmolLM2-360M decode step (32 layers of
+// q/k/v/o/gate/up/down plus the tied lm_head, bf16, 723.5 MB) per token, against the read bandwidth measured with
+// vk_sum over a 512 MB buffer.
+//
+// Builds against an older kernels.c too (no vk_matmul_ws there): compile with -DVK_OLD_API.
+#define _GNU_SOURCE
+#include "ckernels.h"
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#ifndef VK_MATMUL_GRANULARITY
+#define VK_MATMUL_GRANULARITY 12
+#endif
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+// ---- a tiny fork-join team with a spin barrier ------------------------------------------------------------------
+typedef void (*job_fn)(void *ctx, int tid, int nthreads);
+static struct {
+    int n;
+    _Atomic long gen;
+    _Atomic int done;
+    job_fn fn;
+    void *ctx;
+} team;
+
+static void *team_worker(void *arg) {
+    int tid = (int)(intptr_t)arg;
+    long seen = 0;
+    for (;;) {
+        long g;
+        while ((g = atomic_load_explicit(&team.gen, memory_order_acquire)) == seen) __builtin_ia32_pause();
+        seen = g;
+        if (g < 0) return NULL;
+        team.fn(team.ctx, tid, team.n);
+        atomic_fetch_add_explicit(&team.done, 1, memory_order_acq_rel);
+    }
+}
+
+static void team_start(int n) {
+    team.n = n;
+    for (int i = 1; i < n; i++) {
+        pthread_t th;
+        pthread_create(&th, NULL, team_worker, (void *)(intptr_t)i);
+        pthread_detach(th);
+    }
+}
+
+static void team_run(job_fn fn, void *ctx) {
+    if (team.n == 1) { fn(ctx, 0, 1); return; }
+    team.fn = fn;
+    team.ctx = ctx;
+    atomic_store(&team.done, 0);
+    atomic_fetch_add_explicit(&team.gen, 1, memory_order_release);
+    fn(ctx, 0, team.n);
+    while (atomic_load_explicit(&team.done, memory_order_acquire) < team.n - 1) __builtin_ia32_pause();
+}
+
+// Range of thread tid as ThreadPool.parallelRanges cuts it.
+static void slice_range(size_t count, size_t g, int tid, int n, size_t *lo, size_t *hi) {
+    size_t units = (count + g - 1) / g;
+    size_t slices = units < (size_t)n ? units : (size_t)n;
+    *lo = *hi = 0;
+    if ((size_t)tid >= slices) return;
+    size_t u0 = units * (size_t)tid / slices, u1 = units * ((size_t)tid + 1) / slices;
+    *lo = u0 * g < count ? u0 * g : count;
+    *hi = u1 * g < count ? u1 * g : count;
+}
+
+// ---- matmul job -----------------------------------------------------------------------------------------------
+typedef struct {
+    const float *x;
+    size_t T, K, N;
+    const void *w;
+    vk_dtype dt;
+    float *y;
+    float *scratch[64];
+    size_t scratch_floats[64];
+} mm_job;
+
+static void mm_run(void *c, int tid, int n) {
+    mm_job *j = (mm_job *)c;
+    size_t lo, hi;
+    slice_range(j->N, VK_MATMUL_GRANULARITY, tid, n, &lo, &hi);
+    if (lo >= hi) return;
+#ifdef VK_OLD_API
+    vk_matmul(j->x, j->T, j->K, j->K, j->w, j->dt, lo, hi, NULL, j->y, j->N, j->scratch[tid]);
+#else
+    vk_matmul_ws(j->x, j->T, j->K, j->K, j->w, j->dt, lo, hi, NULL, j->y, j->N, j->scratch[tid], j->scratch_floats[tid]);
+#endif
+}
+
+static size_t scratch_need(size_t T, size_t K, size_t N, int nthreads) {
+#ifdef VK_OLD_API
+    (void)T; (void)N; (void)nthreads;
+    return 4 * K;
+#else
+    size_t best = 4 * K;
+    for (int t = 0; t < nthreads; t++) {
+        size_t lo, hi;
+        slice_range(N, VK_MATMUL_GRANULARITY, t, nthreads, &lo, &hi);
+        size_t s = vk_matmul_scratch_floats(T, K, lo, hi);
+        if (s > best) best = s;
+    }
+    return best;
+#endif
+}
+
+static uint64_t rng = 0x9E3779B97F4A7C15ull;
+static float frand(void) {
+    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((int32_t)(rng >> 32)) / 2147483648.0f;
+}
+
+static void *make_weights(size_t count, vk_dtype dt) {
+    if (dt == VK_F32) {
+        float *w = malloc(count * 4);
+        for (size_t i = 0; i < count; i++) w[i] = 0.02f * frand();
+        return w;
+    }
+    uint16_t *w = malloc(count * 2);
+    for (size_t i = 0; i < count; i++) {
+        float f = 0.02f * frand();
+        if (dt == VK_BF16) {
+            vk_f32_to_bf16(&f, 1, &w[i]);
+        } else {
+            _Float16 h = (_Float16)f;
+            memcpy(&w[i], &h, 2);
+        }
+    }
+    return w;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int use_min = 0;  // --min: report the fastest run instead of the median (for tuning on a busy machine)
+
+static double median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof(double), cmp_double);
+    if (use_min) return v[0];
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// Seconds per call: each run repeats until >= min_s, median over runs.
+static double time_job(job_fn fn, void *ctx, int runs, double min_s) {
+    team_run(fn, ctx);  // warm-up
+    double v[64];
+    for (int r = 0; r < runs; r++) {
+        int reps = 0;
+        double t0 = now(), t;
+        do { team_run(fn, ctx); reps++; t = now() - t0; } while (t < min_s);
+        v[r] = t / reps;
+    }
+    return median(v, runs);
+}
+
+// ---- peak and bandwidth probes --------------------------------------------------------------------------------
+static _Atomic long long fma_flops;
+static void fma_run(void *c, int tid, int n) {
+    (void)c; (void)tid; (void)n;
+    double f = vk_fma_loop(20000000);
+    atomic_fetch_add(&fma_flops, (long long)f);
+}
+
+static double measure_peak(int runs) {
+    double v[64];
+    for (int r = 0; r < runs; r++) {
+        atomic_store(&fma_flops, 0);
+        double t0 = now();
+        team_run(fma_run, NULL);
+        v[r] = (double)atomic_load(&fma_flops) / (now() - t0);
+    }
+    // Best run, as HardwareProbe does: the peak is what the machine can do when nobody else runs.
+    qsort(v, (size_t)runs, sizeof(double), cmp_double);
+    return v[runs - 1];
+}
+
+typedef struct { const float *buf; size_t count; } sum_job;
+static void sum_run(void *c, int tid, int n) {
+    sum_job *j = (sum_job *)c;
+    size_t lo, hi;
+    slice_range(j->count, 4096, tid, n, &lo, &hi);
+    volatile float s = vk_sum(j->buf + lo, hi - lo);
+    (void)s;
+}
+
+static double measure_bandwidth(int runs) {
+    size_t count = (size_t)512 * 1024 * 1024 / 4;
+    float *buf = malloc(count * 4);
+    for (size_t i = 0; i < count; i++) buf[i] = 1.0f;
+    sum_job j = {buf, count};
+    double best = 0;
+    for (int r = 0; r < runs + 2; r++) {
+        double t0 = now();
+        team_run(sum_run, &j);
+        double bw = (double)count * 4 / (now() - t0);
+        if (bw > best) best = bw;
+    }
+    free(buf);
+    return best;
+}
+
+// ---- decode: one SmolLM2-360M token's worth of GEMVs ----------------------------------------------------------
+typedef struct {
+    int nmats;
+    size_t K[8 * 32 + 1], N[8 * 32 + 1];
+    void *w[8 * 32 + 1];
+    float *x, *y;
+    vk_dtype dt;
+} decode_model;
+
+static void gemv_one(decode_model *m, int i) {
+    mm_job j;
+    memset(&j, 0, sizeof j);
+    j.x = m->x; j.T = 1; j.K = m->K[i]; j.N = m->N[i]; j.w = m->w[i]; j.dt = m->dt; j.y = m->y;
+    team_run(mm_run, &j);
+}
+
+static const char *dt_name(vk_dtype dt) { return dt == VK_F32 ? "f32" : dt == VK_F16 ? "f16" : "bf16"; }
+
+static void print_mode(const char *what) { printf("\n== %s ==\n", what); }
+
+int main(int argc, char **argv) {
+    int threads = 2, runs = 5;
+    const char *only = NULL, *shape_filter = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
+        else if (!strcmp(argv[i], "--min")) use_min = 1;
+        else if (!strcmp(argv[i], "--shape") && i + 1 < argc) shape_filter = argv[++i];
+        else { fprintf(stderr, "usage: %s [--threads N] [--runs R] [--min] [--only gemm|gemv|attn|peak] [--shape SUBSTRING]\n", argv[0]); return 2; }
+    }
+    if (runs > 64) runs = 64;
+    team_start(threads);
+    printf("simd level %d, threads %d, runs %d (median)\n", vk_simd_level(), threads, runs);
+    double peak = measure_peak(3);
+    printf("FMA peak %.1f GFLOP/s (%d threads, best of 3)\n", peak / 1e9, threads);
+    if (only && !strcmp(only, "peak")) return 0;
+
+    if (!only || !strcmp(only, "gemm")) {
+        print_mode("prefill GEMM: y[T, N] = x[T, K] W[N, K]^T");
+        struct { size_t T, K, N; const char *what; } shapes[] = {
+            {128, 960, 2560, "SmolLM2-360M gate/up"},
+            {128, 2560, 960, "SmolLM2-360M down"},
+            {128, 960, 960, "SmolLM2-360M q/o"},
+            {128, 960, 320, "SmolLM2-360M k/v"},
+            {512, 960, 2560, "gate/up, 512 tokens"},
+            {1024, 960, 2560, "gate/up, 1024 tokens"},
+            {1024, 768, 3072, "vision fc1 (768 -> 3072)"},
+            {1024, 3072, 768, "vision fc2 (3072 -> 768)"},
+            {1024, 768, 768, "vision q/k/v/o"},
+            {5, 960, 2560, "5 tokens"},
+            {16, 960, 2560, "16 tokens"},
+        };
+        vk_dtype dts[] = {VK_F32, VK_BF16, VK_F16};
+        printf("%-28s %5s %5s %5s %5s %9s %9s %7s\n", "shape", "T", "K", "N", "dtype", "ms", "GFLOP/s", "%peak");
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+            if (shape_filter && !strstr(shapes[s].what, shape_filter)) continue;
+            for (size_t d = 0; d < 3; d++) {
+                size_t T = shapes[s].T, K = shapes[s].K, N = shapes[s].N;
+                mm_job j;
+                memset(&j, 0, sizeof j);
+                float *x = malloc(T * K * 4);
+                for (size_t i = 0; i < T * K; i++) x[i] = frand();
+                j.x = x; j.T = T; j.K = K; j.N = N; j.dt = dts[d];
+                j.w = make_weights(N * K, dts[d]);
+                j.y = malloc(T * N * 4);
+                size_t need = scratch_need(T, K, N, threads);
+                for (int t = 0; t < threads; t++) { j.scratch[t] = malloc(need * 4); j.scratch_floats[t] = need; }
+                double sec = time_job(mm_run, &j, runs, 0.2);
+                double gf = 2.0 * T * K * N / sec;
+                printf("%-28s %5zu %5zu %5zu %5s %9.3f %9.1f %6.1f%%\n", shapes[s].what, T, K, N, dt_name(dts[d]),
+                       sec * 1e3, gf / 1e9, 100 * gf / peak);
+                fflush(stdout);
+                for (int t = 0; t < threads; t++) free(j.scratch[t]);
+                free(x); free((void *)j.w); free(j.y);
+            }
+        }
+    }
+
+    if (!only || !strcmp(only, "gemv")) {
+        print_mode("decode GEMV (T = 1): one SmolLM2-360M token = 32 x (q,k,v,o,gate,up,down) + lm_head");
+        double bw = measure_bandwidth(3);
+        printf("read bandwidth %.1f GB/s (vk_sum, %d threads, best of %d)\n", bw / 1e9, threads, runs + 2);
+        vk_dtype dts[] = {VK_BF16, VK_F32};
+        for (size_t d = 0; d < 2; d++) {
+            decode_model m;
+            memset(&m, 0, sizeof m);
+            m.dt = dts[d];
+            size_t D = 960, I = 2560, KV = 320, V = 49152;
+            size_t shapes[7][2] = {{D, D}, {D, KV}, {D, KV}, {D, D}, {D, I}, {D, I}, {I, D}};
+            size_t bytes = 0, es = dts[d] == VK_F32 ? 4 : 2;
+            for (int l = 0; l < 32; l++)
+                for (int s = 0; s < 7; s++) {
+                    m.K[m.nmats] = shapes[s][0]; m.N[m.nmats] = shapes[s][1];
+                    m.w[m.nmats] = make_weights(shapes[s][0] * shapes[s][1], m.dt);
+                    bytes += shapes[s][0] * shapes[s][1] * es;
+                    m.nmats++;
+                }
+            m.K[m.nmats] = D; m.N[m.nmats] = V; m.w[m.nmats] = make_weights(D * V, m.dt);
+            bytes += D * V * es;
+            m.nmats++;
+            m.x = malloc(I * 4);
+            for (size_t i = 0; i < I; i++) m.x[i] = frand();
+            m.y = malloc(V * 4);
+            double v[64];
+            for (int r = 0; r < runs + 1; r++) {
+                double t0 = now();
+                for (int i = 0; i < m.nmats; i++) gemv_one(&m, i);
+                v[r] = now() - t0;
+            }
+            double sec = median(v + 1, runs);
+            double bound = bw / (double)bytes;
+            printf("%-5s %d calls/token, %.1f MB/token: %.2f ms/token = %.2f tok/s, %.1f GB/s, %.1f%% of bound (%.2f tok/s)\n",
+                   dt_name(m.dt), m.nmats, bytes / 1e6, sec * 1e3, 1 / sec, bytes / sec / 1e9, 100 / sec / bound, bound);
+            // Per-call overhead of the barrier alone.
+            fflush(stdout);
+            for (int i = 0; i < m.nmats; i++) free(m.w[i]);
+            free(m.x); free(m.y);
+        }
+    }
+
+    if (!only || !strcmp(only, "attn")) {
+        print_mode("attention: all heads of one layer, heads split across threads");
+        struct { size_t rows, heads, hd; int causal; const char *what; } shapes[] = {
+            {1024, 12, 64, 0, "vision tile 1024 x 12 heads"},
+            {1024, 16, 64, 0, "vision tile 1024 x 16 heads"},
+            {128, 15, 64, 1, "text prefill 128 x 15 heads"},
+        };
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+            size_t rows = shapes[s].rows, H = shapes[s].heads, hd = shapes[s].hd, width = H * hd;
+            float *q = malloc(rows * width * 4), *k = malloc(rows * width * 4), *v = malloc(rows * width * 4);
+            float *o = malloc(rows * width * 4);
+            for (size_t i = 0; i < rows * width; i++) { q[i] = frand(); k[i] = frand(); v[i] = frand(); }
+            struct attn_ctx { float *q, *k, *v, *o; size_t rows, H, hd, width; int causal; } c = {q, k, v, o, rows, H, hd, width, shapes[s].causal};
+            void attn_run(void *cc, int tid, int n);
+            double sec = time_job(attn_run, &c, runs, 0.2);
+            // Causal: about half the score matrix is computed.
+            double flops = 4.0 * rows * rows * hd * H * (shapes[s].causal ? 0.5 : 1.0);
+            printf("%-32s %9.3f ms %9.1f GFLOP/s %6.1f%% of peak\n", shapes[s].what, sec * 1e3, flops / sec / 1e9,
+                   100 * flops / sec / peak);
+            free(q); free(k); free(v); free(o);
+        }
+    }
+    return 0;
+}
+
+void attn_run(void *cc, int tid, int n) {
+    struct attn_ctx { float *q, *k, *v, *o; size_t rows, H, hd, width; int causal; } *c = cc;
+    size_t lo, hi;
+    slice_range(c->H, 1, tid, n, &lo, &hi);
+    float *scores = malloc(c->rows * 4);
+    for (size_t h = lo; h < hi; h++)
+        vk_attention_head(c->q + h * c->hd, c->rows, c->width, c->k + h * c->hd, c->v + h * c->hd, c->width, c->hd,
+                          0, c->causal, c->rows, 1.0f / sqrtf((float)c->hd), c->o + h * c->hd, c->width, scores);
+    free(scores);
+}

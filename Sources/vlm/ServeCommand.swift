@@ -1,0 +1,89 @@
+import ArgumentParser
+import Foundation
+import VLMRuntime
+import VLMServer
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/models, /health).")
+
+    @Option(name: .long, help: "Hugging Face model folder (config.json, *.safetensors, tokenizer.json).")
+    var model: String
+
+    @Option(name: .long, help: "Address to listen on (loopback by default).")
+    var host = "127.0.0.1"
+
+    @Option(name: .long, help: "Port to listen on (0 = any free port).")
+    var port = 8080
+
+    @Option(name: .long, help: "Require 'Authorization: Bearer KEY' on /v1/* (default: $VLM_API_KEY, else none).")
+    var apiKey: String?
+
+    @Option(name: .long, help: "Requests that may wait behind the running one; more get 429.")
+    var maxQueue = 16
+
+    @Option(name: .long, help: "Largest request body in bytes.")
+    var maxBodyBytes = 20_000_000
+
+    @Option(name: .long, help: "Most images per request.")
+    var maxImages = 8
+
+    @Option(name: .long, help: "Refuse images with more pixels than this (decompression bombs).")
+    var maxImagePixels = 64_000_000
+
+    @Option(name: .long, help: "max_tokens when a request gives none.")
+    var defaultMaxTokens = 256
+
+    @Flag(name: .long, help: "Idefics3/SmolVLM: encode the global image only (no tiles).")
+    var noImageSplitting = false
+
+    @Option(name: .long, help: "Most tiles per image (InternVL max_patches; SmolVLM: caps the tile grid).")
+    var maxTiles: Int?
+
+    @Option(name: .long, help: "Worker threads (default: all cores).")
+    var threads: Int?
+
+    @Option(name: .long, help: "Model id reported by /v1/models (default: the folder's name).")
+    var modelName: String?
+
+    func run() async throws {
+        do {
+            try await execute()
+        } catch {
+            failAndExit(error)
+        }
+    }
+
+    private func execute() async throws {
+        guard (0...65535).contains(port) else { throw ValidationError("--port must be in 0...65535, found \(port)") }
+        guard maxQueue >= 0 else { throw ValidationError("--max-queue must be >= 0, found \(maxQueue)") }
+        guard maxBodyBytes > 0, maxImages >= 0, maxImagePixels > 0, defaultMaxTokens > 0 else {
+            throw ValidationError("--max-body-bytes, --max-image-pixels and --default-max-tokens must be positive, --max-images >= 0")
+        }
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1, found \(threads)") }
+        let folder = URL(fileURLWithPath: (model as NSString).expandingTildeInPath)
+        var imageOptions = ImageOptions()
+        imageOptions.disableImageSplitting = noImageSplitting
+        imageOptions.maxTiles = maxTiles
+        imageOptions.decoding.maxPixels = maxImagePixels
+        let runner = try RunnerFactory.make(modelDirectory: folder, threads: threads ?? ThreadPoolDefaults.threads,
+                                            imageOptions: imageOptions)
+        try runner.load()
+
+        var config = ServerConfiguration()
+        config.host = host
+        config.port = port
+        config.apiKey = apiKey ?? ProcessInfo.processInfo.environment["VLM_API_KEY"].flatMap { $0.isEmpty ? nil : $0 }
+        config.maxQueue = maxQueue
+        config.maxBodyBytes = maxBodyBytes
+        config.maxImages = maxImages
+        config.imageDecoding.maxPixels = maxImagePixels
+        config.defaultMaxTokens = defaultMaxTokens
+        config.modelName = modelName ?? folder.standardizedFileURL.lastPathComponent
+        let server = ChatServer(runner: runner, configuration: config)
+        let name = config.modelName, host = self.host
+        try await server.run { port in
+            FileHandle.standardError.write(Data("vlm serve: \(name) on http://\(host):\(port)/v1\n".utf8))
+        }
+    }
+}

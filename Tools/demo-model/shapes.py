@@ -1,0 +1,318 @@
+#!/usr/bin/env python3
+"""Synthetic "shapes" scenes and chat tasks for the SwiftVLM demo VLM (issue 7). Deterministic given a seed.
+
+A scene is a pale background (solid, gentle gradient or light noise) of W x H pixels (each side 96..320, aspect ratio
+at most 2:1) holding 1-3 shapes, each in its own cell of a 3 x 3 grid (so they never overlap):
+
+  shapes   circle, square, triangle, star
+  colours  red, green, blue, yellow, purple, orange (each with a small random jitter)
+  cells    rows top/middle/bottom x columns left/center/right, named
+           "at the top left", "at the top", "at the top right", "on the left", "in the center", "on the right",
+           "at the bottom left", "at the bottom", "at the bottom right"
+
+Shapes are always listed in reading order (row by row, left to right within a row).
+
+Tasks and their canonical answers (exact-match evaluation is meaningful: the answer is a function of the scene):
+
+  describe   "<image>Describe this image."            -> "A red circle at the top left and a blue star on the right."
+             (1: "A X.", 2: "A X and a Y.", 3: "A X, a Y and a Z.", each "colour shape position")
+  color      "<image>What color is the triangle?"     -> "Green."    (asked only if the shape kind is unique)
+  shape      "<image>What shape is the green object?" -> "A triangle." (asked only if the colour is unique)
+  count      "<image>How many shapes are there?"      -> "One." / "Two." / "Three."
+  position   "<image>Where is the red circle?"        -> "At the top left." (colour+shape unique in the scene)
+  compare    "<image><image>Compare these images."    -> "The first image has a red circle, the second has a blue
+             star and a green square." (shapes of each image in reading order, no positions)
+  multi-turn (3 user turns):
+    turn 1   an image and one of the single-image questions above
+    turn 2   a text-only follow-up about the same image (another single-image question type, no new image)
+    turn 3   a new image and a question about it and the first image:
+             same_color "<image>Is the shape in this image the same color as the one in the first image?"
+             same_shape "<image>Is the shape in this image the same shape as the one in the first image?"
+                        (both only when both images hold exactly one shape)
+             same_count "<image>Does this image have the same number of shapes as the first image?"
+             -> "Yes." / "No." (balanced)
+
+An item is {"kind": "single"|"compare"|"multiturn", "turns": [{"user": text with "<image>" markers before the question,
+"images": [scene, ...] (for that turn, in order), "answer": str, "type": str}, ...]}.
+"""
+import io
+import math
+import random
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SHAPES = ["circle", "square", "triangle", "star"]
+COLORS = {
+    "red": (215, 35, 35),
+    "green": (35, 160, 55),
+    "blue": (35, 75, 215),
+    "yellow": (235, 195, 20),
+    "purple": (140, 55, 175),
+    "orange": (245, 130, 25),
+}
+COLOR_NAMES = list(COLORS)
+POSITIONS = [["at the top left", "at the top", "at the top right"],
+             ["on the left", "in the center", "on the right"],
+             ["at the bottom left", "at the bottom", "at the bottom right"]]
+NUMBERS = ["Zero", "One", "Two", "Three"]
+
+DESCRIBE_PROMPTS = ["Describe this image."]
+SINGLE_TYPES = ["describe", "color", "shape", "count", "position"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scenes
+
+def random_size(rng):
+    while True:
+        w, h = rng.randint(96, 320), rng.randint(96, 320)
+        if max(w, h) <= 2 * min(w, h):
+            return w, h
+
+
+def random_scene(rng, n=None, fixed=None):
+    """A scene dict. n: number of shapes (default 1..3). fixed: optional list of (shape, colour) for the shapes."""
+    w, h = random_size(rng)
+    if n is None:
+        n = rng.choice([1, 1, 2, 2, 3, 3])
+    cells = rng.sample(range(9), n)
+    shapes = []
+    cw, ch = w / 3, h / 3
+    for i, cell in enumerate(cells):
+        r, c = divmod(cell, 3)
+        kind, color = fixed[i] if fixed else (rng.choice(SHAPES), rng.choice(COLOR_NAMES))
+        # radius: 34..45% of the smaller cell side; jitter the centre inside the cell, keeping the shape in it
+        rad = rng.uniform(0.34, 0.45) * min(cw, ch)
+        mx, my = cw / 2 - rad, ch / 2 - rad
+        cx = c * cw + cw / 2 + rng.uniform(-mx, mx) * 0.8
+        cy = r * ch + ch / 2 + rng.uniform(-my, my) * 0.8
+        rgb = tuple(int(min(255, max(0, v + rng.randint(-12, 12)))) for v in COLORS[color])
+        shapes.append({"shape": kind, "color": color, "row": r, "col": c, "cx": round(cx, 2), "cy": round(cy, 2),
+                       "r": round(rad, 2), "rgb": rgb, "rot": round(rng.uniform(-12, 12), 2)})
+    shapes.sort(key=lambda s: (s["row"], s["col"]))
+    bg_kind = rng.choice(["solid", "solid", "gradient", "gradient", "noise"])
+    c1 = [rng.randint(208, 250) for _ in range(3)]
+    c2 = [rng.randint(208, 250) for _ in range(3)]
+    return {"w": w, "h": h, "bg": bg_kind, "c1": c1, "c2": c2, "angle": round(rng.uniform(0, 2 * math.pi), 3),
+            "noise_seed": rng.randint(0, 2 ** 31 - 1), "shapes": shapes}
+
+
+def _background(sc):
+    w, h = sc["w"], sc["h"]
+    c1, c2 = np.array(sc["c1"], np.float64), np.array(sc["c2"], np.float64)
+    if sc["bg"] == "solid":
+        arr = np.broadcast_to(c1, (h, w, 3)).copy()
+    else:
+        y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+        if sc["bg"] == "gradient":
+            a = sc["angle"]
+            t = (x * math.cos(a) + y * math.sin(a))
+            t = (t - t.min()) / max(t.max() - t.min(), 1e-9)
+            arr = c1 + (c2 - c1) * t[..., None]
+        else:
+            g = np.random.default_rng(sc["noise_seed"])
+            arr = c1 + g.normal(0, 4.0, (h, w, 3))
+    return Image.fromarray(np.clip(arr, 0, 255).round().astype(np.uint8), "RGB")
+
+
+def _rot(points, cx, cy, deg):
+    a = math.radians(deg)
+    ca, sa = math.cos(a), math.sin(a)
+    return [(cx + (x - cx) * ca - (y - cy) * sa, cy + (x - cx) * sa + (y - cy) * ca) for x, y in points]
+
+
+def render(sc):
+    img = _background(sc)
+    d = ImageDraw.Draw(img)
+    for s in sc["shapes"]:
+        cx, cy, r, fill = s["cx"], s["cy"], s["r"], tuple(s["rgb"])
+        if s["shape"] == "circle":
+            d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+        elif s["shape"] == "square":
+            a = r * 0.85
+            d.polygon(_rot([(cx - a, cy - a), (cx + a, cy - a), (cx + a, cy + a), (cx - a, cy + a)], cx, cy,
+                           s["rot"]), fill=fill)
+        elif s["shape"] == "triangle":
+            pts = [(cx + r * math.cos(math.radians(-90 + 120 * k)), cy + 0.1 * r + r * math.sin(math.radians(-90 + 120 * k)))
+                   for k in range(3)]
+            d.polygon(_rot(pts, cx, cy, s["rot"]), fill=fill)
+        elif s["shape"] == "star":
+            pts = []
+            for k in range(10):
+                rr = r if k % 2 == 0 else r * 0.45
+                ang = math.radians(-90 + 36 * k)
+                pts.append((cx + rr * math.cos(ang), cy + rr * math.sin(ang)))
+            d.polygon(_rot(pts, cx, cy, s["rot"]), fill=fill)
+    return img
+
+
+def jpeg_roundtrip(img, quality):
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    buf.seek(0)
+    out = Image.open(buf)
+    out.load()
+    return out.convert("RGB")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Answers
+
+def article(word):
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def phrase(s, position=True):
+    p = f"{article(s['color'])} {s['color']} {s['shape']}"
+    return f"{p} {POSITIONS[s['row']][s['col']]}" if position else p
+
+
+def join(parts):
+    if len(parts) == 1:
+        return parts[0]
+    return ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def cap(t):
+    return t[0].upper() + t[1:]
+
+
+def describe_answer(sc):
+    return cap(join([phrase(s) for s in sc["shapes"]])) + "."
+
+
+def compare_answer(a, b):
+    return (f"The first image has {join([phrase(s, False) for s in a['shapes']])}, "
+            f"the second has {join([phrase(s, False) for s in b['shapes']])}.")
+
+
+def possible_questions(sc, types=SINGLE_TYPES):
+    """All (type, question, answer) that are well defined for the scene, for the given types."""
+    out = []
+    shapes = sc["shapes"]
+    kinds = [s["shape"] for s in shapes]
+    cols = [s["color"] for s in shapes]
+    for t in types:
+        if t == "describe":
+            for p in DESCRIBE_PROMPTS:
+                out.append((t, p, describe_answer(sc)))
+        elif t == "count":
+            out.append((t, "How many shapes are there?", NUMBERS[len(shapes)] + "."))
+        elif t == "color":
+            for s in shapes:
+                if kinds.count(s["shape"]) == 1:
+                    out.append((t, f"What color is the {s['shape']}?", cap(s["color"]) + "."))
+        elif t == "shape":
+            for s in shapes:
+                if cols.count(s["color"]) == 1:
+                    out.append((t, f"What shape is the {s['color']} object?", f"A {s['shape']}."))
+        elif t == "position":
+            for s in shapes:
+                if sum(1 for o in shapes if o["shape"] == s["shape"] and o["color"] == s["color"]) == 1:
+                    out.append((t, f"Where is the {s['color']} {s['shape']}?",
+                                cap(POSITIONS[s["row"]][s["col"]]) + "."))
+    return out
+
+
+def single_question(rng, sc, qtype=None, exclude=()):
+    types = [qtype] if qtype else [t for t in SINGLE_TYPES if t not in exclude]
+    while True:
+        t = rng.choice(types)
+        qs = [q for q in possible_questions(sc, [t])]
+        if qs:
+            return rng.choice(qs)
+        if qtype:
+            return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Items
+
+def single_item(rng, qtype=None):
+    while True:
+        sc = random_scene(rng)
+        q = single_question(rng, sc, qtype)
+        if q:
+            t, text, ans = q
+            return {"kind": "single", "turns": [{"user": "<image>" + text, "images": [sc], "answer": ans, "type": t}]}
+
+
+def compare_item(rng):
+    a, b = random_scene(rng), random_scene(rng)
+    return {"kind": "compare", "turns": [{"user": "<image><image>Compare these images.", "images": [a, b],
+                                          "answer": compare_answer(a, b), "type": "compare"}]}
+
+
+def multiturn_item(rng):
+    t3 = rng.choice(["same_color", "same_shape", "same_count"])
+    same = rng.random() < 0.5
+    if t3 in ("same_color", "same_shape"):
+        a = random_scene(rng, n=1)
+        s = a["shapes"][0]
+        if t3 == "same_color":
+            color = s["color"] if same else rng.choice([c for c in COLOR_NAMES if c != s["color"]])
+            kind = rng.choice(SHAPES)
+            q3 = "Is the shape in this image the same color as the one in the first image?"
+        else:
+            kind = s["shape"] if same else rng.choice([k for k in SHAPES if k != s["shape"]])
+            color = rng.choice(COLOR_NAMES)
+            q3 = "Is the shape in this image the same shape as the one in the first image?"
+        b = random_scene(rng, n=1, fixed=[(kind, color)])
+    else:
+        a = random_scene(rng)
+        na = len(a["shapes"])
+        nb = na if same else rng.choice([n for n in (1, 2, 3) if n != na])
+        b = random_scene(rng, n=nb)
+        q3 = "Does this image have the same number of shapes as the first image?"
+    t1, x1, y1 = single_question(rng, a)
+    t2, x2, y2 = single_question(rng, a, exclude=(t1,))
+    return {"kind": "multiturn", "turns": [
+        {"user": "<image>" + x1, "images": [a], "answer": y1, "type": t1},
+        {"user": x2, "images": [], "answer": y2, "type": t2},
+        {"user": "<image>" + q3, "images": [b], "answer": "Yes." if same else "No.", "type": t3}]}
+
+
+def random_item(rng, mix):
+    """mix: dict kind -> weight, kinds 'single', 'compare', 'multiturn'."""
+    kinds = list(mix)
+    k = rng.choices(kinds, weights=[mix[x] for x in kinds])[0]
+    if k == "single":
+        return single_item(rng)
+    if k == "compare":
+        return compare_item(rng)
+    return multiturn_item(rng)
+
+
+def user_content(user_text):
+    """Chat content parts for a user text with leading "<image>" markers."""
+    n = 0
+    while user_text.startswith("<image>"):
+        user_text = user_text[len("<image>"):]
+        n += 1
+    return [{"type": "image"} for _ in range(n)] + [{"type": "text", "text": user_text}]
+
+
+def messages_for(item, answers, upto=None):
+    """Chat messages for the first `upto` turns (all by default), with `answers` as the assistant replies; when
+    len(answers) < turns, the conversation ends with the last user message (for generation)."""
+    msgs = []
+    turns = item["turns"] if upto is None else item["turns"][:upto]
+    for i, t in enumerate(turns):
+        msgs.append({"role": "user", "content": user_content(t["user"])})
+        if i < len(answers):
+            msgs.append({"role": "assistant", "content": [{"type": "text", "text": answers[i]}]})
+    return msgs
+
+
+def normalise(ans):
+    a = ans.strip().lower()
+    return a[:-1] if a.endswith(".") else a
+
+
+if __name__ == "__main__":
+    rng = random.Random(0)
+    for _ in range(6):
+        it = random_item(rng, {"single": 1, "compare": 1, "multiturn": 1})
+        for t in it["turns"]:
+            print(it["kind"], t["type"], "|", t["user"], "->", t["answer"], [(s["w"], s["h"]) for s in t["images"]])

@@ -1,0 +1,287 @@
+#!/usr/bin/env python3
+"""Trains the SwiftVLM demo VLM (issue 7) from scratch on synthetic shapes (Tools/demo-model/shapes.py) and writes a
+standard Hugging Face folder to models/smolvlm-shapes/.
+
+    python3 Tools/demo-model/train.py [--steps N] [--seed 1234] [--out models/smolvlm-shapes]
+
+Architecture: transformers' Idefics3ForConditionalGeneration (model_type idefics3, the SmolVLM layout), tiny:
+  vision   Idefics3VisionConfig (SigLIP): hidden 128, 4 layers, 4 heads, MLP 512, patch 8, image_size 64
+           (8 x 8 patches per tile), gelu_pytorch_tanh, LayerNorm eps 1e-6
+  connector pixel shuffle scale_factor 2 (64 patches -> 16 tokens of 512) -> Linear(512, 128, no bias)
+  text     LlamaConfig: hidden 128, 4 layers, 4 heads (head_dim 32), 2 KV heads, MLP 384, vocab 49280,
+           rope theta 1e5, RMSNorm eps 1e-5, tie_word_embeddings true (top level and text_config)
+Tokenizer, tokenizer_config, chat template, generation_config: the real SmolVLM-256M-Instruct files.
+Processor: Idefics3 with do_image_splitting true, max_image_size {"longest_edge": 64} (tile side = vision
+image_size), size {"longest_edge": 128} (the real SmolVLM uses 512 / 2048): an image is resized to longest edge 128,
+each side rounded up to a multiple of 64, cut into at most 2 x 2 tiles of 64 x 64, plus the global image resized to
+64 x 64: at most 5 tiles = 80 image tokens (image_seq_len 16 per tile).
+
+Every training sample goes through the real Idefics3Processor (AutoProcessor from the output folder:
+apply_chat_template with {"type": "image"} parts, then processor(text=..., images=...)), so the token layout is the
+one used at inference. The loss is cross-entropy on the assistant answer tokens only (the answer after "Assistant:"
+and its closing <end_of_utterance>), with logits computed only at those positions.
+
+Optimiser: AdamW (betas 0.9/0.98, weight decay 0.01 on matrices), linear warmup then cosine decay to 5% of the peak,
+gradient clipping 1.0, batch 8 (each batch one item kind, to keep padding low), torch.set_num_threads(1) (--threads;
+on the shared 2-core machine 2 threads were 1.6x faster when idle but 5x slower while another job ran). Curriculum: the first 25% of the steps are single-image
+questions only, then a mix of single-image (50%), two-image comparison (20%) and three-turn conversations (30%).
+Training samples are generated on the fly from random.Random(seed) (half of the images JPEG round-tripped).
+Weights are saved as bf16 (model.safetensors).
+"""
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+for _op in ("nms", "qnms"):  # lets the (CUDA-built) torchvision wheel import next to the CPU torch; see Benchmarks/
+    try:
+        torch.library.define(f"torchvision::{_op}", "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    except Exception:
+        pass
+
+import torch.nn.functional as F  # noqa: E402
+from transformers import AutoProcessor, Idefics3Config, Idefics3ForConditionalGeneration  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import shapes  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = next(p for p in (REPO.parent / "shared" / "models", REPO.parent.parent / "shared" / "models") if p.exists())
+SMOLVLM = SHARED / "SmolVLM-256M-Instruct"
+EOU = 49279  # <end_of_utterance>
+
+TEXT = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, intermediate_size=384)
+VISION = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512, patch_size=8,
+              image_size=64)
+IMAGE_SEQ_LEN = 16  # (64 / 8)^2 patches / scale_factor^2
+
+
+def read_json(p):
+    return json.loads(Path(p).read_text(encoding="utf-8"))
+
+
+def write_json(p, obj):
+    with open(p, "w", encoding="utf-8") as f:
+        json.dump(obj, f, ensure_ascii=False, indent=2)
+        f.write("\n")
+
+
+def make_config():
+    text = dict(model_type="llama", vocab_size=49280, max_position_embeddings=8192, rms_norm_eps=1e-5,
+                rope_parameters={"rope_type": "default", "rope_theta": 100000.0}, hidden_act="silu",
+                tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2, initializer_range=0.02,
+                architectures=["LlamaForCausalLM"], **TEXT)
+    vision = dict(num_channels=3, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6, initializer_range=0.02,
+                  **VISION)
+    return Idefics3Config(text_config=text, vision_config=vision, image_token_id=49190, scale_factor=2,
+                          tie_word_embeddings=True, use_cache=True,
+                          architectures=["Idefics3ForConditionalGeneration"])
+
+
+def write_processor_files(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.json", "generation_config.json"):
+        shutil.copyfile(SMOLVLM / f, folder / f)
+    pre = read_json(SMOLVLM / "preprocessor_config.json")
+    pre["max_image_size"] = {"longest_edge": VISION["image_size"]}
+    pre["size"] = {"longest_edge": 2 * VISION["image_size"]}
+    write_json(folder / "preprocessor_config.json", pre)
+    proc = read_json(SMOLVLM / "processor_config.json")
+    proc["image_seq_len"] = IMAGE_SEQ_LEN
+    write_json(folder / "processor_config.json", proc)
+
+
+def load_processor(folder):
+    p = AutoProcessor.from_pretrained(folder)
+    p.tokenizer.padding_side = "right"
+    assert p.image_seq_len == IMAGE_SEQ_LEN, p.image_seq_len
+    return p
+
+
+def item_images(item, jpeg_rng=None):
+    imgs = []
+    for t in item["turns"]:
+        for sc in t["images"]:
+            im = shapes.render(sc)
+            if jpeg_rng is not None and jpeg_rng.random() < 0.5:
+                im = shapes.jpeg_roundtrip(im, jpeg_rng.randint(75, 95))
+            imgs.append(im)
+    return imgs
+
+
+def encode_batch(processor, items, jpeg_rng):
+    """Processor inputs for full conversations and, per sample, the (position, target id) pairs of the loss."""
+    texts, images, answers = [], [], []
+    for it in items:
+        msgs = shapes.messages_for(it, [t["answer"] for t in it["turns"]])
+        texts.append(processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=False))
+        images.append(item_images(it, jpeg_rng))
+        answers.append([t["answer"] for t in it["turns"]])
+    inputs = processor(text=texts, images=images, padding=True, return_tensors="pt")
+    ids = inputs["input_ids"]
+    pos_b, pos_t, tgt = [], [], []
+    for b, ans in enumerate(answers):
+        eous = (ids[b] == EOU).nonzero().flatten().tolist()
+        assert len(eous) == 2 * len(ans), (len(eous), len(ans))
+        for k, a in enumerate(ans):
+            e = eous[2 * k + 1]
+            a_ids = processor.tokenizer(" " + a, add_special_tokens=False)["input_ids"]
+            n = len(a_ids)
+            assert ids[b, e - n:e].tolist() == a_ids, (ids[b, e - n - 3:e + 1].tolist(), a_ids)
+            for j in range(e - n, e + 1):  # predict ids[j] from position j-1
+                pos_b.append(b)
+                pos_t.append(j - 1)
+                tgt.append(int(ids[b, j]))
+    return inputs, torch.tensor(pos_b), torch.tensor(pos_t), torch.tensor(tgt)
+
+
+def loss_fn(model, inputs, pos_b, pos_t, tgt):
+    kw = {k: inputs[k] for k in ("input_ids", "attention_mask", "pixel_values", "pixel_attention_mask") if k in inputs}
+    hidden = model.model(**kw, use_cache=False).last_hidden_state  # after the final RMSNorm
+    h = hidden[pos_b, pos_t]
+    logits = F.linear(h, model.lm_head.weight).float()
+    return F.cross_entropy(logits, tgt), (logits.argmax(-1) == tgt).float().mean()
+
+
+@torch.no_grad()
+def generate_answer(model, processor, item, answers_so_far, turn, max_new_tokens=48):
+    """Greedy answer (decoded with skip_special_tokens, stripped) and new token ids for turn `turn` of an item,
+    with answers_so_far as the earlier assistant replies."""
+    msgs = shapes.messages_for(item, answers_so_far[:turn], upto=turn + 1)
+    text = processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    imgs = []
+    for t in item["turns"][:turn + 1]:
+        imgs += [t["_img"][i] for i in range(len(t["images"]))] if "_img" in t else \
+            [shapes.render(sc) for sc in t["images"]]
+    inputs = processor(text=text, images=imgs, return_tensors="pt")
+    out = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens)
+    new = out[0, inputs["input_ids"].shape[1]:].tolist()
+    return processor.tokenizer.decode(new, skip_special_tokens=True).strip(), new
+
+
+def evaluate(model, processor, items):
+    model.eval()
+    ok, n, per = 0, 0, {}
+    for it in items:
+        answers = []
+        for k, t in enumerate(it["turns"]):
+            a, _ = generate_answer(model, processor, it, answers, k)
+            answers.append(a)
+            good = shapes.normalise(a) == shapes.normalise(t["answer"])
+            ok += good
+            n += 1
+            c = per.setdefault(t["type"], [0, 0])
+            c[0] += good
+            c[1] += 1
+    model.train()
+    return ok / max(n, 1), {k: round(v[0] / v[1], 2) for k, v in sorted(per.items())}
+
+
+def lr_at(step, steps, peak, warmup):
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=1.5e-3)
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: with 2 threads a 2-core machine shared with other jobs ran 5x slower)")
+    ap.add_argument("--eval-every", type=int, default=500)
+    ap.add_argument("--max-time", type=float, default=3000, help="stop early (and say so) after this many seconds")
+    ap.add_argument("--out", default=str(REPO / "models" / "smolvlm-shapes"))
+    ap.add_argument("--stats", default=str(Path(__file__).resolve().parent / "train_stats.json"))
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    write_processor_files(out)
+    processor = load_processor(out)
+    print("image processor:", type(processor.image_processor).__name__, flush=True)
+
+    config = make_config()
+    model = Idefics3ForConditionalGeneration(config)
+    model.tie_weights()
+    assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    model.train()
+    nparams = sum(p.numel() for p in model.parameters())
+    print(f"parameters: {nparams / 1e6:.2f} M", flush=True)
+
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        (decay if p.ndim >= 2 and "embed" not in n else no_decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.98), eps=1e-8)
+
+    rng = random.Random(args.seed)
+    jpeg_rng = random.Random(args.seed + 1)
+    val_rng = random.Random(args.seed + 7)  # validation items: a third seed (held-out items use another one)
+    val = [shapes.single_item(val_rng) for _ in range(40)] + [shapes.compare_item(val_rng) for _ in range(8)] + \
+          [shapes.multiturn_item(val_rng) for _ in range(8)]
+    curriculum_end = int(0.25 * args.steps)
+
+    t0 = time.time()
+    ema = None
+    history = []
+    for step in range(args.steps):
+        mix = {"single": 1.0} if step < curriculum_end else {"single": 0.5, "compare": 0.2, "multiturn": 0.3}
+        kind = rng.choices(list(mix), weights=list(mix.values()))[0]  # one kind per batch: little padding
+        items = [shapes.random_item(rng, {kind: 1.0}) for _ in range(args.batch)]
+        inputs, pb, pt, tg = encode_batch(processor, items, jpeg_rng)
+        lr = lr_at(step, args.steps, args.lr, args.warmup)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        loss, acc = loss_fn(model, inputs, pb, pt, tg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        lv = float(loss.detach())
+        ema = lv if ema is None else 0.98 * ema + 0.02 * lv
+        if step % 20 == 0 or step == args.steps - 1:
+            el = time.time() - t0
+            print(f"step {step}/{args.steps} loss {lv:.4f} ema {ema:.4f} tok-acc {float(acc):.3f} lr {lr:.2e} "
+                  f"seq {inputs['input_ids'].shape[1]} elapsed {el:.0f}s ({(step + 1) / el:.2f} steps/s, "
+                  f"eta {(args.steps - step - 1) * el / (step + 1):.0f}s)", flush=True)
+            history.append({"step": step, "loss": round(lv, 5), "ema": round(ema, 5)})
+        stop = time.time() - t0 > args.max_time
+        if stop:
+            print(f"STOPPED EARLY at step {step + 1} (--max-time {args.max_time}s)", flush=True)
+        if (step + 1) % args.eval_every == 0 or step == args.steps - 1 or stop:
+            te = time.time()
+            acc_all, per = evaluate(model, processor, val)
+            print(f"EVAL step {step + 1}: turn accuracy {acc_all:.3f} {per} ({time.time() - te:.0f}s)", flush=True)
+        if stop:
+            break
+    train_time = time.time() - t0
+
+    # Save: bf16 weights, the processor/tokenizer files, config.
+    model.eval()
+    model.to(torch.bfloat16)
+    model.config.dtype = "bfloat16"
+    model.save_pretrained(out, safe_serialization=True)
+    (out / "model.safetensors").chmod(0o644)
+    write_processor_files(out)  # save_pretrained may rewrite generation_config.json: keep the real one
+    stats = {"threads": args.threads, "steps": args.steps, "steps_done": step + 1, "batch": args.batch, "lr": args.lr, "warmup": args.warmup, "seed": args.seed,
+             "train_time_s": round(train_time, 1), "final_loss_ema": round(ema, 5), "final_loss": round(lv, 5),
+             "parameters": nparams, "history": history}
+    write_json(args.stats, stats)
+    print(f"saved to {out}; training time {train_time:.0f}s; final loss (ema) {ema:.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
