@@ -12,6 +12,8 @@ protocol ConversationBackend: ChatRunner {
     func promptLength(_ prompt: String, images: [ImageInput]) throws -> Int
     /// Replaces what the runner believes its cache holds (after the cache's rows were replaced).
     func installCacheState(tokenIDs: [Int], images: [CachedImage])
+    /// Swaps in another KV cache object and what it holds (server cache slots).
+    func replaceCache(_ cache: KVCache, tokenIDs: [Int], images: [CachedImage])
 }
 
 extension ConversationBackend {
@@ -37,6 +39,11 @@ extension TextRunner: ConversationBackend {
     func installCacheState(tokenIDs: [Int], images: [CachedImage]) {
         cachedTokenIDs = tokenIDs
     }
+
+    func replaceCache(_ cache: KVCache, tokenIDs: [Int], images: [CachedImage]) {
+        self.cache = cache
+        cachedTokenIDs = tokenIDs
+    }
 }
 
 extension MultimodalRunner: ConversationBackend {
@@ -50,6 +57,12 @@ extension MultimodalRunner: ConversationBackend {
     }
 
     func installCacheState(tokenIDs: [Int], images: [CachedImage]) {
+        cachedTokenIDs = tokenIDs
+        cachedImages = images
+    }
+
+    func replaceCache(_ cache: KVCache, tokenIDs: [Int], images: [CachedImage]) {
+        self.cache = cache
         cachedTokenIDs = tokenIDs
         cachedImages = images
     }

@@ -15,7 +15,7 @@ public final class TextRunner: Runner {
     public private(set) var eosTokenIDs: Set<Int> = []
     /// Token ids held by the KV cache, in order.
     public internal(set) var cachedTokenIDs: [Int] = []
-    internal private(set) var cache: KVCache?
+    internal var cache: KVCache?
     private var loadStartMs: Int64 = 0, loadEndMs: Int64 = 0
     private let stopFlag = StopFlag()
 

@@ -22,19 +22,30 @@ public struct ServerConfiguration: Sendable {
     public var defaultMaxTokens = 256
     /// The id /v1/models lists and responses carry.
     public var modelName = "model"
+    /// Where images may come from besides data: URIs (remote URLs, a local folder); all off by default.
+    public var imageSources = ImageSourcePolicy()
+    /// KV caches of recent conversations kept between requests (0: every request starts from an empty cache).
+    public var cacheSlots = 4
+    /// Most bytes those caches may take together.
+    public var cacheMaxBytes = 2 << 30
     /// Tests: sleep this long after each token, so a generation outlasts a client's disconnect.
     var tokenDelayMs = 0
 
     public init() {}
 }
 
-/// An OpenAI-compatible chat server over one loaded runner: POST /v1/chat/completions (plain and SSE),
-/// GET /v1/models, GET /health. Generations run one at a time, in arrival order; the runner's KV cache is
-/// kept between requests so a request that extends the previous conversation prefills only the new part.
+/// An OpenAI-compatible chat server over loaded runners of one model: POST /v1/chat/completions (plain and SSE),
+/// GET /v1/models, GET /health. Requests wait in a bounded FIFO queue and run on as many generations at once as
+/// there are runners; the KV caches of recent conversations are kept between requests (PromptCacheSlots), so a
+/// request that extends an earlier conversation prefills only the new part.
 public final class ChatServer: @unchecked Sendable {
-    public let runner: ChatRunner
+    /// The first runner: what the model is (image placeholder, template).
+    public var runner: ChatRunner { runners[0] }
+    /// One per concurrent generation, all over the same model folder.
+    public let runners: [ChatRunner]
     public let configuration: ServerConfiguration
     let worker: GenerationWorker
+    let promptCaches: PromptCacheSlots
     /// Generations that ended because their client went away (tests, /health).
     var cancelledGenerations: Int { counterLock.lock(); defer { counterLock.unlock() }; return cancelled }
     private let counterLock = NSLock()
@@ -42,10 +53,17 @@ public final class ChatServer: @unchecked Sendable {
     private let created = Int(Date().timeIntervalSince1970)
 
     /// `runner` must be loaded.
-    public init(runner: ChatRunner, configuration: ServerConfiguration) {
-        self.runner = runner
+    public convenience init(runner: ChatRunner, configuration: ServerConfiguration) {
+        self.init(runners: [runner], configuration: configuration)
+    }
+
+    /// `runners` (at least one) must be loaded, all from the same model folder.
+    public init(runners: [ChatRunner], configuration: ServerConfiguration) {
+        precondition(!runners.isEmpty, "ChatServer needs at least one runner")
+        self.runners = runners
         self.configuration = configuration
-        worker = GenerationWorker(maxQueue: configuration.maxQueue)
+        worker = GenerationWorker(maxQueue: configuration.maxQueue, executors: runners.count)
+        promptCaches = PromptCacheSlots(maxSlots: configuration.cacheSlots, maxBytes: configuration.cacheMaxBytes)
     }
 
     /// The Hummingbird application; `onRunning` gets the bound port.
@@ -65,16 +83,18 @@ public final class ChatServer: @unchecked Sendable {
     /// Serves until SIGTERM/SIGINT, then finishes the running generation and exits.
     public func run(onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
         let app = makeApplication(onRunning: onRunning)
+        // SIGTERM/SIGINT: Hummingbird stops accepting and lets in-flight requests finish; then the workers end.
         try await app.runService()
-        worker.shutdown()
+        worker.shutdown(wait: true)
     }
 
     // MARK: Endpoints
 
     private func health() -> Response {
-        let s = worker.state
-        return json(200, ["status": "ok", "model": configuration.modelName, "queued": s.queued, "busy": s.busy,
-                          "cancelled_generations": cancelledGenerations])
+        let s = worker.state, caches = promptCaches.usage
+        return json(200, ["status": "ok", "model": configuration.modelName, "queued": s.queued, "busy": s.running > 0,
+                          "running": s.running, "parallel": runners.count, "cancelled_generations": cancelledGenerations,
+                          "prompt_caches": ["slots": caches.slots, "tokens": caches.tokens, "bytes": caches.bytes]])
     }
 
     private func models(_ request: Request) -> Response {
@@ -99,23 +119,34 @@ public final class ChatServer: @unchecked Sendable {
         limits.decoding = configuration.imageDecoding
         limits.imagePlaceholder = runner.imagePlaceholder
         limits.defaultMaxTokens = configuration.defaultMaxTokens
-        let parsed: ChatCompletionRequest
+        limits.sources = configuration.imageSources
+        var parsed: ChatCompletionRequest
         do {
             parsed = try ChatCompletionRequest.parse(Data(body.readableBytesView), limits: limits)
+            try await parsed.fetchRemoteImages(limits: limits)
         } catch let e as APIError {
             return error(e)
         } catch {
             return self.error(APIError("\(error)"))
         }
 
-        let ticket = GenerationTicket(runner: runner)
+        let ticket = GenerationTicket()
         let (events, continuation) = AsyncThrowingStream<GenerationEvent, Error>.makeStream()
-        let runner = self.runner
-        let accepted = worker.submit {
-            guard ticket.begin() else { continuation.finish(throwing: CancellationError()); return }
+        let runners = self.runners, caches = self.promptCaches, job = parsed
+        let accepted = worker.submit { executor in
+            let runner = runners[executor]
+            guard ticket.begin(on: runner) else { continuation.finish(throwing: CancellationError()); return }
             defer { ticket.end() }
+            let parsed = job
+            var prompt = ""
+            var reply = ""
+            // This request's conversation cache in, and back out (with the reply) when it is done.
+            defer {
+                if let state = runner.detachPromptCache() { caches.put(state, text: prompt + reply) }
+            }
             do {
-                let prompt = try runner.renderChat(parsed.messages, addGenerationPrompt: true)
+                prompt = try runner.renderChat(parsed.messages, addGenerationPrompt: true)
+                if let state = caches.take(bestFor: prompt) { runner.attachPromptCache(state) } else { runner.reset() }
                 if let marker = runner.imagePlaceholder {
                     let markers = prompt.components(separatedBy: marker).count - 1
                     guard markers == parsed.images.count else {
@@ -132,6 +163,7 @@ public final class ChatServer: @unchecked Sendable {
                 if result.stopReason == .cancelled || ticket.isCancelled {
                     self.counterLock.lock(); self.cancelled += 1; self.counterLock.unlock()
                 }
+                reply = result.text
                 continuation.yield(.finished(result))
                 continuation.finish()
             } catch {

@@ -65,10 +65,13 @@ struct ChatCompletionRequest {
     var stream = false
     var includeUsage = false
     var model: String?
+    /// Remote images still to fetch: their index in `images` (which holds a placeholder there) and parameter path.
+    var remoteImages: [(index: Int, url: URL, param: String)] = []
 
     struct Limits {
         var maxImages = 8
         var decoding = ImageDecodingOptions()
+        var sources = ImageSourcePolicy()
         var imagePlaceholder: String?
         var defaultMaxTokens = 256
     }
@@ -188,7 +191,21 @@ struct ChatCompletionRequest {
                         guard r.images.count < limits.maxImages else {
                             throw APIError("too many images: at most \(limits.maxImages) per request", param: pp, code: "too_many_images")
                         }
-                        r.images.append(try decodeImage(url, param: "\(pp).image_url.url", index: r.images.count, limits: limits))
+                        let param = "\(pp).image_url.url"
+                        let lower = url.prefix(8).lowercased()
+                        if lower.hasPrefix("http://") || lower.hasPrefix("https://") {
+                            guard limits.sources.allowRemote else {
+                                throw APIError("remote image URLs are disabled (the server fetches them only with --allow-remote-images); "
+                                               + "send the image as a data: URI (data:image/png;base64,...)", param: param, code: "remote_images_disabled")
+                            }
+                            guard let u = URL(string: url), u.host != nil else {
+                                throw APIError("the image URL is not a valid URL", param: param, code: "invalid_image_url")
+                            }
+                            r.remoteImages.append((r.images.count, u, param))
+                            r.images.append(.encoded(Data(), name: "image \(r.images.count + 1)"))
+                        } else {
+                            r.images.append(try decodeImage(url, param: param, index: r.images.count, limits: limits))
+                        }
                         out.append(.image)
                     default:
                         throw APIError("unsupported content part type '\(type)'; use text or image_url", param: "\(pp).type", code: "invalid_value")
@@ -221,12 +238,12 @@ struct ChatCompletionRequest {
                        param: param, code: "invalid_image_marker")
     }
 
-    /// A data: URI's image, decoded (and so checked) here; remote URLs are refused.
+    /// A data: URI's or a local file's image, decoded (and so checked) here.
     private static func decodeImage(_ url: String, param: String, index: Int, limits: Limits) throws -> ImageInput {
-        let lower = url.lowercased()
-        if lower.hasPrefix("http://") || lower.hasPrefix("https://") {
-            throw APIError("remote image URLs are disabled; send the image as a data: URI (data:image/png;base64,...)",
-                           param: param, code: "remote_images_disabled")
+        let lower = url.prefix(8).lowercased()
+        if lower.hasPrefix("file:") || url.hasPrefix("/") {
+            let data = try LocalImageReader.read(url, policy: limits.sources, param: param)
+            return try decoded(data, param: param, index: index, limits: limits)
         }
         guard lower.hasPrefix("data:"), let comma = url.firstIndex(of: ",") else {
             throw APIError("image URLs must be data: URIs (data:image/png;base64,...)", param: param, code: "invalid_image_url")
@@ -239,11 +256,23 @@ struct ChatCompletionRequest {
         guard let data = Data(base64Encoded: String(payload)), !data.isEmpty else {
             throw APIError("the image data is not valid base64", param: param, code: "invalid_base64")
         }
-        let name = "image \(index + 1)"
+        return try decoded(data, param: param, index: index, limits: limits)
+    }
+
+    static func decoded(_ data: Data, param: String, index: Int, limits: Limits) throws -> ImageInput {
         do {
-            return .pixels(try ImageDecoder.decode(data, source: name, options: limits.decoding))
+            return .pixels(try ImageDecoder.decode(data, source: "image \(index + 1)", options: limits.decoding))
         } catch {
             throw APIError("invalid image: \(error)", param: param, code: "invalid_image")
         }
+    }
+
+    /// Fetches the remote images (after the whole body was checked, so a bad request costs no fetch).
+    mutating func fetchRemoteImages(limits: Limits) async throws {
+        for remote in remoteImages {
+            let data = try await RemoteImageFetcher.fetch(remote.url, policy: limits.sources, param: remote.param)
+            images[remote.index] = try Self.decoded(data, param: remote.param, index: remote.index, limits: limits)
+        }
+        remoteImages = []
     }
 }

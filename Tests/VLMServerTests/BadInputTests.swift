@@ -74,7 +74,8 @@ final class BadInputTests: XCTestCase {
                        status: 400, code: "invalid_base64", param: "messages[0].content[0].image_url.url")
         let notImage = "data:image/png;base64," + Data("hello, this is text".utf8).base64EncodedString()
         assertAPIError(try await HTTP.chat(s, ["messages": [imageMessage([notImage])]]), status: 400, code: "invalid_image")
-        assertAPIError(try await HTTP.chat(s, ["messages": [imageMessage(["file:///etc/passwd"])]]), status: 400, code: "invalid_image_url")
+        assertAPIError(try await HTTP.chat(s, ["messages": [imageMessage(["file:///etc/passwd"])]]), status: 400, code: "file_images_disabled")
+        assertAPIError(try await HTTP.chat(s, ["messages": [imageMessage(["ftp://example.com/a.png"])]]), status: 400, code: "invalid_image_url")
     }
 
     func testRemoteImageURLsAreRefused() async throws {
@@ -121,8 +122,8 @@ final class BadInputTests: XCTestCase {
         let auth = ["Authorization": "Bearer sekret"]
         // Hold the generation thread so requests pile up behind it.
         let gate = DispatchSemaphore(value: 0)
-        XCTAssertTrue(s.server.worker.submit { gate.wait() })
-        while !s.server.worker.state.busy { try await Task.sleep(nanoseconds: 5_000_000) }
+        XCTAssertTrue(s.server.worker.submit { _ in gate.wait() })
+        while s.server.worker.state.running == 0 { try await Task.sleep(nanoseconds: 5_000_000) }
         let body: [String: Any] = ["messages": [userMessage("hi")], "max_tokens": 2]
         let waiting = Task { try await HTTP.chat(s, body, headers: auth) }
         var spins = 0

@@ -27,15 +27,19 @@ final class RunningServer: @unchecked Sendable {
         self.task = task
     }
 
-    static func start(model: String, configure: (inout ServerConfiguration) -> Void = { _ in }) async throws -> RunningServer {
-        let runner = try RunnerFactory.make(modelDirectory: ServerFixtures.model(model), threads: 2)
-        try runner.load()
+    static func start(model: String, parallel: Int = 1,
+                      configure: (inout ServerConfiguration) -> Void = { _ in }) async throws -> RunningServer {
+        let runners: [ChatRunner] = try (0..<parallel).map { _ in
+            let runner = try RunnerFactory.make(modelDirectory: ServerFixtures.model(model), threads: parallel == 1 ? 2 : 1)
+            try runner.load()
+            return runner
+        }
         var config = ServerConfiguration()
         config.host = "127.0.0.1"
         config.port = 0
         config.modelName = model
         configure(&config)
-        let server = ChatServer(runner: runner, configuration: config)
+        let server = ChatServer(runners: runners, configuration: config)
         let (ports, continuation) = AsyncStream<Int>.makeStream()
         let app = server.makeApplication { port in continuation.yield(port); continuation.finish() }
         let task = Task { try await app.runService(gracefulShutdownSignals: []) }

@@ -24,7 +24,7 @@ public final class MultimodalRunner: Runner {
     /// Preprocessed images of recent prompts by content hash, so later turns do not decode them again.
     var preprocessMemo: [UInt64: PreprocessedImage] = [:]
     var preprocessMemoOptions: ImageOptions?
-    internal private(set) var cache: KVCache?
+    internal var cache: KVCache?
     private var loadStartMs: Int64 = 0, loadEndMs: Int64 = 0
     private let stopFlag = StopFlag()
 
