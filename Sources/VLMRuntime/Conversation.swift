@@ -70,6 +70,9 @@ public final class Conversation {
     public private(set) var lastResult: GenerationResult?
     /// Turns removed by `.dropOldestTurns` since the conversation began (or was cleared).
     public private(set) var droppedTurns = 0
+    /// false: every turn empties the KV cache first and prefills (and encodes) the whole conversation again, as a
+    /// stateless runner would. Only for measuring what the cache saves (`vlm run --no-cache-reuse`).
+    public var reusesCache = true
 
     public init(runner: ChatRunner, systemPrompt: String? = nil, format: PromptFormat = .chatTemplate,
                 contextPolicy: ContextPolicy = .error) {
@@ -158,6 +161,7 @@ public final class Conversation {
             }
         }
 
+        if !reusesCache { runner.reset() }
         let result: GenerationResult
         do {
             result = try runner.generate(continuing: prompt, images: promptImages, config: config, onToken: onToken)

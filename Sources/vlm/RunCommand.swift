@@ -31,6 +31,11 @@ struct Run: AsyncParsableCommand {
 
     @OptionGroup var sampling: SamplingOptions
 
+    @OptionGroup var quantization: QuantizationArguments
+
+    @Flag(name: .long, help: "Prefill every turn's whole conversation again (measures what the KV-cache reuse saves).")
+    var noCacheReuse = false
+
     @Flag(name: .long, help: "Tokenize the prompt as is, without the chat template.")
     var raw = false
 
@@ -61,7 +66,8 @@ struct Run: AsyncParsableCommand {
         imageOptions.maxTiles = maxTiles
         imageOptions.decoding.maxPixels = maxImagePixels
         let runner = try RunnerFactory.make(modelDirectory: URL(fileURLWithPath: (model as NSString).expandingTildeInPath),
-                                            threads: sampling.threads ?? ThreadPoolDefaults.threads, imageOptions: imageOptions)
+                                            threads: sampling.threads ?? ThreadPoolDefaults.threads, imageOptions: imageOptions,
+                                            quantization: try quantization.options())
         // Every marker must have its image and every image its marker, checked before any work.
         let markers = prompt.reduce(0) { $0 + $1.components(separatedBy: "<image>").count - 1 }
         guard markers == image.count else { throw RunnerError.imageCountMismatch(markers: markers, images: image.count) }
@@ -70,6 +76,7 @@ struct Run: AsyncParsableCommand {
         // One code path with `vlm chat`: each turn re-renders the whole conversation and the runner keeps the
         // cached prefix, prefilling only the rest.
         let conversation = Conversation(runner: runner, systemPrompt: system, format: raw ? .raw : .chatTemplate)
+        conversation.reusesCache = !noCacheReuse
         var turns: [Any] = []
         var nextImage = 0
         for userText in prompt {
