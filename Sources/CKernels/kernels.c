@@ -136,6 +136,108 @@ void vk_f32_to_bf16(const float *src, size_t count, uint16_t *dst) {
     }
 }
 
+// f32 -> f16 bits, round to nearest even. Normal results round the mantissa in the integer domain; results below
+// 2^-14 are multiples of 2^-24, so the scaled value is rounded to an integer (nearbyintf rounds half to even).
+static inline uint16_t f32_to_f16_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+    uint32_t a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return sign | 0x7e00u;                 // NaN stays NaN
+    if (a >= 0x477ff000u) return sign | 0x7c00u;                // >= 65520 rounds to inf
+    if (a >= 0x38800000u) {                                     // >= 2^-14: normal f16
+        a += 0xfffu + ((a >> 13) & 1u);
+        return sign | (uint16_t)((a - 0x38000000u) >> 13);      // rebias the exponent 127 -> 15
+    }
+    float mag;
+    memcpy(&mag, &a, 4);
+    return sign | (uint16_t)nearbyintf(mag * 16777216.0f);      // subnormal (1024 becomes the smallest normal)
+}
+
+void vk_f32_to_f16(const float *src, size_t count, uint16_t *dst) {
+    for (size_t i = 0; i < count; i++) dst[i] = f32_to_f16_bits(src[i]);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Quantized weights (vk_qmatrix): layout helpers, quantizer and the scalar reference
+// ---------------------------------------------------------------------------------------------------------------
+size_t vk_qrow_bytes(int bits, size_t K) { return bits == 4 ? (K + 1) / 2 : K; }
+
+static inline size_t qgroups(size_t K, size_t g) { return (K + g - 1) / g; }
+
+static inline int qmatrix_valid(const vk_qmatrix *w) {
+    return w && (w->bits == 4 || w->bits == 8) && w->group_size > 0 && w->group_size % VK_QGROUP_MULTIPLE == 0;
+}
+
+// The integer level q of column k in row n (before scaling).
+static inline int qlevel(const vk_qmatrix *w, size_t K, size_t n, size_t k) {
+    if (w->bits == 8) return ((const int8_t *)w->data)[n * K + k];
+    uint8_t b = ((const uint8_t *)w->data)[n * vk_qrow_bytes(4, K) + k / 2];
+    return (int)((k & 1) ? b >> 4 : b & 15) - 8;
+}
+
+static inline float qscale(const vk_qmatrix *w, size_t K, size_t n, size_t k) {
+    return f16_to_f32(w->scales[n * qgroups(K, w->group_size) + k / w->group_size]);
+}
+
+static inline float qload(const vk_qmatrix *w, size_t K, size_t n, size_t k) {
+    return (float)qlevel(w, K, n, k) * qscale(w, K, n, k);
+}
+
+void vk_dequantize_row(const vk_qmatrix *w, size_t K, size_t n, float *dst) {
+    if (!qmatrix_valid(w)) { for (size_t k = 0; k < K; k++) dst[k] = NAN; return; }
+    for (size_t k = 0; k < K; k++) dst[k] = qload(w, K, n, k);
+}
+
+// round(v) clamped to [lo, hi]; fmaxf/fminf return the other operand for NaN, so NaN maps to lo.
+static inline int qround(float v, float lo, float hi) { return (int)fminf(fmaxf(roundf(v), lo), hi); }
+
+int vk_quantize_rows(const void *w, vk_dtype dt, size_t K, int bits, size_t group_size, size_t n0, size_t n1,
+                     void *data, uint16_t *scales) {
+    if ((bits != 4 && bits != 8) || group_size == 0 || group_size % VK_QGROUP_MULTIPLE != 0) return -1;
+    size_t ng = qgroups(K, group_size), rb = vk_qrow_bytes(bits, K);
+    for (size_t n = n0; n < n1; n++) {
+        if (bits == 4) memset((uint8_t *)data + n * rb, 0x88, rb);  // unused odd-K nibble holds q = 0
+        for (size_t g = 0; g < ng; g++) {
+            size_t k0 = g * group_size, k1 = k0 + group_size < K ? k0 + group_size : K;
+            float amax = 0.0f, m = 0.0f;  // largest magnitude, and the signed value that has it
+            for (size_t k = k0; k < k1; k++) {
+                float v = load_w(w, dt, n * K + k);
+                if (fabsf(v) > amax) { amax = fabsf(v); m = v; }
+            }
+            float d = bits == 8 ? amax / 127.0f : m / -8.0f;
+            if (fabsf(d) > 65504.0f) d = copysignf(65504.0f, d);  // keep the scale finite in f16
+            uint16_t dh = f32_to_f16_bits(d);
+            scales[n * ng + g] = dh;
+            float dr = f16_to_f32(dh);  // quantize against the scale as stored, so dequantization matches
+            float id = dr != 0.0f ? 1.0f / dr : 0.0f;
+            for (size_t k = k0; k < k1; k++) {
+                float v = load_w(w, dt, n * K + k) * id;
+                if (bits == 8) {
+                    ((int8_t *)data)[n * K + k] = (int8_t)qround(v, -127.0f, 127.0f);
+                } else {
+                    uint8_t *b = (uint8_t *)data + n * rb + k / 2;
+                    uint8_t u = (uint8_t)(qround(v, -8.0f, 7.0f) + 8);
+                    *b = (k & 1) ? (uint8_t)((*b & 0x0f) | (u << 4)) : (uint8_t)((*b & 0xf0) | u);
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+// y[t, n] = sum_k x[t, k] * (q[n, k] * scale): the definition the SIMD bodies are tested against.
+static void matmul_q_scalar(const float *x, size_t T, size_t K, size_t ldx, const vk_qmatrix *w, size_t n0, size_t n1,
+                            const float *bias, float *y, size_t ldy) {
+    for (size_t n = n0; n < n1; n++)
+        for (size_t t = 0; t < T; t++) {
+            const float *xr = x + t * ldx;
+            float acc = 0.0f;
+            for (size_t k = 0; k < K; k++) acc += xr[k] * qload(w, K, n, k);
+            y[t * ldy + n] = bias ? acc + bias[n] : acc;
+        }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Scalar reference bodies
 // ---------------------------------------------------------------------------------------------------------------
@@ -456,24 +558,73 @@ static size_t gemm_scratch_floats(size_t T, size_t K, size_t N) {
 
 static inline float *align64(float *p) { return (float *)(((uintptr_t)p + 63) & ~(uintptr_t)63); }
 
-// Issues prefetches (to L2) for the source rows of the next weight panel, spread over `parts` calls.
-VK_AVX2 static inline void prefetch_panel_part(const void *w, vk_dtype dt, size_t ldw, size_t n, size_t nr,
-                                               size_t k0, size_t kc, size_t part, size_t parts) {
-    size_t es = dt == VK_F32 ? 4 : 2;
-    size_t lines = div_up(kc * es, 64), total = lines * nr;
+// Issues prefetches (to L2) for the source rows of the next weight panel, spread over `parts` calls: rows
+// [n, n + nr) of `row_bytes` each, the `span` bytes from byte `offset` of each row.
+VK_AVX2 static inline void prefetch_panel_part(const void *w, size_t row_bytes, size_t offset, size_t span, size_t n,
+                                               size_t nr, size_t part, size_t parts) {
+    size_t lines = div_up(span, 64), total = lines * nr;
     size_t lo = total * part / parts, hi = total * (part + 1) / parts;
     for (size_t q = lo; q < hi; q++) {
         size_t row = q / lines, line = q % lines;
-        _mm_prefetch((const char *)w + ((n + row) * ldw + k0) * es + line * 64, _MM_HINT_T1);
+        _mm_prefetch((const char *)w + (n + row) * row_bytes + offset + line * 64, _MM_HINT_T1);
     }
 }
 
+// ---- Quantized weights: eight columns k .. k + 7 (k a multiple of 8, inside one group) as f32 levels ----------
+VK_AVX2 static inline __m256 q8_levels8(const int8_t *p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+
+// p: the 4 bytes holding the eight columns; nibbles interleaved back into column order, minus the +8 offset.
+VK_AVX2 static inline __m256 q4_levels8(const uint8_t *p) {
+    uint32_t b;
+    memcpy(&b, p, 4);
+    const __m128i m = _mm_set1_epi8(0x0f);
+    __m128i v = _mm_cvtsi32_si128((int)b);
+    __m128i lo = _mm_and_si128(v, m), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m);
+    __m128i e = _mm_sub_epi8(_mm_unpacklo_epi8(lo, hi), _mm_set1_epi8(8));
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(e));
+}
+
+// Packs rows [n, n + nr) of a quantized matrix, columns [k0, k0 + kc) (k0 a multiple of 8), dequantized to f32 and
+// transposed like pack_b_panel: bp[k * 16 + j] = w[n + j, k0 + k].
+VK_AVX2 static void pack_b_panel_q(const vk_qmatrix *w, size_t K, size_t n, size_t nr, size_t k0, size_t kc,
+                                   float *bp) {
+    size_t ng = qgroups(K, w->group_size), rb = vk_qrow_bytes(w->bits, K);
+    for (size_t j0 = 0; j0 < VK_NR; j0 += 8) {
+        size_t rows = nr > j0 ? (nr - j0 < 8 ? nr - j0 : 8) : 0;
+        size_t k = 0;
+        if (rows == 0) {
+            for (; k < kc; k++) _mm256_store_ps(bp + k * VK_NR + j0, _mm256_setzero_ps());
+            continue;
+        }
+        for (; k + 8 <= kc; k += 8) {
+            size_t col = k0 + k, g = col / w->group_size;
+            __m256 r[8];
+            for (size_t i = 0; i < 8; i++) {
+                if (i >= rows) { r[i] = _mm256_setzero_ps(); continue; }
+                size_t row = n + j0 + i;
+                const uint8_t *base = (const uint8_t *)w->data + row * rb;
+                __m256 lv = w->bits == 8 ? q8_levels8((const int8_t *)base + col) : q4_levels8(base + col / 2);
+                r[i] = _mm256_mul_ps(lv, _mm256_set1_ps(_cvtsh_ss(w->scales[row * ng + g])));
+            }
+            transpose8(r);
+            for (size_t i = 0; i < 8; i++) _mm256_store_ps(bp + (k + i) * VK_NR + j0, r[i]);
+        }
+        for (; k < kc; k++)
+            for (size_t i = 0; i < 8; i++) bp[k * VK_NR + j0 + i] = i < rows ? qload(w, K, n + j0 + i, k0 + k) : 0.0f;
+    }
+}
+
+// `q`, when not NULL, replaces w/dt/ldw: panels are dequantized from it instead of converted.
 VK_AVX2 static void gemm_avx2(const float *x, size_t T, size_t K, size_t ldx, const void *w, vk_dtype dt, size_t ldw,
-                              size_t n0, size_t n1, const float *bias, float *y, size_t ldy, float *buf) {
+                              const vk_qmatrix *q, size_t n0, size_t n1, const float *bias, float *y, size_t ldy,
+                              float *buf) {
     size_t N = n1 - n0, npan = div_up(N, VK_NR);
     size_t kcb = gemm_kc(K), mcb = gemm_mc(T);
     float *bp = align64(buf);
     float *ap = bp + kcb * npan * VK_NR;
+    size_t es = dt == VK_F32 ? 4 : 2;
     for (size_t k0 = 0; k0 < K; k0 += kcb) {
         size_t kc = K - k0 < kcb ? K - k0 : kcb;
         for (size_t t0 = 0; t0 < T; t0 += mcb) {
@@ -484,10 +635,17 @@ VK_AVX2 static void gemm_avx2(const float *x, size_t T, size_t K, size_t ldx, co
                 size_t n = n0 + j * VK_NR, nr = n1 - n < VK_NR ? n1 - n : VK_NR;
                 float *bj = bp + j * kc * VK_NR;
                 int first_pass = t0 == 0;
-                if (first_pass) pack_b_panel(w, dt, ldw, n, nr, k0, kc, bj);
+                if (first_pass) {
+                    if (q) pack_b_panel_q(q, K, n, nr, k0, kc, bj);
+                    else pack_b_panel(w, dt, ldw, n, nr, k0, kc, bj);
+                }
                 size_t nn = n + VK_NR, nnr = j + 1 < npan ? (n1 - nn < VK_NR ? n1 - nn : VK_NR) : 0;
                 for (size_t i = 0, p = 0; i < mc; i += VK_MR, p++) {
-                    if (first_pass && nnr) prefetch_panel_part(w, dt, ldw, nn, nnr, k0, kc, p, nmr);
+                    if (first_pass && nnr) {
+                        if (q) prefetch_panel_part(q->data, vk_qrow_bytes(q->bits, K), k0 * (size_t)q->bits / 8,
+                                                   div_up(kc * (size_t)q->bits, 8), nn, nnr, p, nmr);
+                        else prefetch_panel_part(w, ldw * es, k0 * es, kc * es, nn, nnr, p, nmr);
+                    }
                     size_t mr = mc - i < VK_MR ? mc - i : VK_MR;
                     ukr(mr, kc, ap + i * kc, bj, VK_NR, y + (t0 + i) * ldy + n, ldy, nr, k0 != 0,
                         bias ? bias + n : NULL);
@@ -542,6 +700,116 @@ VK_AVX2 static void gemm_small_avx2(const float *x, size_t T, size_t K, size_t l
         for (; n + 3 <= n1; n += 3) small_tile(4, 3, x, ldx, K, w, dt, n, bias, y, ldy);
         for (; n < n1; n++) small_tile(4, 1, x, ldx, K, w, dt, n, bias, y, ldy);
         break;
+    }
+}
+
+// ---- Quantized decode path (one token): streaming GEMV over vk_qmatrix rows --------------------------------------
+// RR rows at a time (4, then 1 for the rest). Within a group, two f32 accumulators per row sum x * q (eight
+// independent FMA chains for four rows); at the group's end one FMA per row applies the scale: acc += scale * (a + b).
+// Each weight byte is loaded once and prefetched VK_GEMV_PF bytes ahead once per 64 bytes of each row stream. `sc`
+// holds the RR rows' scales converted to f32 ([RR][groups]). Columns past the last multiple of 8 use the scalar
+// loader.
+//   int8: 16 columns per step, vpmovsxbd straight from memory, vcvtdq2ps, FMA (3 instructions per 8 weights).
+//   int4: 32 columns (16 bytes) per step without restoring column order: the bytes are widened to 16-bit lanes,
+//   split into low and high nibbles, and each nibble u becomes the float 2^23 + u by pairing it with the 16-bit
+//   pattern 0x4B00 (vpunpck*wd), so one exact vsubps of 2^23 + 8 yields q. The order this leaves the 32 levels in is
+//   applied to x instead, once per call (`xp`, see permute_x_q4), so the weights pay no shuffles.
+#define VK_Q4_BLOCK 32
+
+// Column order of the four level vectors of one int4 block (see above): vector v, lane i holds column q4_col[v][i].
+static const uint8_t q4_col[4][8] = {
+    {0, 2, 4, 6, 16, 18, 20, 22}, {8, 10, 12, 14, 24, 26, 28, 30},
+    {1, 3, 5, 7, 17, 19, 21, 23}, {9, 11, 13, 15, 25, 27, 29, 31},
+};
+
+// x rearranged for the int4 blocks the GEMV visits: within each group, every whole 32-column block in q4_col order;
+// the columns after the group's last whole block stay in place.
+static void permute_x_q4(const float *x, size_t K, size_t G, float *xp) {
+    memcpy(xp, x, K * sizeof(float));
+    for (size_t g0 = 0; g0 < K; g0 += G) {
+        size_t ge = g0 + G < K ? g0 + G : K;
+        for (size_t k = g0; k + VK_Q4_BLOCK <= ge; k += VK_Q4_BLOCK)
+            for (size_t v = 0; v < 4; v++)
+                for (size_t i = 0; i < 8; i++) xp[k + v * 8 + i] = x[k + q4_col[v][i]];
+    }
+}
+
+VK_AVX2 static inline __attribute__((always_inline)) void gemv_q_rows(const int BITS, const int RR, const float *x,
+                                                                      const float *xp, size_t K, const vk_qmatrix *w,
+                                                                      size_t n, const float *bias, float *y,
+                                                                      float *sc) {
+    size_t G = w->group_size, ng = qgroups(K, G), rb = vk_qrow_bytes(BITS, K), K8 = K & ~(size_t)7;
+    const uint8_t *row[4];
+    for (int r = 0; r < RR; r++) {
+        row[r] = (const uint8_t *)w->data + (n + r) * rb;
+        to_f32_avx2(w->scales + (n + r) * ng, VK_F16, ng, sc + r * ng);
+    }
+    const size_t step = BITS == 8 ? 16 : VK_Q4_BLOCK, step_bytes = step * BITS / 8;
+    const __m256i low4 = _mm256_set1_epi16(0x0f), magic = _mm256_set1_epi16(0x4b00);
+    const __m256 bias8 = _mm256_set1_ps(8388616.0f);  // 2^23 + 8
+    __m256 acc[4];
+    for (int r = 0; r < RR; r++) acc[r] = _mm256_setzero_ps();
+    for (size_t g = 0; g < ng; g++) {
+        size_t ke = g * G + G < K8 ? g * G + G : K8;
+        __m256 a[4], b[4];
+        for (int r = 0; r < RR; r++) { a[r] = _mm256_setzero_ps(); b[r] = _mm256_setzero_ps(); }
+        size_t k = g * G;
+        for (; k + step <= ke; k += step) {
+            size_t off = k * BITS / 8;
+            if ((off & 63) < step_bytes)  // once per 64-byte line of each row
+                for (int r = 0; r < RR; r++) _mm_prefetch((const char *)row[r] + off + VK_GEMV_PF, _MM_HINT_T0);
+            if (BITS == 8) {
+                __m256 x0 = _mm256_loadu_ps(x + k), x1 = _mm256_loadu_ps(x + k + 8);
+                for (int r = 0; r < RR; r++) {
+                    a[r] = _mm256_fmadd_ps(x0, q8_levels8((const int8_t *)row[r] + k), a[r]);
+                    b[r] = _mm256_fmadd_ps(x1, q8_levels8((const int8_t *)row[r] + k + 8), b[r]);
+                }
+            } else {
+                __m256 x0 = _mm256_loadu_ps(xp + k), x1 = _mm256_loadu_ps(xp + k + 8);
+                __m256 x2 = _mm256_loadu_ps(xp + k + 16), x3 = _mm256_loadu_ps(xp + k + 24);
+                for (int r = 0; r < RR; r++) {
+                    __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(row[r] + off)));
+                    __m256i lo = _mm256_and_si256(v, low4), hi = _mm256_srli_epi16(v, 4);
+                    __m256 l0 = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_unpacklo_epi16(lo, magic)), bias8);
+                    __m256 l1 = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_unpackhi_epi16(lo, magic)), bias8);
+                    __m256 l2 = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_unpacklo_epi16(hi, magic)), bias8);
+                    __m256 l3 = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_unpackhi_epi16(hi, magic)), bias8);
+                    a[r] = _mm256_fmadd_ps(x0, l0, a[r]);
+                    b[r] = _mm256_fmadd_ps(x1, l1, b[r]);
+                    a[r] = _mm256_fmadd_ps(x2, l2, a[r]);
+                    b[r] = _mm256_fmadd_ps(x3, l3, b[r]);
+                }
+            }
+        }
+        for (; k + 8 <= ke; k += 8) {  // the group's columns after its last whole step, in natural order
+            __m256 x0 = _mm256_loadu_ps(x + k);
+            for (int r = 0; r < RR; r++) {
+                __m256 l0 = BITS == 8 ? q8_levels8((const int8_t *)row[r] + k) : q4_levels8(row[r] + k / 2);
+                a[r] = _mm256_fmadd_ps(x0, l0, a[r]);
+            }
+        }
+        for (int r = 0; r < RR; r++)
+            acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(sc + r * ng + g), _mm256_add_ps(a[r], b[r]), acc[r]);
+    }
+    for (int r = 0; r < RR; r++) {
+        float s = hsum256(acc[r]);
+        for (size_t k = K8; k < K; k++) s += x[k] * qload(w, K, n + r, k);
+        y[n + r] = bias ? s + bias[n + r] : s;
+    }
+}
+
+// buf: 4 * groups floats for the scales, then K floats for the permuted x (int4).
+VK_AVX2 static void gemv_q_avx2(const float *x, size_t K, const vk_qmatrix *w, size_t n0, size_t n1,
+                                const float *bias, float *y, float *buf) {
+    size_t n = n0;
+    float *sc = buf, *xp = buf + 4 * qgroups(K, w->group_size);
+    if (w->bits == 8) {
+        for (; n + 4 <= n1; n += 4) gemv_q_rows(8, 4, x, x, K, w, n, bias, y, sc);
+        for (; n < n1; n++) gemv_q_rows(8, 1, x, x, K, w, n, bias, y, sc);
+    } else {
+        permute_x_q4(x, K, w->group_size, xp);
+        for (; n + 4 <= n1; n += 4) gemv_q_rows(4, 4, x, xp, K, w, n, bias, y, sc);
+        for (; n < n1; n++) gemv_q_rows(4, 1, x, xp, K, w, n, bias, y, sc);
     }
 }
 
@@ -794,6 +1062,18 @@ static void matmul_neon(const float *x, size_t T, size_t K, size_t ldx, const vo
         }
     }
 }
+
+// Quantized weights: each row dequantized once into scratch (K floats), then dotted with every token.
+static void matmul_q_neon(const float *x, size_t T, size_t K, size_t ldx, const vk_qmatrix *w, size_t n0, size_t n1,
+                          const float *bias, float *y, size_t ldy, float *scratch) {
+    for (size_t n = n0; n < n1; n++) {
+        vk_dequantize_row(w, K, n, scratch);
+        for (size_t t = 0; t < T; t++) {
+            float s = dot_neon(x + t * ldx, scratch, K);
+            y[t * ldy + n] = bias ? s + bias[n] : s;
+        }
+    }
+}
 #endif
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -826,7 +1106,7 @@ void vk_matmul_ws(const float *x, size_t T, size_t K, size_t ldx, const void *w,
         } else {
             size_t need = gemm_scratch_floats(T, K, n1 - n0);
             float *buf = scratch && scratch_floats >= need ? scratch : tls_scratch(need);
-            gemm_avx2(x, T, K, ldx, w, dtype, K, n0, n1, bias, y, ldy, buf);
+            gemm_avx2(x, T, K, ldx, w, dtype, K, NULL, n0, n1, bias, y, ldy, buf);
         }
         return;
     }
@@ -839,6 +1119,47 @@ void vk_matmul_ws(const float *x, size_t T, size_t K, size_t ldx, const void *w,
 #endif
     (void)scratch; (void)scratch_floats;
     matmul_scalar(x, T, K, ldx, w, dtype, n0, n1, bias, y, ldy);
+}
+
+size_t vk_matmul_q_scratch_floats(size_t T, size_t K, size_t group_size, size_t n0, size_t n1) {
+    if (n1 <= n0 || T == 0 || K == 0 || group_size == 0) return 0;
+#if VK_X86
+    if (T == 1) return 4 * qgroups(K, group_size) + K + 16;
+    return gemm_scratch_floats(T, K, n1 - n0);
+#else
+    return K;
+#endif
+}
+
+void vk_matmul_q_ws(const float *x, size_t T, size_t K, size_t ldx, const vk_qmatrix *w, size_t n0, size_t n1,
+                    const float *bias, float *y, size_t ldy, float *scratch, size_t scratch_floats) {
+    if (n1 <= n0 || T == 0) return;
+    if (!qmatrix_valid(w)) {
+        for (size_t t = 0; t < T; t++)
+            for (size_t n = n0; n < n1; n++) y[t * ldy + n] = NAN;
+        return;
+    }
+    if (K == 0) {
+        for (size_t t = 0; t < T; t++)
+            for (size_t n = n0; n < n1; n++) y[t * ldy + n] = bias ? bias[n] : 0.0f;
+        return;
+    }
+    size_t need = vk_matmul_q_scratch_floats(T, K, w->group_size, n0, n1);
+    float *buf = scratch && scratch_floats >= need ? scratch : tls_scratch(need);
+#if VK_X86
+    if (vk_simd_level() == 1) {
+        if (T == 1) gemv_q_avx2(x, K, w, n0, n1, bias, y, buf);
+        else gemm_avx2(x, T, K, ldx, NULL, VK_F32, 0, w, n0, n1, bias, y, ldy, buf);
+        return;
+    }
+#elif VK_ARM
+    if (vk_simd_level() == 2) {
+        matmul_q_neon(x, T, K, ldx, w, n0, n1, bias, y, ldy, buf);
+        return;
+    }
+#endif
+    (void)buf;
+    matmul_q_scalar(x, T, K, ldx, w, n0, n1, bias, y, ldy);
 }
 
 void vk_matmul(const float *x, size_t T, size_t K, size_t ldx, const void *w, vk_dtype dtype, size_t n0, size_t n1,

@@ -13,11 +13,19 @@ public final class Checkpoint: @unchecked Sendable {
     private var fileName: [String: String] = [:]
     private var used: Set<String> = []
     private let lock = NSLock()
+    /// Load-time quantization of float Linear weights (see `linear(_:out:in:bias:part:)`).
+    public let quantization: QuantizationOptions
+    /// config.json's quantization_config, for folders written by `vlm quantize`.
+    public let storedQuantization: StoredQuantization?
+    /// Weights quantized while loading, by canonical tensor name (what `vlm quantize` writes out).
+    public private(set) var quantizedWeights: [String: QuantizedMatrix] = [:]
 
     /// `rename` maps names as stored to the names the model asks for (older checkpoint layouts of the same
     /// architecture); it must be one-to-one.
-    public init(directory: URL, rename: ((String) -> String)? = nil) throws {
+    public init(directory: URL, rename: ((String) -> String)? = nil, quantization: QuantizationOptions = .none) throws {
         self.directory = directory
+        self.quantization = quantization
+        storedQuantization = try StoredQuantization.load(directory: directory)
         let fm = FileManager.default
         let index = directory.appendingPathComponent("model.safetensors.index.json")
         let single = directory.appendingPathComponent("model.safetensors")
@@ -85,6 +93,29 @@ public final class Checkpoint: @unchecked Sendable {
         }
         lock.lock(); used.insert(name); lock.unlock()
         return t
+    }
+
+    /// The file and header entry of `name` (any dtype), without marking it used.
+    func rawEntry(_ name: String) -> (file: SafetensorsFile, entry: SafetensorsEntry)? {
+        guard let shard = location[name], let file = files[shard], let stored = fileName[name],
+              let entry = file.entries[stored] else { return nil }
+        return (file, entry)
+    }
+
+    func markUsed(_ name: String) {
+        lock.lock(); used.insert(name); lock.unlock()
+    }
+
+    func recordQuantized(_ name: String, _ matrix: QuantizedMatrix) {
+        lock.lock(); quantizedWeights[name] = matrix; lock.unlock()
+    }
+
+    /// Every tensor as stored: its name in the file, its canonical name, the header entry and its bytes.
+    public var storedTensors: [(storedName: String, canonicalName: String, entry: SafetensorsEntry, bytes: UnsafeRawBufferPointer)] {
+        location.keys.sorted().compactMap { canonical in
+            guard let (file, entry) = rawEntry(canonical), let stored = fileName[canonical] else { return nil }
+            return (stored, canonical, entry, file.rawBytes(of: entry))
+        }
     }
 
     /// Marks names as deliberately ignored (e.g. precomputed rotary tables some checkpoints carry).

@@ -98,7 +98,7 @@ final class Idefics3Vision: @unchecked Sendable {
         let eps = config.layerNormEps
         func vector(_ name: String, _ n: Int) throws -> [Float] { try checkpoint.tensor(p + name, shape: [n]).floats() }
         func linear(_ name: String, out: Int, in n: Int) throws -> Linear {
-            Linear(weight: try checkpoint.tensor(p + name + ".weight", shape: [out, n]), bias: try vector(name + ".bias", out))
+            try checkpoint.linear(p + name, out: out, in: n, bias: true, part: .vision)
         }
         func layerNorm(_ name: String) throws -> VisionNorm {
             .layerNorm(weight: try vector(name + ".weight", d), bias: try vector(name + ".bias", d), eps: eps)
@@ -194,8 +194,8 @@ public final class Idefics3Model: VisionLanguageModel, @unchecked Sendable {
                                        prefix: "model.text_model.", checkUnused: false)
         vision = try Idefics3Vision(config: config.vision, checkpoint: checkpoint, prefix: "model.vision_model.")
         let s = config.scaleFactor
-        projection = Linear(weight: try checkpoint.tensor("model.connector.modality_projection.proj.weight",
-                                                          shape: [config.text.hiddenSize, config.vision.hiddenSize * s * s]))
+        projection = try checkpoint.linear("model.connector.modality_projection.proj", out: config.text.hiddenSize,
+                                           in: config.vision.hiddenSize * s * s, bias: false, part: .vision)
         try checkpoint.checkAllUsed()
     }
 

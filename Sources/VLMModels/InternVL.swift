@@ -158,7 +158,7 @@ final class InternViT: @unchecked Sendable {
         let eps = config.layerNormEps
         func vector(_ name: String, _ n: Int) throws -> [Float] { try checkpoint.tensor(p + name, shape: [n]).floats() }
         func linear(_ name: String, out: Int, in n: Int, bias: Bool = true) throws -> Linear {
-            Linear(weight: try checkpoint.tensor(p + name + ".weight", shape: [out, n]), bias: bias ? try vector(name + ".bias", out) : nil)
+            try checkpoint.linear(p + name, out: out, in: n, bias: bias, part: .vision)
         }
         func norm(_ name: String) throws -> VisionNorm {
             config.normType == "rms_norm"
@@ -252,10 +252,8 @@ public final class InternVLModel: VisionLanguageModel, @unchecked Sendable {
         let p = "model.multi_modal_projector."
         projectorNorm = .layerNorm(weight: try checkpoint.tensor(p + "layer_norm.weight", shape: [inWidth]).floats(),
                                    bias: try checkpoint.tensor(p + "layer_norm.bias", shape: [inWidth]).floats(), eps: 1e-5)
-        projector1 = Linear(weight: try checkpoint.tensor(p + "linear_1.weight", shape: [hidden, inWidth]),
-                            bias: try checkpoint.tensor(p + "linear_1.bias", shape: [hidden]).floats())
-        projector2 = Linear(weight: try checkpoint.tensor(p + "linear_2.weight", shape: [hidden, hidden]),
-                            bias: try checkpoint.tensor(p + "linear_2.bias", shape: [hidden]).floats())
+        projector1 = try checkpoint.linear(p + "linear_1", out: hidden, in: inWidth, bias: true, part: .vision)
+        projector2 = try checkpoint.linear(p + "linear_2", out: hidden, in: hidden, bias: true, part: .vision)
         projectorActivation = try Activation.named(config.projectorHiddenAct, file: "config.json", field: "projector_hidden_act")
         try checkpoint.checkAllUsed()
     }

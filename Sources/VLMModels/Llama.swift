@@ -170,13 +170,14 @@ public final class LlamaModel: LanguageModel, @unchecked Sendable {
 
         func vector(_ name: String, _ n: Int) throws -> [Float] { try checkpoint.tensor(name, shape: [n]).floats() }
         func linear(_ name: String, out: Int, in inFeatures: Int, bias: Bool) throws -> Linear {
-            Linear(weight: try checkpoint.tensor(name + ".weight", shape: [out, inFeatures]),
-                   bias: bias ? try vector(name + ".bias", out) : nil)
+            try checkpoint.linear(name, out: out, in: inFeatures, bias: bias)
         }
 
         embedTokens = try checkpoint.tensor(prefix + "embed_tokens.weight", shape: [config.vocabSize, d])
         finalNorm = try vector(prefix + "norm.weight", d)
         if config.tieWordEmbeddings {
+            // The tied head stays in the embedding's float dtype: quantizing it would also change the embeddings
+            // (one matrix), and `vlm quantize` keeps embeddings float.
             lmHead = Linear(weight: embedTokens)
             // Some tied checkpoints still store a copy of the head; it is the same matrix, so it is not read.
             checkpoint.ignore { $0 == "lm_head.weight" }
@@ -206,10 +207,13 @@ public final class LlamaModel: LanguageModel, @unchecked Sendable {
 
     public var weightBytesPerToken: Int {
         let perLayer = layers.first.map { l in
-            [l.q, l.k, l.v, l.o, l.gate, l.up, l.down].reduce(0) { $0 + $1.weight.count * $1.weight.dtype.byteSize }
+            [l.q, l.k, l.v, l.o, l.gate, l.up, l.down].reduce(0) { $0 + $1.weightBytes }
         } ?? 0
-        return perLayer * layers.count + lmHead.weight.count * lmHead.weight.dtype.byteSize
+        return perLayer * layers.count + lmHead.weightBytes
     }
+
+    /// The decoder layers' weight format: "q8"/"q4" when quantized, else the stored dtype.
+    public var weightFormat: String { layers.first?.q.formatName ?? embedTokens.dtype.safetensorsName }
 
     public func makeCache(maxTokens: Int?) -> KVCache {
         KVCache(layers: config.numHiddenLayers, kvHeads: config.numKeyValueHeads, headDim: config.headDim,

@@ -37,12 +37,14 @@ extension MultimodalRunner: ChatRunner {
 
 /// Picks the runner for a model folder from its config.json model_type.
 public enum RunnerFactory {
-    public static func make(modelDirectory: URL, threads: Int, imageOptions: ImageOptions = .init()) throws -> ChatRunner {
+    public static func make(modelDirectory: URL, threads: Int, imageOptions: ImageOptions = .init(),
+                            quantization: QuantizationOptions = .none) throws -> ChatRunner {
         let (type, _) = try ModelRegistry.modelType(directory: modelDirectory)
         if ModelRegistry.isVisionLanguage(type) {
-            return MultimodalRunner(modelDirectory: modelDirectory, threads: threads, imageOptions: imageOptions)
+            return MultimodalRunner(modelDirectory: modelDirectory, threads: threads, imageOptions: imageOptions,
+                                    quantization: quantization)
         }
-        return TextRunner(modelDirectory: modelDirectory, threads: threads)
+        return TextRunner(modelDirectory: modelDirectory, threads: threads, quantization: quantization)
     }
 }
 

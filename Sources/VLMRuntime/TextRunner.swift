@@ -8,6 +8,8 @@ import VLMTokenizers
 public final class TextRunner: Runner {
     public let modelDirectory: URL
     public let pool: ThreadPool
+    /// Load-time quantization of the weights (none by default).
+    public let quantization: QuantizationOptions
     public private(set) var model: LanguageModel?
     public private(set) var tokenizer: Tokenizer?
     /// nil when the folder has no chat template.
@@ -19,8 +21,9 @@ public final class TextRunner: Runner {
     private var loadStartMs: Int64 = 0, loadEndMs: Int64 = 0
     private let stopFlag = StopFlag()
 
-    public init(modelDirectory: URL, threads: Int = ThreadPool.defaultThreadCount()) {
+    public init(modelDirectory: URL, threads: Int = ThreadPool.defaultThreadCount(), quantization: QuantizationOptions = .none) {
         self.modelDirectory = modelDirectory
+        self.quantization = quantization
         pool = ThreadPool(threadCount: threads)
     }
 
@@ -28,6 +31,7 @@ public final class TextRunner: Runner {
     public init(model: LanguageModel, tokenizer: Tokenizer, chatTemplate: ChatTemplate? = nil,
                 eosTokenIDs: Set<Int>? = nil, threads: Int = 1) {
         modelDirectory = URL(fileURLWithPath: "/")
+        quantization = .none
         pool = ThreadPool(threadCount: threads)
         self.model = model
         self.tokenizer = tokenizer
@@ -42,7 +46,7 @@ public final class TextRunner: Runner {
         guard !isLoaded else { return }
         loadStartMs = wallClockMilliseconds()
         let tokenizer = try Tokenizer(directory: modelDirectory)
-        let model = try ModelRegistry.loadLanguageModel(directory: modelDirectory, pool: pool)
+        let model = try ModelRegistry.loadLanguageModel(directory: modelDirectory, pool: pool, quantization: quantization)
         let defaults = try GenerationDefaults.load(directory: modelDirectory)
         eosTokenIDs = Set(defaults.eosTokenIDs.isEmpty ? model.eosTokenIDs : defaults.eosTokenIDs)
         if let template = try ChatTemplateLoader.load(directory: modelDirectory) {

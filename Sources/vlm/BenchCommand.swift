@@ -10,8 +10,8 @@ import VLMRuntime
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Measure load, image, prefill and decode speed of a model.")
 
-    @Option(name: .long, help: "Hugging Face model folder.")
-    var model: String
+    @Option(name: .long, help: ArgumentHelp(stringLiteral: DefaultModel.help))
+    var model: String?
 
     @Option(name: .long, help: "An image to encode before the prompt (vision-language models).")
     var image: String?
@@ -28,11 +28,9 @@ struct Bench: AsyncParsableCommand {
     @Option(name: .long, help: "Worker threads (default: all cores).")
     var threads: Int?
 
-    @Flag(name: .long, help: "Idefics3/SmolVLM: encode the global image only (no tiles).")
-    var noImageSplitting = false
+    @OptionGroup var images: ImageArguments
 
-    @Option(name: .long, help: "Most tiles per image.")
-    var maxTiles: Int?
+    @OptionGroup var quantization: QuantizationArguments
 
     @Flag(name: .long, help: "Skip measuring memory bandwidth and FMA peak.")
     var noProbe = false
@@ -58,14 +56,14 @@ struct Bench: AsyncParsableCommand {
             throw ValidationError("--prompt-tokens and --runs must be positive and --gen-tokens at least 2")
         }
         let threadCount = threads ?? max(1, ProcessInfo.processInfo.activeProcessorCount)
-        let directory = URL(fileURLWithPath: (model as NSString).expandingTildeInPath)
-        var imageOptions = ImageOptions()
-        imageOptions.disableImageSplitting = noImageSplitting
-        imageOptions.maxTiles = maxTiles
+        let directory = URL(fileURLWithPath: try DefaultModel.resolve(model))
+        let imageOptions = images.imageOptions
+        let quantizationOptions = try quantization.options()
         var samples: [Sample] = []
         var info: (dtype: String, hidden: Int, vocab: Int, bytesPerToken: Int, visionFLOPs: Double?) = ("", 0, 0, 0, nil)
         for run in 0...runs {  // run 0 warms the page cache and is not reported
-            let runner = try RunnerFactory.make(modelDirectory: directory, threads: threadCount, imageOptions: imageOptions)
+            let runner = try RunnerFactory.make(modelDirectory: directory, threads: threadCount, imageOptions: imageOptions,
+                                                quantization: quantizationOptions)
             try runner.load()
             guard let lm = runner.languageModel else { throw RunnerError.notLoaded }
             var inputs: [InputPart] = []
@@ -96,7 +94,7 @@ struct Bench: AsyncParsableCommand {
                                       decodeTokensPerSecond: s.decodeTokensPerSecond,
                                       timeToFirstTokenMs: ((firstToken ?? start) - start) * 1000))
             }
-            info = (lm.weightDType.safetensorsName, lm.hiddenSize, lm.vocabularySize, lm.weightBytesPerToken, runner.visionFLOPsPerTile)
+            info = (lm.weightFormat, lm.hiddenSize, lm.vocabularySize, lm.weightBytesPerToken, runner.visionFLOPsPerTile)
         }
         let peakRSSMb = Double(peakResidentBytes()) / 1_048_576  // before the probes allocate their buffers
         let bandwidth = noProbe ? 0 : HardwareProbe.readBandwidth(threads: threadCount)

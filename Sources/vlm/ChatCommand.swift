@@ -17,8 +17,8 @@ struct Chat: AsyncParsableCommand {
             replies (and what /stats and /history print) go to stdout; the exit status is 1 if a turn failed.
             """)
 
-    @Option(name: .long, help: "Hugging Face model folder (config.json, *.safetensors, tokenizer.json).")
-    var model: String
+    @Option(name: .long, help: ArgumentHelp(stringLiteral: DefaultModel.help))
+    var model: String?
 
     @Option(name: .long, help: "System prompt.")
     var system: String?
@@ -29,16 +29,11 @@ struct Chat: AsyncParsableCommand {
     @Option(name: .long, help: "When the conversation outgrows the context: error, or drop-oldest-turns.")
     var contextPolicy: ContextPolicy = .error
 
-    @Flag(name: .long, help: "Idefics3/SmolVLM: encode the global image only (no tiles).")
-    var noImageSplitting = false
-
-    @Option(name: .long, help: "Most tiles per image (InternVL max_patches; SmolVLM: caps the tile grid).")
-    var maxTiles: Int?
-
-    @Option(name: .long, help: "Refuse images with more pixels than this (decompression bombs).")
-    var maxImagePixels: Int = 64_000_000
+    @OptionGroup var images: ImageArguments
 
     @OptionGroup var sampling: SamplingOptions
+
+    @OptionGroup var quantization: QuantizationArguments
 
     @Flag(name: .long, help: "Print the PyTorchObserver stats line after each reply.")
     var stats = false
@@ -54,12 +49,10 @@ struct Chat: AsyncParsableCommand {
     private func execute() throws {
         let config = try sampling.generationConfig()
         try config.validate()
-        var imageOptions = ImageOptions()
-        imageOptions.disableImageSplitting = noImageSplitting
-        imageOptions.maxTiles = maxTiles
-        imageOptions.decoding.maxPixels = maxImagePixels
-        let runner = try RunnerFactory.make(modelDirectory: URL(fileURLWithPath: (model as NSString).expandingTildeInPath),
-                                            threads: sampling.threads ?? ThreadPoolDefaults.threads, imageOptions: imageOptions)
+        let imageOptions = images.imageOptions
+        let runner = try RunnerFactory.make(modelDirectory: URL(fileURLWithPath: try DefaultModel.resolve(model)),
+                                            threads: sampling.threads ?? ThreadPoolDefaults.threads, imageOptions: imageOptions,
+                                            quantization: try quantization.options())
         try runner.load()
         let conversation = Conversation(runner: runner, systemPrompt: system, contextPolicy: contextPolicy)
         let sessionURL = session.map { URL(fileURLWithPath: ($0 as NSString).expandingTildeInPath) }
@@ -76,7 +69,7 @@ struct Chat: AsyncParsableCommand {
         let interrupts = ChatInterrupts(interactive: interactive) { conversation.stop() }
         interrupts.install()
         if interactive {
-            writeErr("vlm chat: \(URL(fileURLWithPath: model).lastPathComponent). /image PATH, /clear, /stats, /history, /help, /quit; "
+            writeErr("vlm chat: \(URL(fileURLWithPath: (try? DefaultModel.resolve(model)) ?? "?").lastPathComponent). /image PATH, /clear, /stats, /history, /help, /quit; "
                      + "Ctrl-C stops a reply, twice at the prompt quits.")
         }
         var attached: [ImageInput] = []

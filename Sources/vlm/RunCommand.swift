@@ -8,8 +8,8 @@ struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Generate a reply to one or more prompts (each --prompt is one user turn).")
 
-    @Option(name: .long, help: "Hugging Face model folder (config.json, *.safetensors, tokenizer.json).")
-    var model: String
+    @Option(name: .long, help: ArgumentHelp(stringLiteral: DefaultModel.help))
+    var model: String?
 
     @Option(name: .long, help: "User prompt; repeat for several turns of one conversation.")
     var prompt: [String] = []
@@ -20,14 +20,7 @@ struct Run: AsyncParsableCommand {
     @Option(name: .long, help: "Image file (JPEG/PNG); repeat for several. Consumed in order by the <image> markers across all prompts.")
     var image: [String] = []
 
-    @Flag(name: .long, help: "Idefics3/SmolVLM: encode the global image only (no tiles).")
-    var noImageSplitting = false
-
-    @Option(name: .long, help: "Most tiles per image (InternVL max_patches; SmolVLM: caps the tile grid).")
-    var maxTiles: Int?
-
-    @Option(name: .long, help: "Refuse images with more pixels than this (decompression bombs).")
-    var maxImagePixels: Int = 64_000_000
+    @OptionGroup var images: ImageArguments
 
     @OptionGroup var sampling: SamplingOptions
 
@@ -61,11 +54,8 @@ struct Run: AsyncParsableCommand {
         var config = try sampling.generationConfig()
         config.topLogprobs = topLogprobs
         try config.validate()
-        var imageOptions = ImageOptions()
-        imageOptions.disableImageSplitting = noImageSplitting
-        imageOptions.maxTiles = maxTiles
-        imageOptions.decoding.maxPixels = maxImagePixels
-        let runner = try RunnerFactory.make(modelDirectory: URL(fileURLWithPath: (model as NSString).expandingTildeInPath),
+        let imageOptions = images.imageOptions
+        let runner = try RunnerFactory.make(modelDirectory: URL(fileURLWithPath: try DefaultModel.resolve(model)),
                                             threads: sampling.threads ?? ThreadPoolDefaults.threads, imageOptions: imageOptions,
                                             quantization: try quantization.options())
         // Every marker must have its image and every image its marker, checked before any work.
@@ -102,7 +92,7 @@ struct Run: AsyncParsableCommand {
             ]))
         }
         if outputFormat == .json {
-            let top = JSONObject([("model", model), ("turns", turns)])
+            let top = JSONObject([("model", try DefaultModel.resolve(model)), ("turns", turns)])
             writeOut(top.serialized() + "\n")
         }
     }

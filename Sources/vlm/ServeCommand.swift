@@ -7,8 +7,8 @@ struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/models, /health).")
 
-    @Option(name: .long, help: "Hugging Face model folder (config.json, *.safetensors, tokenizer.json).")
-    var model: String
+    @Option(name: .long, help: ArgumentHelp(stringLiteral: DefaultModel.help))
+    var model: String?
 
     @Option(name: .long, help: "Address to listen on (loopback by default).")
     var host = "127.0.0.1"
@@ -28,20 +28,15 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: "Most images per request.")
     var maxImages = 8
 
-    @Option(name: .long, help: "Refuse images with more pixels than this (decompression bombs).")
-    var maxImagePixels = 64_000_000
-
     @Option(name: .long, help: "max_tokens when a request gives none.")
     var defaultMaxTokens = 256
 
-    @Flag(name: .long, help: "Idefics3/SmolVLM: encode the global image only (no tiles).")
-    var noImageSplitting = false
-
-    @Option(name: .long, help: "Most tiles per image (InternVL max_patches; SmolVLM: caps the tile grid).")
-    var maxTiles: Int?
+    @OptionGroup var images: ImageArguments
 
     @Option(name: .long, help: "Worker threads (default: all cores).")
     var threads: Int?
+
+    @OptionGroup var quantization: QuantizationArguments
 
     @Option(name: .long, help: "Model id reported by /v1/models (default: the folder's name).")
     var modelName: String?
@@ -81,8 +76,8 @@ struct Serve: AsyncParsableCommand {
     private func execute() async throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be in 0...65535, found \(port)") }
         guard maxQueue >= 0 else { throw ValidationError("--max-queue must be >= 0, found \(maxQueue)") }
-        guard maxBodyBytes > 0, maxImages >= 0, maxImagePixels > 0, defaultMaxTokens > 0 else {
-            throw ValidationError("--max-body-bytes, --max-image-pixels and --default-max-tokens must be positive, --max-images >= 0")
+        guard maxBodyBytes > 0, maxImages >= 0, defaultMaxTokens > 0 else {
+            throw ValidationError("--max-body-bytes and --default-max-tokens must be positive, --max-images >= 0")
         }
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1, found \(threads)") }
         guard (1...64).contains(parallel) else { throw ValidationError("--parallel must be in 1...64, found \(parallel)") }
@@ -99,15 +94,14 @@ struct Serve: AsyncParsableCommand {
             }
             fileRoot = url
         }
-        let folder = URL(fileURLWithPath: (model as NSString).expandingTildeInPath)
-        var imageOptions = ImageOptions()
-        imageOptions.disableImageSplitting = noImageSplitting
-        imageOptions.maxTiles = maxTiles
-        imageOptions.decoding.maxPixels = maxImagePixels
+        let folder = URL(fileURLWithPath: try DefaultModel.resolve(model))
+        let imageOptions = images.imageOptions
         // Each generation has its own runner and thread pool; the cores are shared out between them.
         let cores = threads ?? ThreadPoolDefaults.threads
+        let quantizationOptions = try quantization.options()
         let runners: [ChatRunner] = try (0..<parallel).map { _ in
-            let runner = try RunnerFactory.make(modelDirectory: folder, threads: max(1, cores / parallel), imageOptions: imageOptions)
+            let runner = try RunnerFactory.make(modelDirectory: folder, threads: max(1, cores / parallel), imageOptions: imageOptions,
+                                                quantization: quantizationOptions)
             try runner.load()
             return runner
         }
@@ -119,7 +113,7 @@ struct Serve: AsyncParsableCommand {
         config.maxQueue = maxQueue
         config.maxBodyBytes = maxBodyBytes
         config.maxImages = maxImages
-        config.imageDecoding.maxPixels = maxImagePixels
+        config.imageDecoding.maxPixels = images.maxImagePixels
         config.defaultMaxTokens = defaultMaxTokens
         config.modelName = modelName ?? folder.standardizedFileURL.lastPathComponent
         config.cacheSlots = cacheSlots

@@ -6,7 +6,7 @@ struct VLM: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vlm",
         abstract: "Run small vision-language models and text LLMs from a Hugging Face folder, on the CPU.",
-        subcommands: [Run.self, Chat.self, Bench.self, Serve.self],
+        subcommands: [Run.self, Chat.self, Bench.self, Serve.self, Quantize.self],
         defaultSubcommand: Run.self)
 }
 

@@ -6,30 +6,10 @@ final class CLITests: XCTestCase {
     static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Fixtures")
 
-    struct Output { var status: Int32; var stdout: String; var stderr: String }
+    typealias Output = ProcessOutput
 
     func vlm(_ args: [String], stdin: String? = nil) throws -> Output {
-        let binary = Bundle.main.bundleURL.appendingPathComponent("vlm")
-        let process = Process()
-        process.executableURL = binary
-        process.arguments = args
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        if let stdin {
-            let input = Pipe()
-            process.standardInput = input
-            try process.run()
-            input.fileHandleForWriting.write(Data(stdin.utf8))
-            try input.fileHandleForWriting.close()
-        } else {
-            process.standardInput = FileHandle.nullDevice
-            try process.run()
-        }
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return Output(status: process.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+        try runProcess(vlmBinary, args, stdin: stdin)
     }
 
     func model(_ name: String) -> String { Self.fixtures.appendingPathComponent("models/\(name)").path }

@@ -6,29 +6,12 @@ import XCTest
 final class ChatCLITests: XCTestCase {
     static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Fixtures")
-    static var binary: URL { Bundle.main.bundleURL.appendingPathComponent("vlm") }
+    static var binary: URL { vlmBinary }
 
-    struct Output { var status: Int32; var stdout: String; var stderr: String }
+    typealias Output = ProcessOutput
 
     func vlm(_ args: [String], stdin: String = "") throws -> Output {
-        let process = Process()
-        process.executableURL = Self.binary
-        process.arguments = args
-        let out = Pipe(), err = Pipe(), input = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        process.standardInput = input
-        try process.run()
-        input.fileHandleForWriting.write(Data(stdin.utf8))
-        try input.fileHandleForWriting.close()
-        var e = Data()
-        let group = DispatchGroup()
-        group.enter()
-        DispatchQueue.global().async { e = err.fileHandleForReading.readDataToEndOfFile(); group.leave() }
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        group.wait()
-        process.waitUntilExit()
-        return Output(status: process.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+        try runProcess(vlmBinary, args, stdin: stdin)
     }
 
     func model(_ name: String) -> String { Self.fixtures.appendingPathComponent("models/\(name)").path }

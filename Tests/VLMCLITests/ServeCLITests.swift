@@ -9,7 +9,7 @@ import XCTest
 final class ServeCLITests: XCTestCase {
     static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Fixtures")
-    static var binary: URL { Bundle.main.bundleURL.appendingPathComponent("vlm") }
+    static var binary: URL { vlmBinary }
 
     /// A `vlm serve` process and the base URL it printed.
     final class Server {
@@ -59,27 +59,8 @@ final class ServeCLITests: XCTestCase {
         }
     }
 
-    struct Output { var status: Int32; var stdout: String; var stderr: String }
-
-    func run(_ executable: String, _ args: [String], environment: [String: String] = [:]) throws -> Output {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = [executable] + args
-        var env = ProcessInfo.processInfo.environment
-        for (k, v) in environment { env[k] = v }
-        process.environment = env
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        var e = Data()
-        let group = DispatchGroup()
-        group.enter()
-        DispatchQueue.global().async { e = err.fileHandleForReading.readDataToEndOfFile(); group.leave() }
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        group.wait()
-        process.waitUntilExit()
-        return Output(status: process.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+    func run(_ executable: String, _ args: [String]) throws -> ProcessOutput {
+        try runProcess(URL(fileURLWithPath: "/usr/bin/env"), [executable] + args)
     }
 
     func json(_ text: String) throws -> [String: Any] {

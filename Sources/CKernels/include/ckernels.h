@@ -51,6 +51,51 @@ void vk_matmul_ws(const float *x, size_t T, size_t K, size_t ldx,
 /// Output-row granularity that keeps the GEMM's 16-wide panels whole when a caller splits [0, N) across threads.
 #define VK_MATMUL_GRANULARITY 16
 
+/// A quantized weight matrix [N, K]: symmetric, one f16 scale per `group_size` consecutive columns of a row
+/// (the last group of a row may be shorter), w[n, k] = q[n, k] * scale[n, k / group_size].
+///   bits 8: `data` is [N, K] int8 with q in [-127, 127].
+///   bits 4: `data` is [N, (K + 1) / 2] bytes; column k of a row is byte k / 2, low nibble for even k, high for odd;
+///           a nibble holds q + 8 (q in [-8, 7]), as llama.cpp's Q4_0. An odd K leaves the last high nibble unused.
+/// `scales`: [N, ceil(K / group_size)] IEEE binary16 (as llama.cpp's Q8_0/Q4_0 blocks); int4 scales may be negative.
+/// `group_size` must be a positive multiple of VK_QGROUP_MULTIPLE, so a group never starts inside a byte and eight
+/// consecutive columns from a multiple of 8 never straddle two groups (one scale per SIMD load).
+typedef struct {
+    const void *data;
+    const uint16_t *scales;
+    size_t group_size;
+    int bits;
+} vk_qmatrix;
+
+#define VK_QGROUP_MULTIPLE 8
+
+/// Bytes of one row of a quantized matrix's `data` (K for int8, (K + 1) / 2 for int4).
+size_t vk_qrow_bytes(int bits, size_t K);
+
+/// Quantizes rows [n0, n1) of w ([N, K] of `dtype`, row stride K) into `data` and `scales` laid out as vk_qmatrix
+/// (the whole matrix's buffers; only those rows are written). int8: scale = max|w| / 127 of the group, rounded to
+/// f16; int4: scale = m / -8 with m the group's value of largest magnitude (llama.cpp's Q4_0 rule, so all 16 levels
+/// are used); q = round(w / scale) clamped. A scale that overflows f16 is clamped to ±65504; NaN weights give q = 0
+/// or the clamp bound, never undefined behaviour. Returns 0, or -1 when bits/group_size are invalid.
+int vk_quantize_rows(const void *w, vk_dtype dtype, size_t K, int bits, size_t group_size, size_t n0, size_t n1,
+                     void *data, uint16_t *scales);
+
+/// Row n of a quantized matrix as f32 (K floats): the reference dequantization.
+void vk_dequantize_row(const vk_qmatrix *w, size_t K, size_t n, float *dst);
+
+/// Floats of scratch vk_matmul_q_ws wants for one call over output rows [n0, n1).
+size_t vk_matmul_q_scratch_floats(size_t T, size_t K, size_t group_size, size_t n0, size_t n1);
+
+/// vk_matmul_ws over quantized weights: y[t, n] = sum_k x[t, k] * w[n, k] (+ bias[n]), x f32.
+/// T == 1: streaming GEMV; each weight byte and scale is read once, converted in registers.
+/// T >= 2: the blocked f32 GEMM, with each 16-row panel dequantized to f32 into scratch once per call.
+/// Invalid bits/group_size (the loader rejects them first) write NaN to the output rather than read out of bounds.
+void vk_matmul_q_ws(const float *x, size_t T, size_t K, size_t ldx, const vk_qmatrix *w,
+                    size_t n0, size_t n1, const float *bias, float *y, size_t ldy,
+                    float *scratch, size_t scratch_floats);
+
+/// Rounds f32 to IEEE binary16 (round to nearest even; overflow to inf, NaN stays NaN), as torch's .half().
+void vk_f32_to_f16(const float *src, size_t count, uint16_t *dst);
+
 /// Converts `count` elements of `dtype` at src into f32 at dst.
 void vk_to_f32(const void *src, vk_dtype dtype, size_t count, float *dst);
 

@@ -12,6 +12,8 @@ public protocol LanguageModel: AnyObject, Sendable {
     /// Number of weights read per decoded token (for bandwidth bounds in benchmarks).
     var weightBytesPerToken: Int { get }
     var weightDType: DType { get }
+    /// How the decoder's Linear weights are held: a safetensors dtype ("BF16") or a quantization ("q8", "q4").
+    var weightFormat: String { get }
 
     func makeCache(maxTokens: Int?) -> KVCache
 
@@ -24,6 +26,8 @@ public protocol LanguageModel: AnyObject, Sendable {
 }
 
 extension LanguageModel {
+    public var weightFormat: String { weightDType.safetensorsName }
+
     /// Embeds and runs `tokens`, returning the logits after the last one.
     public func forward(tokens: [Int], cache: KVCache) throws -> [Float] {
         let x = UnsafeMutablePointer<Float>.allocate(capacity: max(1, tokens.count * hiddenSize))

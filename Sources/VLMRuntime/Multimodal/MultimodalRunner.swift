@@ -11,6 +11,8 @@ public final class MultimodalRunner: Runner {
     public let modelDirectory: URL
     public let pool: ThreadPool
     public var imageOptions: ImageOptions
+    /// Load-time quantization of the weights (none by default).
+    public let quantization: QuantizationOptions
     public private(set) var model: VisionLanguageModel?
     public private(set) var tokenizer: Tokenizer?
     public private(set) var chatPrompt: ChatPromptBuilder?
@@ -28,9 +30,11 @@ public final class MultimodalRunner: Runner {
     private var loadStartMs: Int64 = 0, loadEndMs: Int64 = 0
     private let stopFlag = StopFlag()
 
-    public init(modelDirectory: URL, threads: Int = ThreadPool.defaultThreadCount(), imageOptions: ImageOptions = .init()) {
+    public init(modelDirectory: URL, threads: Int = ThreadPool.defaultThreadCount(), imageOptions: ImageOptions = .init(),
+                quantization: QuantizationOptions = .none) {
         self.modelDirectory = modelDirectory
         self.imageOptions = imageOptions
+        self.quantization = quantization
         pool = ThreadPool(threadCount: threads)
     }
 
@@ -41,7 +45,7 @@ public final class MultimodalRunner: Runner {
         loadStartMs = wallClockMilliseconds()
         let (type, _) = try ModelRegistry.modelType(directory: modelDirectory)
         let tokenizer = try Tokenizer(directory: modelDirectory)
-        let model = try ModelRegistry.loadVisionLanguageModel(directory: modelDirectory, pool: pool)
+        let model = try ModelRegistry.loadVisionLanguageModel(directory: modelDirectory, pool: pool, quantization: quantization)
         preprocessor = try ImagePreprocessors.make(modelType: type, directory: modelDirectory, options: imageOptions)
         let defaults = try GenerationDefaults.load(directory: modelDirectory)
         eosTokenIDs = Set(defaults.eosTokenIDs.isEmpty ? model.languageModel.eosTokenIDs : defaults.eosTokenIDs)
