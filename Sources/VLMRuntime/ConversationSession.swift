@@ -90,8 +90,9 @@ enum SessionFile {
     static func parseHex(_ s: String) -> UInt64? { s.count == 16 ? UInt64(s, radix: 16) : nil }
 
     /// The model a cache belongs to: config.json's FNV-1a 64, and a fingerprint of the weight files (names, sizes,
-    /// first and last MiB of each *.safetensors), which tells fine-tunes with identical configs apart cheaply.
-    static func identity(of directory: URL) -> SessionHeader.Model {
+    /// first and last MiB of each *.safetensors), which tells fine-tunes with identical configs apart cheaply; and
+    /// the format the weights were loaded in (a cache made with --quantize q4 does not fit the float weights).
+    static func identity(of directory: URL, weightFormat: String? = nil) -> SessionHeader.Model {
         let config = (try? Data(contentsOf: directory.appendingPathComponent("config.json"))).map { hex(FNV1a64.hash($0)) } ?? "none"
         var h = FNV1a64()
         var any = false
@@ -111,6 +112,9 @@ enum SessionFile {
                 if let tail = try? handle.read(upToCount: Int(window)) { h.update(tail) }
             }
             any = true
+        }
+        if let weightFormat, !weightFormat.isEmpty {
+            h.update(Data(("loaded as " + weightFormat).utf8))
         }
         let type = try? ModelRegistry.modelType(directory: directory).0
         return .init(configFnv1a64: config, weightsFingerprint: any ? hex(h.value) : "none", modelType: type)
@@ -158,7 +162,7 @@ extension Conversation {
             turnRecords.append(.init(text: turn.text, reply: turn.reply, images: records))
         }
         let header = SessionHeader(
-            format: SessionFile.formatName, model: SessionFile.identity(of: backend.modelFolder),
+            format: SessionFile.formatName, model: SessionFile.identity(of: backend.modelFolder, weightFormat: backend.languageModel?.weightFormat),
             promptFormat: format.rawValue, system: systemPrompt, droppedTurns: droppedTurns, turns: turnRecords,
             cache: .init(tokens: cache.count, layers: cache.layers, rowWidth: cache.rowWidth, dtype: "f32",
                          tokenIds: tokenIDs,
@@ -262,7 +266,7 @@ extension Conversation {
         guard stored == checksum.finalized else { throw fail("corrupted: checksum mismatch (the file was changed or damaged)") }
 
         // The model and the cache geometry.
-        let mine = SessionFile.identity(of: backend.modelFolder)
+        let mine = SessionFile.identity(of: backend.modelFolder, weightFormat: backend.languageModel?.weightFormat)
         if header.model.configFnv1a64 != mine.configFnv1a64 {
             throw fail("saved with another model (config.json hash \(header.model.configFnv1a64), "
                        + "\(header.model.modelType ?? "unknown type")) than \(backend.modelFolder.path) (\(mine.configFnv1a64))")

@@ -1,4 +1,5 @@
 import Foundation
+import VLMCore
 import VLMRuntime
 import XCTest
 
@@ -166,6 +167,12 @@ final class ConversationSessionTests: XCTestCase {
         try bytes.write(to: weights)
         let file = tmp.appendingPathComponent("text.session")
         XCTAssertThrowsError(try Conversation(runner: TextRunner(modelDirectory: copy, threads: 1)).load(from: file)) {
+            XCTAssertTrue("\($0)".contains("saved with other weights"), "\($0)")
+        }
+        // Same folder loaded with quantized weights: its KV cache would not match the float one.
+        let quantized = TextRunner(modelDirectory: Fixtures.model("tiny-llama-f32"), threads: 1,
+                                   quantization: QuantizationOptions(scheme: try QuantizationScheme(bits: 8, groupSize: 32)))
+        XCTAssertThrowsError(try Conversation(runner: quantized).load(from: file)) {
             XCTAssertTrue("\($0)".contains("saved with other weights"), "\($0)")
         }
         XCTAssertThrowsError(try Conversation(runner: TextRunner(modelDirectory: copy, threads: 1)).load(from: tmp.appendingPathComponent("missing"))) {
