@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# The README's first command: builds vlm and runs the default model on a question.
-# Until the trained demo VLM lands (issue 7), the default is the real SmolLM2-135M-Instruct built from PyPI.
+# The README's first command: builds vlm and runs the embedded demo model (models/smolvlm-shapes, a tiny
+# SmolVLM-architecture model trained by Tools/demo-model) on a shipped example image.
+#   bash Tools/demo.sh [IMAGE] [QUESTION]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-model="$(bash Tools/smollm2.sh)"
-swift build -c release --product vlm >&2
-.build/release/vlm run --model "$model" --prompt "${1:-What is the capital of France?}" --max-new-tokens 64 --stats
+image="${1:-models/smolvlm-shapes/examples/one-shape.png}"
+question="${2:-Describe this image.}"
+# Same flags as the test build (.ci/run), so the two commands share one build.
+swift build -c release -Xswiftc -enable-testing --product vlm >&2
+.build/release/vlm run --image "$image" --prompt "<image>$question" --max-new-tokens 48 --stats

@@ -114,6 +114,7 @@ def main():
     ap.add_argument("--model", default=str(REPO / "models" / "smolvlm-shapes"))
     ap.add_argument("--out", default=str(REPO / "Tests" / "Fixtures" / "demo-heldout"))
     ap.add_argument("--stats", default=str(HERE / "train_stats.json"))
+    ap.add_argument("--limit", type=int, default=None, help="only every n-th item (quick checks)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     model_dir, out = Path(args.model), Path(args.out)
@@ -129,7 +130,10 @@ def main():
 
     t0 = time.time()
     records, per_type, per_kind, item_ok = [], {}, {}, 0
-    for i, item in enumerate(build_items()):
+    items = build_items()
+    if args.limit:
+        items = items[::args.limit]
+    for i, item in enumerate(items):
         files = [[save_image(sc, out, f"{i:03d}-{sum(len(u['images']) for u in item['turns'][:k]) + j}")
                   for j, sc in enumerate(t["images"])] for k, t in enumerate(item["turns"])]
         answers, turns, all_ok = [], [], True

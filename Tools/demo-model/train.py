@@ -23,8 +23,10 @@ and its closing <end_of_utterance>), with logits computed only at those position
 
 Optimiser: AdamW (betas 0.9/0.98, weight decay 0.01 on matrices), linear warmup then cosine decay to 5% of the peak,
 gradient clipping 1.0, batch 8 (each batch one item kind, to keep padding low), torch.set_num_threads(1) (--threads;
-on the shared 2-core machine 2 threads were 1.6x faster when idle but 5x slower while another job ran). Curriculum: the first 25% of the steps are single-image
-questions only, then a mix of single-image (50%), two-image comparison (20%) and three-turn conversations (30%).
+on the shared 2-core machine 2 threads were 1.6x faster when idle but 5x slower while another job ran). Curriculum: the first 40% of the steps are single-image
+questions, of which the first 25% show one large shape (shapes.py "big"; without this warm-up the from-scratch
+vision tower did not start to be used within the budget: the loss sat at the text-only prior), then a mix of
+single-image (50%), two-image comparison (20%) and three-turn conversations (30%).
 Training samples are generated on the fly from random.Random(seed) (half of the images JPEG round-tripped).
 Weights are saved as bf16 (model.safetensors).
 """
@@ -161,7 +163,8 @@ def generate_answer(model, processor, item, answers_so_far, turn, max_new_tokens
         imgs += [t["_img"][i] for i in range(len(t["images"]))] if "_img" in t else \
             [shapes.render(sc) for sc in t["images"]]
     inputs = processor(text=text, images=imgs, return_tensors="pt")
-    out = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens)
+    # eos/pad as in generation_config.json (a model built from a config would otherwise stop at text eos 2)
+    out = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=EOU, pad_token_id=2)
     new = out[0, inputs["input_ids"].shape[1]:].tolist()
     return processor.tokenizer.decode(new, skip_special_tokens=True).strip(), new
 
@@ -196,7 +199,9 @@ def main():
     ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1.5e-3)
-    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--init-from", default=None,
+                    help="continue from this folder (no curriculum: the mixed stage from step 0)")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: with 2 threads a 2-core machine shared with other jobs ran 5x slower)")
@@ -215,6 +220,8 @@ def main():
 
     config = make_config()
     model = Idefics3ForConditionalGeneration(config)
+    if args.init_from:  # continue training from a saved folder (its bf16 weights, upcast to f32)
+        model = Idefics3ForConditionalGeneration.from_pretrained(args.init_from, dtype=torch.float32)
     model.tie_weights()
     assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
     model.train()
@@ -232,13 +239,19 @@ def main():
     val_rng = random.Random(args.seed + 7)  # validation items: a third seed (held-out items use another one)
     val = [shapes.single_item(val_rng) for _ in range(40)] + [shapes.compare_item(val_rng) for _ in range(8)] + \
           [shapes.multiturn_item(val_rng) for _ in range(8)]
-    curriculum_end = int(0.25 * args.steps)
+    big_end = 0 if args.init_from else int(0.25 * args.steps)
+    curriculum_end = 0 if args.init_from else int(0.40 * args.steps)
 
     t0 = time.time()
     ema = None
     history = []
     for step in range(args.steps):
-        mix = {"single": 1.0} if step < curriculum_end else {"single": 0.5, "compare": 0.2, "multiturn": 0.3}
+        if step < big_end:
+            mix = {"big": 1.0}
+        elif step < curriculum_end:
+            mix = {"single": 1.0}
+        else:
+            mix = {"single": 0.5, "compare": 0.2, "multiturn": 0.3}
         kind = rng.choices(list(mix), weights=list(mix.values()))[0]  # one kind per batch: little padding
         items = [shapes.random_item(rng, {kind: 1.0}) for _ in range(args.batch)]
         inputs, pb, pt, tg = encode_batch(processor, items, jpeg_rng)
@@ -279,6 +292,12 @@ def main():
     stats = {"threads": args.threads, "steps": args.steps, "steps_done": step + 1, "batch": args.batch, "lr": args.lr, "warmup": args.warmup, "seed": args.seed,
              "train_time_s": round(train_time, 1), "final_loss_ema": round(ema, 5), "final_loss": round(lv, 5),
              "parameters": nparams, "history": history}
+    if args.init_from and Path(args.stats).exists():  # keep the earlier stage(s) in the record
+        prev = read_json(args.stats)
+        stats["previous_stages"] = prev.get("previous_stages", []) + [{k: v for k, v in prev.items()
+                                                                      if k not in ("history", "previous_stages")}]
+        stats["train_time_total_s"] = round(train_time + sum(st["train_time_s"] for st in stats["previous_stages"]), 1)
+    stats["init_from"] = args.init_from
     write_json(args.stats, stats)
     print(f"saved to {out}; training time {train_time:.0f}s; final loss (ema) {ema:.4f}", flush=True)
 
