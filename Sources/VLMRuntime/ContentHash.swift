@@ -72,17 +72,7 @@ extension ImageInput {
     /// so later turns and session files see exactly the bytes that were encoded even if the file changes.
     public func inMemory(options: ImageDecodingOptions = .init()) throws -> ImageInput {
         guard case .file(let url) = self else { return self }
-        let name = url.lastPathComponent
-        let attributes = try? FileManager.default.attributesOfItem(atPath: url.path)
-        guard let size = attributes?[.size] as? NSNumber else {
-            throw ImageError(source: name, "cannot read the file (missing or not accessible)")
-        }
-        guard size.intValue <= options.maxFileBytes else {
-            throw ImageError(source: name, "file is \(size.intValue) bytes, over the \(options.maxFileBytes)-byte limit")
-        }
-        do { return .encoded(try Data(contentsOf: url), name: name) } catch {
-            throw ImageError(source: name, "cannot read the file (\(error.localizedDescription))")
-        }
+        return .encoded(try ImageDecoder.readFile(url, options: options), name: url.lastPathComponent)
     }
 
     /// FNV-1a 64 of the encoded bytes (a file is read), or of "RGB8", width, height and the pixels for decoded

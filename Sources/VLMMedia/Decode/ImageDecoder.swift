@@ -28,6 +28,11 @@ public enum ImageDecoder {
     }
 
     public static func decode(contentsOf url: URL, options: ImageDecodingOptions = .init()) throws -> RGBImage {
+        try decode(readFile(url, options: options), source: url.lastPathComponent, options: options)
+    }
+
+    /// An image file's bytes, refused before reading when it is missing or over the size limit.
+    public static func readFile(_ url: URL, options: ImageDecodingOptions = .init()) throws -> Data {
         let name = url.lastPathComponent
         let attributes = try? FileManager.default.attributesOfItem(atPath: url.path)
         guard let size = attributes?[.size] as? NSNumber else {
@@ -36,9 +41,9 @@ public enum ImageDecoder {
         guard size.intValue <= options.maxFileBytes else {
             throw ImageError(source: name, "file is \(size.intValue) bytes, over the \(options.maxFileBytes)-byte limit")
         }
-        let data: Data
-        do { data = try Data(contentsOf: url) } catch { throw ImageError(source: name, "cannot read the file (\(error.localizedDescription))") }
-        return try decode(data, source: name, options: options)
+        do { return try Data(contentsOf: url) } catch {
+            throw ImageError(source: name, "cannot read the file (\(error.localizedDescription))")
+        }
     }
 
     public static func decode(_ data: Data, source: String, options: ImageDecodingOptions = .init()) throws -> RGBImage {
