@@ -238,6 +238,51 @@ static void matmul_q_scalar(const float *x, size_t T, size_t K, size_t ldx, cons
         }
 }
 
+// ---- One token against quantized weights: integer dot products --------------------------------------------------
+// Decode (T == 1) with groups made of whole 32-column blocks (group_size % 32 == 0 and K % 32 == 0, true of every
+// real model and of `vlm quantize`'s default) quantizes x once per call to int8, one f32 scale per weight group
+// (d = max|x| / 127, q = x / d rounded to nearest even), as llama.cpp does for its Q8_0/Q4_0 dot products; each group
+// is then an exact int32 dot product of levels, scaled by scale_w * d. The SIMD bodies read the same weight bytes with
+// about half the instructions of converting every weight to f32 (decode is compute-bound at int8/int4 on AVX2
+// otherwise); the price is the activation rounding, which QuantizationTests' accuracy figures include. Prefill
+// (T >= 2) keeps f32 activations.
+static inline int qdot_applies(size_t T, size_t K, const vk_qmatrix *w) {
+    return T == 1 && K % 32 == 0 && w->group_size % 32 == 0;
+}
+
+// x quantized per weight group: qx (K levels in [-127, 127]) and dx (one scale per group). Shared by every body, so
+// the SIMD and scalar paths see identical levels. NaN maps to -127 (fmaxf returns the other operand), never to
+// undefined behaviour.
+static void qdot_quantize_x(const float *x, size_t K, size_t G, int8_t *qx, float *dx) {
+    for (size_t g = 0; g * G < K; g++) {
+        size_t k0 = g * G, k1 = k0 + G < K ? k0 + G : K;
+        float amax = 0.0f;
+        for (size_t k = k0; k < k1; k++) amax = fmaxf(amax, fabsf(x[k]));
+        float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        dx[g] = amax / 127.0f;
+        for (size_t k = k0; k < k1; k++) qx[k] = (int8_t)nearbyintf(fminf(fmaxf(x[k] * id, -127.0f), 127.0f));
+    }
+}
+
+// The definition the SIMD bodies are tested against. `buf`: at least K / 4 + groups + 1 floats.
+static void gemv_qdot_scalar(const float *x, size_t K, const vk_qmatrix *w, size_t n0, size_t n1, const float *bias,
+                             float *y, float *buf) {
+    size_t G = w->group_size, ng = qgroups(K, G);
+    float *dx = buf;
+    int8_t *qx = (int8_t *)(buf + ng);
+    qdot_quantize_x(x, K, G, qx, dx);
+    for (size_t n = n0; n < n1; n++) {
+        float acc = 0.0f;
+        for (size_t g = 0; g < ng; g++) {
+            size_t k0 = g * G, k1 = k0 + G < K ? k0 + G : K;
+            int32_t s = 0;
+            for (size_t k = k0; k < k1; k++) s += qlevel(w, K, n, k) * qx[k];
+            acc += f16_to_f32(w->scales[n * ng + g]) * dx[g] * (float)s;
+        }
+        y[n] = bias ? acc + bias[n] : acc;
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Scalar reference bodies
 // ---------------------------------------------------------------------------------------------------------------
@@ -813,6 +858,73 @@ VK_AVX2 static void gemv_q_avx2(const float *x, size_t K, const vk_qmatrix *w, s
     }
 }
 
+// Integer-dot decode (see qdot_applies): per 32 columns and row, |w| x sign(x, w) by vpmaddubsw (u8 x s8 pairs to
+// s16, at most 2 x 128 x 127 so never saturating), pairs to s32 by vpmaddwd, summed over the group in s32 lanes; one
+// convert and FMA with scale_w * d_x per group. int4: the 16 bytes of a block split into low nibbles (even columns)
+// and high nibbles (odd columns) in the two 128-bit halves, minus 8; `qx` was permuted to that order once per call.
+VK_AVX2 static inline __attribute__((always_inline)) void gemv_qdot_rows(const int BITS, const int RR,
+                                                                         const int8_t *qx, const float *dx, size_t K,
+                                                                         const vk_qmatrix *w, size_t n,
+                                                                         const float *bias, float *y, float *sc) {
+    size_t G = w->group_size, ng = qgroups(K, G), rb = vk_qrow_bytes(BITS, K);
+    const uint8_t *row[4];
+    for (int r = 0; r < RR; r++) {
+        row[r] = (const uint8_t *)w->data + (n + r) * rb;
+        to_f32_avx2(w->scales + (n + r) * ng, VK_F16, ng, sc + r * ng);
+    }
+    const __m256i ones = _mm256_set1_epi16(1), eight = _mm256_set1_epi8(8);
+    const __m128i m4 = _mm_set1_epi8(0x0f);
+    __m256 acc[4];
+    for (int r = 0; r < RR; r++) acc[r] = _mm256_setzero_ps();
+    for (size_t g = 0; g < ng; g++) {
+        size_t k0 = g * G, k1 = k0 + G < K ? k0 + G : K;
+        __m256i s[4];
+        for (int r = 0; r < RR; r++) s[r] = _mm256_setzero_si256();
+        for (size_t k = k0; k < k1; k += 32) {
+            size_t off = k * BITS / 8;
+            if ((off & 63) < (size_t)(32 * BITS / 8))  // once per 64-byte line of each row
+                for (int r = 0; r < RR; r++) _mm_prefetch((const char *)row[r] + off + VK_GEMV_PF, _MM_HINT_T0);
+            __m256i xv = _mm256_loadu_si256((const __m256i *)(qx + k));
+            for (int r = 0; r < RR; r++) {
+                __m256i wv;
+                if (BITS == 8) {
+                    wv = _mm256_loadu_si256((const __m256i *)(row[r] + k));
+                } else {
+                    __m128i b = _mm_loadu_si128((const __m128i *)(row[r] + off));
+                    __m128i lo = _mm_and_si128(b, m4), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m4);
+                    wv = _mm256_sub_epi8(_mm256_set_m128i(hi, lo), eight);
+                }
+                __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
+                s[r] = _mm256_add_epi32(s[r], _mm256_madd_epi16(p, ones));
+            }
+        }
+        for (int r = 0; r < RR; r++)
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(sc[r * ng + g] * dx[g]), _mm256_cvtepi32_ps(s[r]), acc[r]);
+    }
+    for (int r = 0; r < RR; r++) {
+        float v = hsum256(acc[r]);
+        y[n + r] = bias ? v + bias[n + r] : v;
+    }
+}
+
+// buf: 4 * groups floats (row scales), groups floats (dx), then K + K bytes (qx, and int4's permuted copy).
+VK_AVX2 static void gemv_qdot_avx2(const float *x, size_t K, const vk_qmatrix *w, size_t n0, size_t n1,
+                                   const float *bias, float *y, float *buf) {
+    size_t ng = qgroups(K, w->group_size), n = n0;
+    float *sc = buf, *dx = buf + 4 * ng;
+    int8_t *qx = (int8_t *)(dx + ng), *qp = qx + K;
+    qdot_quantize_x(x, K, w->group_size, qx, dx);
+    if (w->bits == 8) {
+        for (; n + 4 <= n1; n += 4) gemv_qdot_rows(8, 4, qx, dx, K, w, n, bias, y, sc);
+        for (; n < n1; n++) gemv_qdot_rows(8, 1, qx, dx, K, w, n, bias, y, sc);
+    } else {
+        for (size_t k = 0; k < K; k += 32)
+            for (size_t i = 0; i < 16; i++) { qp[k + i] = qx[k + 2 * i]; qp[k + 16 + i] = qx[k + 2 * i + 1]; }
+        for (; n + 4 <= n1; n += 4) gemv_qdot_rows(4, 4, qp, dx, K, w, n, bias, y, sc);
+        for (; n < n1; n++) gemv_qdot_rows(4, 1, qp, dx, K, w, n, bias, y, sc);
+    }
+}
+
 // ---- Element-wise math ----------------------------------------------------------------------------------------
 // exp: Cephes' expf (range reduction by ln 2 in two parts, degree-5 polynomial), about 1 ulp. 2^n is applied as
 // two factors 2^(n/2) so results overflow to +inf and underflow gradually through the subnormals like expf;
@@ -1063,6 +1175,50 @@ static void matmul_neon(const float *x, size_t T, size_t K, size_t ldx, const vo
     }
 }
 
+// Integer-dot decode (see qdot_applies): 16 columns at a time, vmull_s8 (products fit s16) and vpadalq_s16 into s32
+// lanes per group; int4 blocks split into low nibbles (even columns) and high nibbles (odd columns), with `qx`
+// permuted to that order once per call. buf: groups floats (dx), then K + K bytes.
+static void gemv_qdot_neon(const float *x, size_t K, const vk_qmatrix *w, size_t n0, size_t n1, const float *bias,
+                           float *y, float *buf) {
+    size_t G = w->group_size, ng = qgroups(K, G), rb = vk_qrow_bytes(w->bits, K);
+    float *dx = buf;
+    int8_t *qx = (int8_t *)(dx + ng), *qp = qx + K;
+    qdot_quantize_x(x, K, G, qx, dx);
+    if (w->bits == 4) {
+        for (size_t k = 0; k < K; k += 32)
+            for (size_t i = 0; i < 16; i++) { qp[k + i] = qx[k + 2 * i]; qp[k + 16 + i] = qx[k + 2 * i + 1]; }
+        qx = qp;
+    }
+    const uint8x16_t m4 = vdupq_n_u8(0x0f);
+    const int8x16_t eight = vdupq_n_s8(8);
+    for (size_t n = n0; n < n1; n++) {
+        const uint8_t *row = (const uint8_t *)w->data + n * rb;
+        float acc = 0.0f;
+        for (size_t g = 0; g < ng; g++) {
+            size_t k0 = g * G, k1 = k0 + G < K ? k0 + G : K;
+            int32x4_t s = vdupq_n_s32(0);
+            for (size_t k = k0; k < k1; k += 32) {
+                int8x16_t w0, w1;
+                if (w->bits == 8) {
+                    w0 = vld1q_s8((const int8_t *)row + k);
+                    w1 = vld1q_s8((const int8_t *)row + k + 16);
+                } else {
+                    uint8x16_t b = vld1q_u8(row + k / 2);
+                    w0 = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(b, m4)), eight);
+                    w1 = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(b, 4)), eight);
+                }
+                int8x16_t x0 = vld1q_s8(qx + k), x1 = vld1q_s8(qx + k + 16);
+                s = vpadalq_s16(s, vmull_s8(vget_low_s8(w0), vget_low_s8(x0)));
+                s = vpadalq_s16(s, vmull_s8(vget_high_s8(w0), vget_high_s8(x0)));
+                s = vpadalq_s16(s, vmull_s8(vget_low_s8(w1), vget_low_s8(x1)));
+                s = vpadalq_s16(s, vmull_s8(vget_high_s8(w1), vget_high_s8(x1)));
+            }
+            acc += f16_to_f32(w->scales[n * ng + g]) * dx[g] * (float)vaddvq_s32(s);
+        }
+        y[n] = bias ? acc + bias[n] : acc;
+    }
+}
+
 // Quantized weights: each row dequantized once into scratch (K floats), then dotted with every token.
 static void matmul_q_neon(const float *x, size_t T, size_t K, size_t ldx, const vk_qmatrix *w, size_t n0, size_t n1,
                           const float *bias, float *y, size_t ldy, float *scratch) {
@@ -1127,7 +1283,7 @@ size_t vk_matmul_q_scratch_floats(size_t T, size_t K, size_t group_size, size_t 
     if (T == 1) return 4 * qgroups(K, group_size) + K + 16;
     return gemm_scratch_floats(T, K, n1 - n0);
 #else
-    return K;
+    return K + 64;
 #endif
 }
 
@@ -1148,18 +1304,20 @@ void vk_matmul_q_ws(const float *x, size_t T, size_t K, size_t ldx, const vk_qma
     float *buf = scratch && scratch_floats >= need ? scratch : tls_scratch(need);
 #if VK_X86
     if (vk_simd_level() == 1) {
-        if (T == 1) gemv_q_avx2(x, K, w, n0, n1, bias, y, buf);
+        if (qdot_applies(T, K, w)) gemv_qdot_avx2(x, K, w, n0, n1, bias, y, buf);
+        else if (T == 1) gemv_q_avx2(x, K, w, n0, n1, bias, y, buf);
         else gemm_avx2(x, T, K, ldx, NULL, VK_F32, 0, w, n0, n1, bias, y, ldy, buf);
         return;
     }
 #elif VK_ARM
     if (vk_simd_level() == 2) {
-        matmul_q_neon(x, T, K, ldx, w, n0, n1, bias, y, ldy, buf);
+        if (qdot_applies(T, K, w)) gemv_qdot_neon(x, K, w, n0, n1, bias, y, buf);
+        else matmul_q_neon(x, T, K, ldx, w, n0, n1, bias, y, ldy, buf);
         return;
     }
 #endif
-    (void)buf;
-    matmul_q_scalar(x, T, K, ldx, w, n0, n1, bias, y, ldy);
+    if (qdot_applies(T, K, w)) gemv_qdot_scalar(x, K, w, n0, n1, bias, y, buf);
+    else matmul_q_scalar(x, T, K, ldx, w, n0, n1, bias, y, ldy);
 }
 
 void vk_matmul(const float *x, size_t T, size_t K, size_t ldx, const void *w, vk_dtype dtype, size_t n0, size_t n1,

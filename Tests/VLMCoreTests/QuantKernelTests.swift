@@ -109,7 +109,8 @@ final class QuantKernelTests: XCTestCase {
         }
     }
 
-    /// The scalar reference is the definition: sum over k of x * (q * scale), with q and scale as dequantized.
+    /// The scalar reference for several tokens (and for decode with groups that are not whole 32-column blocks) is
+    /// the definition: sum over k of x * (q * scale), with q and scale as dequantized.
     func testScalarQuantizedMatmulIsDequantizedProduct() {
         var seed: UInt64 = 3
         for bits in [8, 4] {
@@ -124,6 +125,54 @@ final class QuantKernelTests: XCTestCase {
                     var acc: Float = 0
                     for k in 0..<K { acc += x[t * K + k] * row[k] }
                     XCTAssertEqual(y[t * N + n], acc, "q\(bits) t\(t) n\(n)")
+                }
+            }
+        }
+    }
+
+    /// One token with whole 32-column groups is an integer dot product: x quantized per weight group to int8
+    /// (d = max|x| / 127, round to nearest even), sum of q_w * q_x in integers, times scale_w * d. Written here from
+    /// that definition, independently of the kernel; the scalar body must equal it and the SIMD body come within
+    /// float rounding. Against the exact dequantized product it is off by the activation rounding only.
+    func testDecodeIsIntegerDotProductOnQuantizedActivations() {
+        var seed: UInt64 = 11
+        for bits in [8, 4] {
+            for (K, group) in [(64, 32), (96, 32), (960, 64), (256, 128), (160, 96)] {
+                let N = 9
+                let x = randoms(K, seed: &seed), wf = randoms(N * K, seed: &seed)
+                let q = quantize(wf, rows: N, cols: K, bits: bits, group: group)
+                let groups = (K + group - 1) / group
+                var qx = [Int32](repeating: 0, count: K), dx = [Float](repeating: 0, count: groups)
+                for g in 0..<groups {
+                    let ks = (g * group)..<min(K, (g + 1) * group)
+                    let amax = ks.map { abs(x[$0]) }.max() ?? 0
+                    dx[g] = amax / 127
+                    let id: Float = amax > 0 ? 127 / amax : 0
+                    for k in ks { qx[k] = Int32(max(-127, min(127, (x[k] * id).rounded(.toNearestOrEven)))) }
+                }
+                func level(_ n: Int, _ k: Int) -> Int32 {
+                    if bits == 8 { return Int32(Int8(bitPattern: q.data[n * K + k])) }
+                    let b = q.data[n * vk_qrow_bytes(4, K) + k / 2]
+                    return Int32(k % 2 == 1 ? b >> 4 : b & 15) - 8
+                }
+                let scalar = matmul(x, T: 1, K: K, q: q, N: N, bias: nil, scalar: true)
+                let fast = matmul(x, T: 1, K: K, q: q, N: N, bias: nil, scalar: false)
+                for n in 0..<N {
+                    var expected: Float = 0, exact: Float = 0
+                    for g in 0..<groups {
+                        var s: Int32 = 0
+                        for k in (g * group)..<min(K, (g + 1) * group) { s += level(n, k) * qx[k] }
+                        expected += Float(Float16(bitPattern: q.scales[n * groups + g])) * dx[g] * Float(s)
+                    }
+                    var row = [Float](repeating: 0, count: K)
+                    q.withMatrix { vk_dequantize_row($0, K, n, &row) }
+                    for k in 0..<K { exact += x[k] * row[k] }
+                    XCTAssertEqual(scalar[n], expected, accuracy: 1e-6 * Float(K), "q\(bits) K\(K) g\(group) row \(n): scalar")
+                    XCTAssertEqual(fast[n], expected, accuracy: 1e-5 * Float(K).squareRoot() + 1e-6, "q\(bits) K\(K) g\(group) row \(n): SIMD")
+                    // activation rounding: at most half a level (d / 2) per element, times |w|
+                    var bound: Float = 1e-4
+                    for k in 0..<K { bound += dx[k / group] / 2 * abs(row[k]) }
+                    XCTAssertLessThanOrEqual(abs(scalar[n] - exact), bound, "q\(bits) K\(K) g\(group) row \(n): vs float")
                 }
             }
         }

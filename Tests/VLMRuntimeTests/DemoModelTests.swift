@@ -52,7 +52,7 @@ final class DemoModelTests: XCTestCase {
 
         var turns = 0, agree = 0, correct = 0
         var perKind: [String: (turns: Int, correct: Int)] = [:]
-        var conversationsAllCorrect = 0
+        var conversationsAllCorrect = 0, comparisonsCorrect = 0
         var disagreements: [String] = []
         for item in items {
             runner.reset()
@@ -79,17 +79,20 @@ final class DemoModelTests: XCTestCase {
                 messages.append(ChatMessage(role: "assistant", content: .parts([.text(turn.reference)])))
             }
             if item.turns.count >= 3, allCorrect { conversationsAllCorrect += 1 }
+            if item.kind == "compare", allCorrect { comparisonsCorrect += 1 }
         }
         let agreement = Double(agree) / Double(turns), accuracy = Double(correct) / Double(turns)
         print("demo model held-out: \(turns) turns, agreement with transformers \(agree)/\(turns) = \(agreement), "
               + "correct \(correct)/\(turns) = \(accuracy); per kind \(perKind)")
         XCTAssertGreaterThanOrEqual(agreement, 0.99, "agreement with transformers; first differences:\n" + disagreements.prefix(10).joined(separator: "\n"))
         // Our accuracy is transformers' accuracy (summary.json, by the same exact-match rule). The target is
-        // >= 90% correct; the model committed now reaches about 53% (Tools/demo-model/README.md): more training is due.
+        // 90%; the committed model reaches 85.9% (describe, compare, shape and count 100%; "What color is the X?" 70%
+        // and "Where is the X?" 63%, see Tools/demo-model/README.md), so the floor sits just under what it reaches.
         let summary = try Fixtures.json(Self.heldout.appendingPathComponent("summary.json"))
         let reference = try XCTUnwrap(summary["turn_accuracy"] as? Double)
         XCTAssertEqual(accuracy, reference, accuracy: 0.01, "correct answers, ours vs transformers'")
-        XCTAssertGreaterThan(accuracy, 0.5, "the model looks at the images (chance is far lower for colour/shape/position)")
+        XCTAssertGreaterThanOrEqual(accuracy, 0.85, "held-out turns answered correctly")
+        XCTAssertGreaterThan(comparisonsCorrect, 0, "a two-image comparison answered correctly")
         XCTAssertGreaterThan(conversationsAllCorrect, 0, "a three-turn conversation with images in turns 1 and 3 answered correctly throughout")
     }
 }

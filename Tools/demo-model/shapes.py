@@ -137,24 +137,55 @@ def render(sc):
     d = ImageDraw.Draw(img)
     for s in sc["shapes"]:
         cx, cy, r, fill = s["cx"], s["cy"], s["r"], tuple(s["rgb"])
-        if s["shape"] == "circle":
+        poly = _shape_polygon(s)
+        if poly is None:
             d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
-        elif s["shape"] == "square":
-            a = r * 0.85
-            d.polygon(_rot([(cx - a, cy - a), (cx + a, cy - a), (cx + a, cy + a), (cx - a, cy + a)], cx, cy,
-                           s["rot"]), fill=fill)
-        elif s["shape"] == "triangle":
-            pts = [(cx + r * math.cos(math.radians(-90 + 120 * k)), cy + 0.1 * r + r * math.sin(math.radians(-90 + 120 * k)))
-                   for k in range(3)]
-            d.polygon(_rot(pts, cx, cy, s["rot"]), fill=fill)
-        elif s["shape"] == "star":
-            pts = []
-            for k in range(10):
-                rr = r if k % 2 == 0 else r * 0.45
-                ang = math.radians(-90 + 36 * k)
-                pts.append((cx + rr * math.cos(ang), cy + rr * math.sin(ang)))
-            d.polygon(_rot(pts, cx, cy, s["rot"]), fill=fill)
+        else:
+            d.polygon(poly, fill=fill)
     return img
+
+
+def _shape_polygon(s):
+    """The points of a polygonal shape (None for a circle), exactly as render() draws it."""
+    cx, cy, r = s["cx"], s["cy"], s["r"]
+    if s["shape"] == "square":
+        a = r * 0.85
+        return _rot([(cx - a, cy - a), (cx + a, cy - a), (cx + a, cy + a), (cx - a, cy + a)], cx, cy, s["rot"])
+    if s["shape"] == "triangle":
+        pts = [(cx + r * math.cos(math.radians(-90 + 120 * k)), cy + 0.1 * r + r * math.sin(math.radians(-90 + 120 * k)))
+               for k in range(3)]
+        return _rot(pts, cx, cy, s["rot"])
+    if s["shape"] == "star":
+        pts = []
+        for k in range(10):
+            rr = r if k % 2 == 0 else r * 0.45
+            ang = math.radians(-90 + 36 * k)
+            pts.append((cx + rr * math.cos(ang), cy + rr * math.sin(ang)))
+        return _rot(pts, cx, cy, s["rot"])
+    return None
+
+
+LABEL_CHANNELS = len(COLOR_NAMES) + len(SHAPES)  # one mask per colour, then one per shape kind
+
+
+def render_labels(sc):
+    """Training-only label masks of a scene, for the auxiliary vision loss in train.py: a list of RGB images of the
+    scene's size whose channels are 0/255 masks, colour masks (COLOR_NAMES order) then shape masks (SHAPES order),
+    padded to a multiple of 3 channels. Same geometry as render()."""
+    w, h = sc["w"], sc["h"]
+    planes = [Image.new("L", (w, h), 0) for _ in range(LABEL_CHANNELS)]
+    for s in sc["shapes"]:
+        for idx in (COLOR_NAMES.index(s["color"]), len(COLOR_NAMES) + SHAPES.index(s["shape"])):
+            d = ImageDraw.Draw(planes[idx])
+            poly = _shape_polygon(s)
+            if poly is None:
+                cx, cy, r = s["cx"], s["cy"], s["r"]
+                d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+            else:
+                d.polygon(poly, fill=255)
+    while len(planes) % 3:
+        planes.append(Image.new("L", (w, h), 0))
+    return [Image.merge("RGB", planes[i:i + 3]) for i in range(0, len(planes), 3)]
 
 
 def jpeg_roundtrip(img, quality):
@@ -248,6 +279,28 @@ def single_item(rng, qtype=None, big=False):
             return {"kind": "single", "turns": [{"user": "<image>" + text, "images": [sc], "answer": ans, "type": t}]}
 
 
+def chain_item(rng, k, big=False, first=None):
+    """Training only: one image and k questions about it, the first with the image (of type `first` when given), the
+    rest text-only follow-ups (different task types where the scene allows), so one vision encoding carries several
+    supervised answers."""
+    while True:
+        sc = random_scene(rng, big=big)
+        turns, used = [], []
+        if first is not None:
+            q = single_question(rng, sc, first)
+            if q is None:
+                continue
+            turns.append({"user": "<image>" + q[1], "images": [sc], "answer": q[2], "type": q[0]})
+            used.append(q[0])
+        for i in range(len(turns), k):
+            fresh = [t for t in SINGLE_TYPES if t not in used and possible_questions(sc, [t])]
+            t, text, ans = single_question(rng, sc, exclude=used) if fresh else single_question(rng, sc)
+            used.append(t)
+            turns.append({"user": ("<image>" if i == 0 else "") + text, "images": [sc] if i == 0 else [],
+                          "answer": ans, "type": t})
+        return {"kind": "single" if k == 1 else "chain", "turns": turns}
+
+
 def compare_item(rng):
     a, b = random_scene(rng), random_scene(rng)
     return {"kind": "compare", "turns": [{"user": "<image><image>Compare these images.", "images": [a, b],
@@ -284,13 +337,21 @@ def multiturn_item(rng):
 
 
 def random_item(rng, mix):
-    """mix: dict kind -> weight, kinds 'single', 'big' (single, one large shape), 'compare', 'multiturn'."""
+    """mix: dict kind -> weight, kinds 'single', 'big' (single, one large shape), 'chain' / 'bigchain' (1-4
+    questions about one image, training only; 'focus': such a chain that starts with a colour, position or shape
+    question), 'compare', 'multiturn'."""
     kinds = list(mix)
     k = rng.choices(kinds, weights=[mix[x] for x in kinds])[0]
     if k == "single":
         return single_item(rng)
     if k == "big":
         return single_item(rng, big=True)
+    if k == "chain":
+        return chain_item(rng, rng.choice([1, 2, 3, 4]))
+    if k == "focus":  # the questions that need one object picked out by the question
+        return chain_item(rng, rng.choice([1, 2, 3]), first=rng.choice(["color", "position", "position", "shape"]))
+    if k == "bigchain":
+        return chain_item(rng, rng.choice([1, 2, 3]), big=True)
     if k == "compare":
         return compare_item(rng)
     return multiturn_item(rng)

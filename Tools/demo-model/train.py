@@ -22,11 +22,16 @@ one used at inference. The loss is cross-entropy on the assistant answer tokens 
 and its closing <end_of_utterance>), with logits computed only at those positions.
 
 Optimiser: AdamW (betas 0.9/0.98, weight decay 0.01 on matrices), linear warmup then cosine decay to 5% of the peak,
-gradient clipping 1.0, batch 8 (each batch one item kind, to keep padding low), torch.set_num_threads(1) (--threads;
-on the shared 2-core machine 2 threads were 1.6x faster when idle but 5x slower while another job ran). Curriculum: the first 40% of the steps are single-image
-questions, of which the first 25% show one large shape (shapes.py "big"; without this warm-up the from-scratch
-vision tower did not start to be used within the budget: the loss sat at the text-only prior), then a mix of
-single-image (50%), two-image comparison (20%) and three-turn conversations (30%).
+gradient clipping 1.0, batch 8 (each batch one item kind, to keep padding low), --threads torch threads (2 on an idle
+2-core machine; 1 if another job shares the cores: 2 threads then slow down several-fold).
+Curriculum: the first 10% of the steps show one large shape per image (shapes.py "big"), up to 30% single-image
+question chains, then the --mix of the mixed stage (default 50% chains, 20% two-image comparisons, 30% three-turn
+conversations). A chain (shapes.chain_item) asks 1-4 questions about one image in consecutive turns, so one vision
+encoding carries several supervised answers.
+Auxiliary vision loss (--aux-weight, default 1): a linear probe on each image token as the language model receives it
+(the connector's output) predicts the fraction of the token's area covered by each colour and each shape kind, from
+label masks drawn with the scene's own geometry and put through the same image processor (image_token_labels). It
+gives the from-scratch vision tower a dense signal from the first step; the probe is not part of the saved model.
 Training samples are generated on the fly from random.Random(seed) (half of the images JPEG round-tripped).
 Weights are saved as bf16 (model.safetensors).
 """
@@ -118,14 +123,42 @@ def item_images(item, jpeg_rng=None):
     return imgs
 
 
-def encode_batch(processor, items, jpeg_rng):
-    """Processor inputs for full conversations and, per sample, the (position, target id) pairs of the loss."""
-    texts, images, answers = [], [], []
+def image_token_labels(processor, connector, scene):
+    """Soft targets of the auxiliary vision loss for one image: (tiles x 16 tokens, 7) colour and (.., 5) shape
+    distributions (index 0 = background), the fraction of each image token's area covered by each colour / shape
+    kind. The label masks (shapes.render_labels) go through the same image processor as the picture, so the tiles
+    and their order are exactly the model's; 8 x 8 pixel patches are then grouped by the connector's own pixel
+    shuffle, as the image tokens are."""
+    planes = []
+    for m in shapes.render_labels(scene):
+        pv = processor.image_processor(images=[[m]], return_tensors="pt")["pixel_values"][0]  # (tiles, 3, 64, 64)
+        planes.append(pv)
+    cov = (torch.cat(planes, 1).float() * 0.5 + 0.5).clamp(0, 1)  # undo (x - 0.5) / 0.5; Lanczos rings a little
+    p = VISION["patch_size"]
+    cov = F.avg_pool2d(cov, p)  # (tiles, C, 8, 8): coverage per patch
+    tiles, c = cov.shape[:2]
+    cov = cov.flatten(2).transpose(1, 2).contiguous()  # (tiles, 64 patches, C), patch order row-major as in SigLIP
+    cov = connector.pixel_shuffle(cov, 2).view(tiles, -1, 4, c).mean(2).reshape(-1, c)  # (tiles * 16, C)
+    nc = len(shapes.COLOR_NAMES)
+    col, shp = cov[:, :nc], cov[:, nc:nc + len(shapes.SHAPES)]
+
+    def dist(x):
+        x = torch.cat([(1 - x.sum(1, keepdim=True)).clamp(min=0), x], 1)
+        return x / x.sum(1, keepdim=True)
+    return dist(col), dist(shp)
+
+
+def encode_batch(processor, items, jpeg_rng, connector=None):
+    """Processor inputs for full conversations and, per sample, the (position, target id) pairs of the loss; with a
+    connector, also the auxiliary loss's per-image-token targets (image_token_labels) in image-feature order."""
+    texts, images, answers, labels = [], [], [], []
     for it in items:
         msgs = shapes.messages_for(it, [t["answer"] for t in it["turns"]])
         texts.append(processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=False))
         images.append(item_images(it, jpeg_rng))
         answers.append([t["answer"] for t in it["turns"]])
+        if connector is not None:
+            labels += [image_token_labels(processor, connector, sc) for t in it["turns"] for sc in t["images"]]
     inputs = processor(text=texts, images=images, padding=True, return_tensors="pt")
     ids = inputs["input_ids"]
     pos_b, pos_t, tgt = [], [], []
@@ -141,15 +174,31 @@ def encode_batch(processor, items, jpeg_rng):
                 pos_b.append(b)
                 pos_t.append(j - 1)
                 tgt.append(int(ids[b, j]))
-    return inputs, torch.tensor(pos_b), torch.tensor(pos_t), torch.tensor(tgt)
+    aux = None
+    if labels:
+        aux = (torch.cat([c for c, _ in labels]), torch.cat([sh for _, sh in labels]))
+    return inputs, torch.tensor(pos_b), torch.tensor(pos_t), torch.tensor(tgt), aux
 
 
-def loss_fn(model, inputs, pos_b, pos_t, tgt):
-    kw = {k: inputs[k] for k in ("input_ids", "attention_mask", "pixel_values", "pixel_attention_mask") if k in inputs}
-    hidden = model.model(**kw, use_cache=False).last_hidden_state  # after the final RMSNorm
+def loss_fn(model, inputs, pos_b, pos_t, tgt, aux=None, aux_head=None):
+    """Cross-entropy on the answer tokens; with aux targets, plus the auxiliary vision loss: a linear probe (aux_head,
+    training only, never saved) reads each image token as the language model receives it (the connector's output)
+    and predicts the colour and shape kind under it. It gives the from-scratch vision tower a dense signal from the
+    first step instead of waiting for the language model to start looking at the image."""
+    kw = {k: inputs[k] for k in ("input_ids", "attention_mask") if k in inputs}
+    img = model.model.get_image_features(inputs["pixel_values"], inputs.get("pixel_attention_mask"), return_dict=True)
+    hidden = model.model(**kw, mm_encoder_outputs={"image": img}, use_cache=False).last_hidden_state  # final norm
     h = hidden[pos_b, pos_t]
     logits = F.linear(h, model.lm_head.weight).float()
-    return F.cross_entropy(logits, tgt), (logits.argmax(-1) == tgt).float().mean()
+    loss = F.cross_entropy(logits, tgt)
+    aux_loss = torch.zeros(())
+    if aux is not None:
+        feats = torch.cat(list(img.pooler_output))
+        assert feats.shape[0] == aux[0].shape[0], (feats.shape, aux[0].shape)
+        out = aux_head(feats).float()
+        nc = aux[0].shape[1]
+        aux_loss = F.cross_entropy(out[:, :nc], aux[0]) + F.cross_entropy(out[:, nc:], aux[1])
+    return loss, (logits.argmax(-1) == tgt).float().mean(), aux_loss
 
 
 @torch.no_grad()
@@ -203,6 +252,11 @@ def main():
     ap.add_argument("--init-from", default=None,
                     help="continue from this folder (no curriculum: the mixed stage from step 0)")
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--big-frac", type=float, default=0.1, help="first fraction of steps: one large shape")
+    ap.add_argument("--single-frac", type=float, default=0.3, help="first fraction of steps: single-image only")
+    ap.add_argument("--mix", default="chain=0.5,compare=0.2,multiturn=0.3",
+                    help="item kinds (shapes.random_item) and weights of the mixed stage")
+    ap.add_argument("--aux-weight", type=float, default=1.0, help="weight of the auxiliary vision loss (0: off)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: with 2 threads a 2-core machine shared with other jobs ran 5x slower)")
     ap.add_argument("--eval-every", type=int, default=500)
@@ -228,8 +282,10 @@ def main():
     nparams = sum(p.numel() for p in model.parameters())
     print(f"parameters: {nparams / 1e6:.2f} M", flush=True)
 
+    # training-only probe of the auxiliary vision loss: colour (background + 6) and shape kind (background + 4)
+    aux_head = torch.nn.Linear(TEXT["hidden_size"], 1 + len(shapes.COLOR_NAMES) + 1 + len(shapes.SHAPES))
     decay, no_decay = [], []
-    for n, p in model.named_parameters():
+    for n, p in list(model.named_parameters()) + [("aux." + n, p) for n, p in aux_head.named_parameters()]:
         (decay if p.ndim >= 2 and "embed" not in n else no_decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.98), eps=1e-8)
@@ -239,38 +295,42 @@ def main():
     val_rng = random.Random(args.seed + 7)  # validation items: a third seed (held-out items use another one)
     val = [shapes.single_item(val_rng) for _ in range(40)] + [shapes.compare_item(val_rng) for _ in range(8)] + \
           [shapes.multiturn_item(val_rng) for _ in range(8)]
-    big_end = 0 if args.init_from else int(0.25 * args.steps)
-    curriculum_end = 0 if args.init_from else int(0.40 * args.steps)
+    mixed = {k: float(v) for k, v in (kv.split("=") for kv in args.mix.split(","))}
+    big_end = 0 if args.init_from else int(args.big_frac * args.steps)
+    curriculum_end = 0 if args.init_from else int(args.single_frac * args.steps)
 
     t0 = time.time()
     ema = None
     history = []
     for step in range(args.steps):
         if step < big_end:
-            mix = {"big": 1.0}
+            mix = {"bigchain": 1.0}
         elif step < curriculum_end:
-            mix = {"single": 1.0}
+            mix = {"chain": 1.0}
         else:
-            mix = {"single": 0.5, "compare": 0.2, "multiturn": 0.3}
+            mix = mixed
         kind = rng.choices(list(mix), weights=list(mix.values()))[0]  # one kind per batch: little padding
         items = [shapes.random_item(rng, {kind: 1.0}) for _ in range(args.batch)]
-        inputs, pb, pt, tg = encode_batch(processor, items, jpeg_rng)
+        inputs, pb, pt, tg, aux = encode_batch(processor, items, jpeg_rng,
+                                               model.model.connector if args.aux_weight > 0 else None)
         lr = lr_at(step, args.steps, args.lr, args.warmup)
         for g in opt.param_groups:
             g["lr"] = lr
-        loss, acc = loss_fn(model, inputs, pb, pt, tg)
+        loss, acc, aux_loss = loss_fn(model, inputs, pb, pt, tg, aux, aux_head)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        (loss + args.aux_weight * aux_loss).backward()
+        torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(aux_head.parameters()), 1.0)
         opt.step()
         lv = float(loss.detach())
         ema = lv if ema is None else 0.98 * ema + 0.02 * lv
         if step % 20 == 0 or step == args.steps - 1:
             el = time.time() - t0
-            print(f"step {step}/{args.steps} loss {lv:.4f} ema {ema:.4f} tok-acc {float(acc):.3f} lr {lr:.2e} "
+            print(f"step {step}/{args.steps} loss {lv:.4f} ema {ema:.4f} tok-acc {float(acc):.3f} "
+                  f"aux {float(aux_loss):.4f} lr {lr:.2e} "
                   f"seq {inputs['input_ids'].shape[1]} elapsed {el:.0f}s ({(step + 1) / el:.2f} steps/s, "
                   f"eta {(args.steps - step - 1) * el / (step + 1):.0f}s)", flush=True)
-            history.append({"step": step, "loss": round(lv, 5), "ema": round(ema, 5)})
+            history.append({"step": step, "loss": round(lv, 5), "ema": round(ema, 5),
+                            "aux": round(float(aux_loss), 5)})
         stop = time.time() - t0 > args.max_time
         if stop:
             print(f"STOPPED EARLY at step {step + 1} (--max-time {args.max_time}s)", flush=True)
@@ -289,7 +349,7 @@ def main():
     model.save_pretrained(out, safe_serialization=True)
     (out / "model.safetensors").chmod(0o644)
     write_processor_files(out)  # save_pretrained may rewrite generation_config.json: keep the real one
-    stats = {"threads": args.threads, "steps": args.steps, "steps_done": step + 1, "batch": args.batch, "lr": args.lr, "warmup": args.warmup, "seed": args.seed,
+    stats = {"mix": args.mix, "aux_weight": args.aux_weight, "threads": args.threads, "steps": args.steps, "steps_done": step + 1, "batch": args.batch, "lr": args.lr, "warmup": args.warmup, "seed": args.seed,
              "train_time_s": round(train_time, 1), "final_loss_ema": round(ema, 5), "final_loss": round(lv, 5),
              "parameters": nparams, "history": history}
     if args.init_from and Path(args.stats).exists():  # keep the earlier stage(s) in the record
