@@ -872,6 +872,11 @@ VK_AVX2 static inline __attribute__((always_inline)) void gemv_qdot_rows(const i
         row[r] = (const uint8_t *)w->data + (n + r) * rb;
         to_f32_avx2(w->scales + (n + r) * ng, VK_F16, ng, sc + r * ng);
     }
+    // Prefetch each line one block of rows ahead (the same offset in the next RR rows, which follow these in memory),
+    // capped at 16 KB: with rows of a few hundred bytes to a few KB a fixed 512-byte lead leaves every block's start
+    // cold, and measured from DRAM one block ahead streams 1.3-2x faster (single thread, 38 MB int8 / 19 MB int4).
+    size_t lead = (size_t)RR * rb < 16384 ? (size_t)RR * rb : 16384;
+    if (lead < VK_GEMV_PF) lead = VK_GEMV_PF;
     const __m256i ones = _mm256_set1_epi16(1), eight = _mm256_set1_epi8(8);
     const __m128i m4 = _mm_set1_epi8(0x0f);
     __m256 acc[4];
@@ -883,7 +888,7 @@ VK_AVX2 static inline __attribute__((always_inline)) void gemv_qdot_rows(const i
         for (size_t k = k0; k < k1; k += 32) {
             size_t off = k * BITS / 8;
             if ((off & 63) < (size_t)(32 * BITS / 8))  // once per 64-byte line of each row
-                for (int r = 0; r < RR; r++) _mm_prefetch((const char *)row[r] + off + VK_GEMV_PF, _MM_HINT_T0);
+                for (int r = 0; r < RR; r++) _mm_prefetch((const char *)row[r] + off + lead, _MM_HINT_T0);
             __m256i xv = _mm256_loadu_si256((const __m256i *)(qx + k));
             for (int r = 0; r < RR; r++) {
                 __m256i wv;
