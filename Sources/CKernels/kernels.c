@@ -376,6 +376,10 @@ VK_AVX2 static void gemv_avx2(const float *x, size_t K, const void *w, vk_dtype 
     size_t K16 = K & ~(size_t)15, K8 = K & ~(size_t)7;
     // Lines per prefetch step: f32 rows cover 64 bytes per 16 columns, 16-bit rows 32 bytes.
     const size_t pf_every = dt == VK_F32 ? 16 : 32;
+    // Lead of the prefetch, in elements: one block of four rows ahead (capped at 16 KB), as in gemv_qdot_rows.
+    size_t es = dt == VK_F32 ? 4 : 2, lead_bytes = 4 * K * es < 16384 ? 4 * K * es : 16384;
+    if (lead_bytes < VK_GEMV_PF) lead_bytes = VK_GEMV_PF;
+    const char *wb = (const char *)w;
     for (; n + 4 <= n1; n += 4) {
         __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
         __m256 b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps(), b2 = _mm256_setzero_ps(), b3 = _mm256_setzero_ps();
@@ -383,8 +387,10 @@ VK_AVX2 static void gemv_avx2(const float *x, size_t K, const void *w, vk_dtype 
         size_t k = 0;
         for (; k < K16; k += 16) {
             if ((k & (pf_every - 1)) == 0) {
-                prefetch_row(w, dt, r0 + k); prefetch_row(w, dt, r1 + k);
-                prefetch_row(w, dt, r2 + k); prefetch_row(w, dt, r3 + k);
+                _mm_prefetch(wb + (r0 + k) * es + lead_bytes, _MM_HINT_T0);
+                _mm_prefetch(wb + (r1 + k) * es + lead_bytes, _MM_HINT_T0);
+                _mm_prefetch(wb + (r2 + k) * es + lead_bytes, _MM_HINT_T0);
+                _mm_prefetch(wb + (r3 + k) * es + lead_bytes, _MM_HINT_T0);
             }
             __m256 x0 = _mm256_loadu_ps(x + k), x1 = _mm256_loadu_ps(x + k + 8);
             a0 = _mm256_fmadd_ps(x0, load8(w, dt, r0 + k), a0);
