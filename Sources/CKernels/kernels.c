@@ -264,6 +264,13 @@ static void qdot_quantize_x(const float *x, size_t K, size_t G, int8_t *qx, floa
     }
 }
 
+// For int4 weights the SIMD bodies take a 32-column block's 16 bytes as low nibbles (even columns) then high nibbles
+// (odd columns): qx rearranged to that order once per call (K a multiple of 32).
+static void qdot_permute_int4(const int8_t *qx, size_t K, int8_t *qp) {
+    for (size_t k = 0; k < K; k += 32)
+        for (size_t i = 0; i < 16; i++) { qp[k + i] = qx[k + 2 * i]; qp[k + 16 + i] = qx[k + 2 * i + 1]; }
+}
+
 // The definition the SIMD bodies are tested against. `buf`: at least K / 4 + groups + 1 floats.
 static void gemv_qdot_scalar(const float *x, size_t K, const vk_qmatrix *w, size_t n0, size_t n1, const float *bias,
                              float *y, float *buf) {
@@ -361,9 +368,18 @@ VK_AVX2 static void axpy_avx2(float a, const float *x, float *y, size_t n) {
 
 // ---- Decode path (one token): a streaming matrix-vector product ------------------------------------------------
 // Four weight rows at a time, 16 columns per step (eight independent accumulators), weights converted on the fly so
-// each weight byte is read once from memory. Software prefetch runs VK_GEMV_PF bytes ahead in every row stream:
-// with rows of a few KB, the hardware prefetcher alone leaves the stream short of bandwidth at each row start.
+// each weight byte is read once from memory. Software prefetch runs ahead in every row stream (gemv_lead): with rows
+// of a few KB, the hardware prefetcher alone leaves the stream short of bandwidth at each row start.
 #define VK_GEMV_PF 512
+
+// Prefetch lead of the decode kernels, in bytes, for blocks of `block_bytes` (the rows a kernel streams at once): each
+// line is fetched one block ahead, the same offset in the next rows, which follow these in memory; capped at 16 KB,
+// at least VK_GEMV_PF (small-T kernels). A fixed 512-byte lead left every block's start cold: measured from DRAM
+// (single thread, 38 MB of bf16 / int8 / int4 rows of 0.5-9 KB) one block ahead streams 1.3-2x faster.
+static inline size_t gemv_lead(size_t block_bytes) {
+    size_t lead = block_bytes < 16384 ? block_bytes : 16384;
+    return lead < VK_GEMV_PF ? VK_GEMV_PF : lead;
+}
 
 VK_AVX2 static inline void prefetch_row(const void *w, vk_dtype dt, size_t i) {
     size_t es = dt == VK_F32 ? 4 : 2;
@@ -376,9 +392,7 @@ VK_AVX2 static void gemv_avx2(const float *x, size_t K, const void *w, vk_dtype 
     size_t K16 = K & ~(size_t)15, K8 = K & ~(size_t)7;
     // Lines per prefetch step: f32 rows cover 64 bytes per 16 columns, 16-bit rows 32 bytes.
     const size_t pf_every = dt == VK_F32 ? 16 : 32;
-    // Lead of the prefetch, in elements: one block of four rows ahead (capped at 16 KB), as in gemv_qdot_rows.
-    size_t es = dt == VK_F32 ? 4 : 2, lead_bytes = 4 * K * es < 16384 ? 4 * K * es : 16384;
-    if (lead_bytes < VK_GEMV_PF) lead_bytes = VK_GEMV_PF;
+    size_t es = dt == VK_F32 ? 4 : 2, lead_bytes = gemv_lead(4 * K * es);
     const char *wb = (const char *)w;
     for (; n + 4 <= n1; n += 4) {
         __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
@@ -483,10 +497,28 @@ VK_AVX2 static inline void transpose8(__m256 r[8]) {
     r[6] = _mm256_permute2f128_ps(s2, s6, 0x31); r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
 }
 
+// ---- Quantized weights: eight columns k .. k + 7 (k a multiple of 8, inside one group) as f32 levels ----------
+VK_AVX2 static inline __m256 q8_levels8(const int8_t *p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+
+// p: the 4 bytes holding the eight columns; nibbles interleaved back into column order, minus the +8 offset.
+VK_AVX2 static inline __m256 q4_levels8(const uint8_t *p) {
+    uint32_t b;
+    memcpy(&b, p, 4);
+    const __m128i m = _mm_set1_epi8(0x0f);
+    __m128i v = _mm_cvtsi32_si128((int)b);
+    __m128i lo = _mm_and_si128(v, m), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m);
+    __m128i e = _mm_sub_epi8(_mm_unpacklo_epi8(lo, hi), _mm_set1_epi8(8));
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(e));
+}
+
 // Packs rows [n, n + nr) (nr <= 16) of W, columns [k0, k0 + kc), transposed: bp[k * 16 + j] = W[n + j, k0 + k] as
-// f32, zero for j >= nr. W's rows are ldw elements apart.
-VK_AVX2 static void pack_b_panel(const void *w, vk_dtype dt, size_t ldw, size_t n, size_t nr, size_t k0, size_t kc,
-                                 float *bp) {
+// f32, zero for j >= nr. W is `w` of `dt` with rows ldw elements apart, or, when `q` is not NULL, the quantized
+// matrix q (K columns, k0 a multiple of 8), dequantized.
+VK_AVX2 static void pack_b_panel(const void *w, vk_dtype dt, size_t ldw, const vk_qmatrix *q, size_t K, size_t n,
+                                 size_t nr, size_t k0, size_t kc, float *bp) {
+    size_t ng = q ? qgroups(K, q->group_size) : 0, rb = q ? vk_qrow_bytes(q->bits, K) : 0;
     for (size_t j0 = 0; j0 < VK_NR; j0 += 8) {
         size_t rows = nr > j0 ? (nr - j0 < 8 ? nr - j0 : 8) : 0;
         size_t k = 0;
@@ -494,15 +526,29 @@ VK_AVX2 static void pack_b_panel(const void *w, vk_dtype dt, size_t ldw, size_t 
             for (; k < kc; k++) _mm256_store_ps(bp + k * VK_NR + j0, _mm256_setzero_ps());
             continue;
         }
-        size_t base = (n + j0) * ldw + k0;
         for (; k + 8 <= kc; k += 8) {
+            size_t col = k0 + k, g = q ? col / q->group_size : 0;  // one group: col is a multiple of 8
             __m256 r[8];
-            for (size_t i = 0; i < 8; i++) r[i] = i < rows ? load8(w, dt, base + i * ldw + k) : _mm256_setzero_ps();
+            for (size_t i = 0; i < 8; i++) {
+                size_t row = n + j0 + i;
+                if (i >= rows) {
+                    r[i] = _mm256_setzero_ps();
+                } else if (!q) {
+                    r[i] = load8(w, dt, row * ldw + col);
+                } else {
+                    const uint8_t *base = (const uint8_t *)q->data + row * rb;
+                    __m256 lv = q->bits == 8 ? q8_levels8((const int8_t *)base + col) : q4_levels8(base + col / 2);
+                    r[i] = _mm256_mul_ps(lv, _mm256_set1_ps(_cvtsh_ss(q->scales[row * ng + g])));
+                }
+            }
             transpose8(r);
             for (size_t i = 0; i < 8; i++) _mm256_store_ps(bp + (k + i) * VK_NR + j0, r[i]);
         }
         for (; k < kc; k++)
-            for (size_t i = 0; i < 8; i++) bp[k * VK_NR + j0 + i] = i < rows ? load_w(w, dt, base + i * ldw + k) : 0.0f;
+            for (size_t i = 0; i < 8; i++) {
+                size_t row = n + j0 + i, col = k0 + k;
+                bp[k * VK_NR + j0 + i] = i >= rows ? 0.0f : q ? qload(q, K, row, col) : load_w(w, dt, row * ldw + col);
+            }
     }
 }
 
@@ -621,52 +667,6 @@ VK_AVX2 static inline void prefetch_panel_part(const void *w, size_t row_bytes, 
     }
 }
 
-// ---- Quantized weights: eight columns k .. k + 7 (k a multiple of 8, inside one group) as f32 levels ----------
-VK_AVX2 static inline __m256 q8_levels8(const int8_t *p) {
-    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
-}
-
-// p: the 4 bytes holding the eight columns; nibbles interleaved back into column order, minus the +8 offset.
-VK_AVX2 static inline __m256 q4_levels8(const uint8_t *p) {
-    uint32_t b;
-    memcpy(&b, p, 4);
-    const __m128i m = _mm_set1_epi8(0x0f);
-    __m128i v = _mm_cvtsi32_si128((int)b);
-    __m128i lo = _mm_and_si128(v, m), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m);
-    __m128i e = _mm_sub_epi8(_mm_unpacklo_epi8(lo, hi), _mm_set1_epi8(8));
-    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(e));
-}
-
-// Packs rows [n, n + nr) of a quantized matrix, columns [k0, k0 + kc) (k0 a multiple of 8), dequantized to f32 and
-// transposed like pack_b_panel: bp[k * 16 + j] = w[n + j, k0 + k].
-VK_AVX2 static void pack_b_panel_q(const vk_qmatrix *w, size_t K, size_t n, size_t nr, size_t k0, size_t kc,
-                                   float *bp) {
-    size_t ng = qgroups(K, w->group_size), rb = vk_qrow_bytes(w->bits, K);
-    for (size_t j0 = 0; j0 < VK_NR; j0 += 8) {
-        size_t rows = nr > j0 ? (nr - j0 < 8 ? nr - j0 : 8) : 0;
-        size_t k = 0;
-        if (rows == 0) {
-            for (; k < kc; k++) _mm256_store_ps(bp + k * VK_NR + j0, _mm256_setzero_ps());
-            continue;
-        }
-        for (; k + 8 <= kc; k += 8) {
-            size_t col = k0 + k, g = col / w->group_size;
-            __m256 r[8];
-            for (size_t i = 0; i < 8; i++) {
-                if (i >= rows) { r[i] = _mm256_setzero_ps(); continue; }
-                size_t row = n + j0 + i;
-                const uint8_t *base = (const uint8_t *)w->data + row * rb;
-                __m256 lv = w->bits == 8 ? q8_levels8((const int8_t *)base + col) : q4_levels8(base + col / 2);
-                r[i] = _mm256_mul_ps(lv, _mm256_set1_ps(_cvtsh_ss(w->scales[row * ng + g])));
-            }
-            transpose8(r);
-            for (size_t i = 0; i < 8; i++) _mm256_store_ps(bp + (k + i) * VK_NR + j0, r[i]);
-        }
-        for (; k < kc; k++)
-            for (size_t i = 0; i < 8; i++) bp[k * VK_NR + j0 + i] = i < rows ? qload(w, K, n + j0 + i, k0 + k) : 0.0f;
-    }
-}
-
 // `q`, when not NULL, replaces w/dt/ldw: panels are dequantized from it instead of converted.
 VK_AVX2 static void gemm_avx2(const float *x, size_t T, size_t K, size_t ldx, const void *w, vk_dtype dt, size_t ldw,
                               const vk_qmatrix *q, size_t n0, size_t n1, const float *bias, float *y, size_t ldy,
@@ -686,10 +686,7 @@ VK_AVX2 static void gemm_avx2(const float *x, size_t T, size_t K, size_t ldx, co
                 size_t n = n0 + j * VK_NR, nr = n1 - n < VK_NR ? n1 - n : VK_NR;
                 float *bj = bp + j * kc * VK_NR;
                 int first_pass = t0 == 0;
-                if (first_pass) {
-                    if (q) pack_b_panel_q(q, K, n, nr, k0, kc, bj);
-                    else pack_b_panel(w, dt, ldw, n, nr, k0, kc, bj);
-                }
+                if (first_pass) pack_b_panel(w, dt, ldw, q, K, n, nr, k0, kc, bj);
                 size_t nn = n + VK_NR, nnr = j + 1 < npan ? (n1 - nn < VK_NR ? n1 - nn : VK_NR) : 0;
                 for (size_t i = 0, p = 0; i < mc; i += VK_MR, p++) {
                     if (first_pass && nnr) {
@@ -757,7 +754,7 @@ VK_AVX2 static void gemm_small_avx2(const float *x, size_t T, size_t K, size_t l
 // ---- Quantized decode path (one token): streaming GEMV over vk_qmatrix rows --------------------------------------
 // RR rows at a time (4, then 1 for the rest). Within a group, two f32 accumulators per row sum x * q (eight
 // independent FMA chains for four rows); at the group's end one FMA per row applies the scale: acc += scale * (a + b).
-// Each weight byte is loaded once and prefetched VK_GEMV_PF bytes ahead once per 64 bytes of each row stream. `sc`
+// Each weight byte is loaded once and prefetched gemv_lead bytes ahead once per 64 bytes of each row stream. `sc`
 // holds the RR rows' scales converted to f32 ([RR][groups]). Columns past the last multiple of 8 use the scalar
 // loader.
 //   int8: 16 columns per step, vpmovsxbd straight from memory, vcvtdq2ps, FMA (3 instructions per 8 weights).
@@ -795,7 +792,7 @@ VK_AVX2 static inline __attribute__((always_inline)) void gemv_q_rows(const int 
         row[r] = (const uint8_t *)w->data + (n + r) * rb;
         to_f32_avx2(w->scales + (n + r) * ng, VK_F16, ng, sc + r * ng);
     }
-    const size_t step = BITS == 8 ? 16 : VK_Q4_BLOCK, step_bytes = step * BITS / 8;
+    const size_t step = BITS == 8 ? 16 : VK_Q4_BLOCK, step_bytes = step * BITS / 8, lead = gemv_lead((size_t)RR * rb);
     const __m256i low4 = _mm256_set1_epi16(0x0f), magic = _mm256_set1_epi16(0x4b00);
     const __m256 bias8 = _mm256_set1_ps(8388616.0f);  // 2^23 + 8
     __m256 acc[4];
@@ -808,7 +805,7 @@ VK_AVX2 static inline __attribute__((always_inline)) void gemv_q_rows(const int 
         for (; k + step <= ke; k += step) {
             size_t off = k * BITS / 8;
             if ((off & 63) < step_bytes)  // once per 64-byte line of each row
-                for (int r = 0; r < RR; r++) _mm_prefetch((const char *)row[r] + off + VK_GEMV_PF, _MM_HINT_T0);
+                for (int r = 0; r < RR; r++) _mm_prefetch((const char *)row[r] + off + lead, _MM_HINT_T0);
             if (BITS == 8) {
                 __m256 x0 = _mm256_loadu_ps(x + k), x1 = _mm256_loadu_ps(x + k + 8);
                 for (int r = 0; r < RR; r++) {
@@ -878,11 +875,7 @@ VK_AVX2 static inline __attribute__((always_inline)) void gemv_qdot_rows(const i
         row[r] = (const uint8_t *)w->data + (n + r) * rb;
         to_f32_avx2(w->scales + (n + r) * ng, VK_F16, ng, sc + r * ng);
     }
-    // Prefetch each line one block of rows ahead (the same offset in the next RR rows, which follow these in memory),
-    // capped at 16 KB: with rows of a few hundred bytes to a few KB a fixed 512-byte lead leaves every block's start
-    // cold, and measured from DRAM one block ahead streams 1.3-2x faster (single thread, 38 MB int8 / 19 MB int4).
-    size_t lead = (size_t)RR * rb < 16384 ? (size_t)RR * rb : 16384;
-    if (lead < VK_GEMV_PF) lead = VK_GEMV_PF;
+    size_t lead = gemv_lead((size_t)RR * rb);
     const __m256i ones = _mm256_set1_epi16(1), eight = _mm256_set1_epi8(8);
     const __m128i m4 = _mm_set1_epi8(0x0f);
     __m256 acc[4];
@@ -929,8 +922,7 @@ VK_AVX2 static void gemv_qdot_avx2(const float *x, size_t K, const vk_qmatrix *w
         for (; n + 4 <= n1; n += 4) gemv_qdot_rows(8, 4, qx, dx, K, w, n, bias, y, sc);
         for (; n < n1; n++) gemv_qdot_rows(8, 1, qx, dx, K, w, n, bias, y, sc);
     } else {
-        for (size_t k = 0; k < K; k += 32)
-            for (size_t i = 0; i < 16; i++) { qp[k + i] = qx[k + 2 * i]; qp[k + 16 + i] = qx[k + 2 * i + 1]; }
+        qdot_permute_int4(qx, K, qp);
         for (; n + 4 <= n1; n += 4) gemv_qdot_rows(4, 4, qp, dx, K, w, n, bias, y, sc);
         for (; n < n1; n++) gemv_qdot_rows(4, 1, qp, dx, K, w, n, bias, y, sc);
     }
@@ -1098,7 +1090,7 @@ VK_AVX2 static void attention_blocked(const float *q, size_t nq, size_t q_stride
     float *inv = pp + n_pp;
 
     for (size_t j = 0; j < nk_all; j += VK_NR)
-        pack_b_panel(k, VK_F32, kv_stride, j, nk_all - j < VK_NR ? nk_all - j : VK_NR, 0, hd, kp + j * hd);
+        pack_b_panel(k, VK_F32, kv_stride, NULL, 0, j, nk_all - j < VK_NR ? nk_all - j : VK_NR, 0, hd, kp + j * hd);
     for (size_t p = 0; p < hd_pan; p++) {
         size_t d0 = p * VK_NR, dn = hd - d0 < VK_NR ? hd - d0 : VK_NR;
         float *dst = vp + p * nk_all * VK_NR;
@@ -1196,8 +1188,7 @@ static void gemv_qdot_neon(const float *x, size_t K, const vk_qmatrix *w, size_t
     int8_t *qx = (int8_t *)(dx + ng), *qp = qx + K;
     qdot_quantize_x(x, K, G, qx, dx);
     if (w->bits == 4) {
-        for (size_t k = 0; k < K; k += 32)
-            for (size_t i = 0; i < 16; i++) { qp[k + i] = qx[k + 2 * i]; qp[k + 16 + i] = qx[k + 2 * i + 1]; }
+        qdot_permute_int4(qx, K, qp);
         qx = qp;
     }
     const uint8x16_t m4 = vdupq_n_u8(0x0f);

@@ -7,13 +7,6 @@ import XCTest
 final class KernelTests: XCTestCase {
     override func tearDown() { vk_force_scalar(0) }
 
-    func randoms(_ n: Int, seed: inout UInt64) -> [Float] {
-        (0..<n).map { _ in
-            seed = seed &* 6364136223846793005 &+ 1442695040888963407
-            return Float(Int32(truncatingIfNeeded: seed >> 32)) / Float(Int32.max)
-        }
-    }
-
     func bits(_ values: [Float], as dtype: DType) -> [UInt16] {
         switch dtype {
         case .bfloat16:

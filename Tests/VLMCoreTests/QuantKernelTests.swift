@@ -7,13 +7,6 @@ import XCTest
 final class QuantKernelTests: XCTestCase {
     override func tearDown() { vk_force_scalar(0) }
 
-    func randoms(_ n: Int, seed: inout UInt64) -> [Float] {
-        (0..<n).map { _ in
-            seed = seed &* 6364136223846793005 &+ 1442695040888963407
-            return Float(Int32(truncatingIfNeeded: seed >> 32)) / Float(Int32.max)
-        }
-    }
-
     /// A quantized matrix made by the kernel quantizer, with the buffers that keep it alive.
     struct Quantized {
         var data: [UInt8]
