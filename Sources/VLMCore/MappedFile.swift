@@ -41,6 +41,18 @@ public final class MappedFile: @unchecked Sendable {
         if let base { munmap(UnsafeMutableRawPointer(mutating: base), size) }
     }
 
+    /// Drops the pages wholly inside `bytes` (a range of this map) from the process's resident set; they are read
+    /// from the file again if touched. After a float weight is quantized at load only the quantized copy is used,
+    /// so its float pages need not stay resident beside it.
+    public func release(_ bytes: UnsafeRawBufferPointer) {
+        guard let base, let start = bytes.baseAddress, start >= base, bytes.count > 0 else { return }
+        let page = Int(getpagesize())
+        let first = (start - base + page - 1) / page * page      // first whole page
+        let end = min(size, start - base + bytes.count) / page * page  // end of the last whole page
+        guard first < end else { return }
+        _ = madvise(UnsafeMutableRawPointer(mutating: base + first), end - first, MADV_DONTNEED)
+    }
+
     /// The bytes in [offset, offset+count), which the caller has checked lie inside the file.
     public func bytes(at offset: Int, count: Int) -> UnsafeRawBufferPointer {
         guard let base, count > 0 else { return UnsafeRawBufferPointer(start: nil, count: 0) }

@@ -211,9 +211,29 @@ extension Checkpoint {
         guard let scheme = quantization.applies(to: part), weight.shape.count == 2 else {
             return Linear(weight: weight, bias: bias)
         }
-        let matrix = QuantizedMatrix.quantize(weight, scheme: scheme)
+        let matrix = quantizedCopy(of: weight, scheme: scheme)
         recordQuantized(name, matrix)
         return Linear(quantized: matrix, bias: bias)
+    }
+
+    /// The scheme of the copy of a tied lm_head (the embedding matrix) that computes the logits when the decoder is
+    /// quantized, at load (--quantize) or in a `vlm quantize` folder; nil when the decoder stays float. Always 8 bits
+    /// (with the decoder's group size): the head is a third of what a small model's decode streams per token, and
+    /// at 4 bits it would move the logits of every token (llama.cpp likewise keeps its output matrix at 6-8 bits).
+    /// The copy is made at load and never written out: the embedding lookups keep the float rows.
+    public var tiedHeadScheme: QuantizationScheme? {
+        guard let scheme = quantization.applies(to: .language) ?? storedQuantization?.scheme else { return nil }
+        return try? QuantizationScheme(bits: 8, groupSize: scheme.groupSize)
+    }
+
+    /// `weight` quantized with `scheme`. When the float weight is mapped from the file its pages are then released
+    /// (MappedFile.release), so after load-time quantization the resident set holds the quantized copy only.
+    public func quantizedCopy(of weight: Tensor, scheme: QuantizationScheme) -> QuantizedMatrix {
+        let matrix = QuantizedMatrix.quantize(weight, scheme: scheme)
+        if let file = weight.storage as? MappedFile {
+            file.release(UnsafeRawBufferPointer(start: weight.data, count: weight.count * weight.dtype.byteSize))
+        }
+        return matrix
     }
 
     /// `name.weight` as a stored quantized matrix, nil when it is a float tensor. Every mismatch is an error naming

@@ -176,9 +176,13 @@ public final class LlamaModel: LanguageModel, @unchecked Sendable {
         embedTokens = try checkpoint.tensor(prefix + "embed_tokens.weight", shape: [config.vocabSize, d])
         finalNorm = try vector(prefix + "norm.weight", d)
         if config.tieWordEmbeddings {
-            // The tied head stays in the embedding's float dtype: quantizing it would also change the embeddings
-            // (one matrix), and `vlm quantize` keeps embeddings float.
-            lmHead = Linear(weight: embedTokens)
+            // The head is the embedding matrix. A float decoder uses it as stored; a quantized one computes logits
+            // from an int8 copy (Checkpoint.tiedHeadScheme), while the embedding lookups keep the float rows.
+            if let scheme = checkpoint.tiedHeadScheme {
+                lmHead = Linear(quantized: checkpoint.quantizedCopy(of: embedTokens, scheme: scheme))
+            } else {
+                lmHead = Linear(weight: embedTokens)
+            }
             // Some tied checkpoints still store a copy of the head; it is the same matrix, so it is not read.
             checkpoint.ignore { $0 == "lm_head.weight" }
         } else {

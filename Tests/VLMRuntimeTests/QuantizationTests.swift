@@ -1,6 +1,6 @@
 import Foundation
 import VLMCore
-import VLMModels
+@testable import VLMModels
 import VLMRuntime
 import XCTest
 
@@ -68,6 +68,39 @@ final class QuantizationTests: XCTestCase {
                 let vocab = fromFolder.vocabularySize
                 let ids = tokens.map { $0 % vocab }
                 XCTAssertEqual(try logits(fromFolder, tokens: ids, prefill: 6), try logits(onTheFly, tokens: ids, prefill: 6), "\(name) q\(bits) g\(group)")
+            }
+        }
+    }
+
+    /// A tied head (the embedding matrix) computes logits from an int8 copy whenever the decoder is quantized, at q8
+    /// and q4, at load and from a `vlm quantize` folder; float loads keep it as stored. The bytes decode streams per
+    /// token count the copy, not the float matrix.
+    func testTiedHeadIsAnInt8CopyWhenTheDecoderIsQuantized() throws {
+        let source = Fixtures.model("tiny-llama-f32")
+        let float = try XCTUnwrap(try load(source) as? LlamaModel)
+        XCTAssertTrue(float.config.tieWordEmbeddings)
+        XCTAssertNil(float.lmHead.quantizationScheme)
+        let vocab = float.config.vocabSize, hidden = float.config.hiddenSize
+        XCTAssertEqual(float.lmHead.weightBytes, vocab * hidden * 4)
+        for (bits, group) in [(8, 32), (4, 8)] {
+            let q = try options(bits, group: group)
+            let dest = scratch.appendingPathComponent("tied-q\(bits)")
+            _ = try ModelQuantizer.quantize(source: source, destination: dest, options: q, threads: 1)
+            for model in [try load(source, q), try load(dest)] {
+                let llama = try XCTUnwrap(model as? LlamaModel)
+                XCTAssertEqual(llama.lmHead.quantizationScheme, try QuantizationScheme(bits: 8, groupSize: group), "q\(bits)")
+                XCTAssertEqual(llama.lmHead.weightBytes, vocab * (hidden + 2 * ((hidden + group - 1) / group)), "q\(bits)")
+                // The copy is the embedding quantized row by row: within half a step of the float values (plus the f16
+                // rounding of the scale).
+                guard case .quantized(let head) = llama.lmHead.weights else { return XCTFail("q\(bits): head not quantized") }
+                let embedding = llama.embedTokens.floats()
+                for row in [0, vocab / 2, vocab - 1] {
+                    let floats = Array(embedding[row * hidden..<(row + 1) * hidden])
+                    let step = floats.map { abs($0) }.max().map { $0 / 127 } ?? 0
+                    for (a, b) in zip(head.dequantizedRow(row), floats) {
+                        XCTAssertEqual(a, b, accuracy: step * 0.6 + 1e-6, "q\(bits) row \(row)")
+                    }
+                }
             }
         }
     }
