@@ -1503,6 +1503,7 @@ struct vk_pool {
     struct vk_pool_arg { struct vk_pool *pool; size_t index; } *args;
     _Atomic size_t generation;
     _Atomic size_t pending;
+    _Atomic size_t next;  // the next unclaimed slice of the current job
     _Atomic int busy;
     _Atomic int sleepers;
     _Atomic int stop;
@@ -1553,7 +1554,8 @@ static void *pool_worker(void *arg) {
             }
         }
         seen = g;
-        for (size_t s = me; s < p->slices; s += p->threads) p->fn(p->ctx, s);
+        for (size_t s; (s = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed)) < p->slices;)
+            p->fn(p->ctx, s, me);
         atomic_fetch_sub_explicit(&p->pending, 1, memory_order_acq_rel);
     }
 }
@@ -1599,12 +1601,13 @@ void vk_pool_run(vk_pool *p, size_t slices, vk_task_fn fn, void *ctx) {
     if (slices == 0) return;
     int expected = 0;
     if (!p || p->threads == 1 || slices == 1 || !atomic_compare_exchange_strong(&p->busy, &expected, 1)) {
-        for (size_t s = 0; s < slices; s++) fn(ctx, s);  // serial: no pool, nothing to split, or pool in use
+        for (size_t s = 0; s < slices; s++) fn(ctx, s, 0);  // serial: no pool, nothing to split, or pool in use
         return;
     }
     p->fn = fn;
     p->ctx = ctx;
     p->slices = slices;
+    atomic_store_explicit(&p->next, 0, memory_order_relaxed);  // published with the job by the generation bump
     atomic_store_explicit(&p->pending, p->threads - 1, memory_order_relaxed);
     atomic_fetch_add(&p->generation, 1);  // seq_cst: publishes the job, ordered before the sleepers check
     if (atomic_load(&p->sleepers) > 0) {
@@ -1612,7 +1615,7 @@ void vk_pool_run(vk_pool *p, size_t slices, vk_task_fn fn, void *ctx) {
         pthread_cond_broadcast(&p->wake);
         pthread_mutex_unlock(&p->mutex);
     }
-    for (size_t s = 0; s < slices; s += p->threads) fn(ctx, s);
+    for (size_t s; (s = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed)) < slices;) fn(ctx, s, 0);
     uint64_t t0 = 0;
     unsigned spins = 0;
     while (atomic_load_explicit(&p->pending, memory_order_acquire) != 0) {

@@ -34,15 +34,19 @@ public final class ThreadPool: @unchecked Sendable {
         max(1, ProcessInfo.processInfo.activeProcessorCount)
     }
 
-    /// Calls `body(slice, range)` for `threadCount` contiguous slices of 0..<count, each range a multiple of
-    /// `granularity` long except the last; slices run concurrently. A call made from inside a slice (or while
-    /// another thread is using the pool) runs its slices one after another on the calling thread.
-    public func parallelRanges(_ count: Int, granularity: Int = 1, _ body: (_ slice: Int, _ range: Range<Int>) -> Void) {
+    /// Calls `body(thread, range)` for contiguous ranges covering 0..<count, each a multiple of `granularity` long
+    /// except the last: `threadCount x slicesPerThread` of them (fewer when count is small), fixed by the arguments
+    /// alone, so results never depend on timing. The pool's threads claim them one at a time, so with several per
+    /// thread a thread that gets less CPU time takes fewer. `thread` (< threadCount) names the thread running the
+    /// range, for per-thread scratch (`scratch(_:floats:)`). A call made from inside a slice (or while another thread
+    /// is using the pool) runs its ranges one after another on the calling thread.
+    public func parallelRanges(_ count: Int, granularity: Int = 1, slicesPerThread: Int = 1,
+                               _ body: (_ thread: Int, _ range: Range<Int>) -> Void) {
         guard count > 0 else { return }
         let g = max(1, granularity)
         let units = (count + g - 1) / g
-        let slices = min(threadCount, units)
-        if slices == 1 {
+        let slices = min(threadCount * max(1, slicesPerThread), units)
+        if slices == 1 || threadCount == 1 {
             body(0, 0..<count)
             return
         }
@@ -50,13 +54,16 @@ public final class ThreadPool: @unchecked Sendable {
             var job = SliceJob(count: count, granularity: g, units: units, slices: slices, body: body)
             if let workers {
                 withUnsafeMutablePointer(to: &job) { p in
-                    vk_pool_run(workers, slices, { context, slice in
-                        context!.assumingMemoryBound(to: SliceJob.self).pointee.run(slice)
+                    vk_pool_run(workers, slices, { context, slice, thread in
+                        context!.assumingMemoryBound(to: SliceJob.self).pointee.run(slice, thread: thread)
                     }, p)
                 }
             } else {
-                let j = job
-                DispatchQueue.concurrentPerform(iterations: slices) { j.run($0) }
+                // No worker threads: libdispatch runs one contiguous group of slices per thread.
+                let j = job, threads = min(threadCount, slices)
+                DispatchQueue.concurrentPerform(iterations: threads) { t in
+                    for s in (slices * t / threads)..<(slices * (t + 1) / threads) { j.run(s, thread: t) }
+                }
             }
         }
     }
@@ -67,10 +74,10 @@ private struct SliceJob {
     let count: Int, granularity: Int, units: Int, slices: Int
     let body: (_ slice: Int, _ range: Range<Int>) -> Void
 
-    func run(_ s: Int) {
+    func run(_ s: Int, thread: Int) {
         let u0 = units * s / slices, u1 = units * (s + 1) / slices
         let lo = min(count, u0 * granularity), hi = min(count, u1 * granularity)
-        if lo < hi { body(s, lo..<hi) }
+        if lo < hi { body(thread, lo..<hi) }
     }
 }
 

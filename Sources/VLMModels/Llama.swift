@@ -262,8 +262,8 @@ public final class LlamaModel: LanguageModel, @unchecked Sendable {
             rotary.apply(q, rows: rows, rowStride: qWidth, heads: heads, position0: p0)
             rotary.apply(kRows, rows: rows, rowStride: kvWidth, heads: kvHeads, position0: p0)
             let keys = cache.keys(layer: l), values = cache.values(layer: l)
-            pool.parallelRanges(heads) { slice, range in
-                let scores = ws.scores(slice)
+            pool.parallelRanges(heads) { thread, range in
+                let scores = ws.scores(thread)
                 for h in range {
                     let g = h / groups  // grouped-query attention: query head h reads KV head h / groups
                     vk_attention_head(q + h * hd, rows, qWidth, keys + g * hd, values + g * hd, kvWidth, hd,
@@ -325,7 +325,7 @@ final class DecoderWorkspace: @unchecked Sendable {
         }
     }
 
-    func scores(_ slice: Int) -> UnsafeMutablePointer<Float> { scoreBuffers[slice] }
+    func scores(_ thread: Int) -> UnsafeMutablePointer<Float> { scoreBuffers[thread] }
 
     deinit {
         for p in [x, normed, q, attention, gate, up, out] { p.deallocate() }

@@ -166,12 +166,13 @@ def _shape_polygon(s):
 
 
 LABEL_CHANNELS = len(COLOR_NAMES) + len(SHAPES)  # one mask per colour, then one per shape kind
+POSITION_LABELS = 2  # then the top half and the left half of the picture
 
 
 def render_labels(sc):
     """Training-only label masks of a scene, for the auxiliary vision loss in train.py: a list of RGB images of the
     scene's size whose channels are 0/255 masks, colour masks (COLOR_NAMES order) then shape masks (SHAPES order),
-    padded to a multiple of 3 channels. Same geometry as render()."""
+    then the picture's top half and its left half (POSITION_LABELS). Same geometry as render()."""
     w, h = sc["w"], sc["h"]
     planes = [Image.new("L", (w, h), 0) for _ in range(LABEL_CHANNELS)]
     for s in sc["shapes"]:
@@ -183,8 +184,11 @@ def render_labels(sc):
                 d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
             else:
                 d.polygon(poly, fill=255)
-    while len(planes) % 3:
-        planes.append(Image.new("L", (w, h), 0))
+    top, left = Image.new("L", (w, h), 0), Image.new("L", (w, h), 0)
+    ImageDraw.Draw(top).rectangle([0, 0, w, h / 2], fill=255)
+    ImageDraw.Draw(left).rectangle([0, 0, w / 2, h], fill=255)
+    planes += [top, left]
+    assert len(planes) % 3 == 0
     return [Image.merge("RGB", planes[i:i + 3]) for i in range(0, len(planes), 3)]
 
 

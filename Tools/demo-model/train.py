@@ -32,7 +32,10 @@ Auxiliary vision loss (--aux-weight, default 1): a linear probe on each image to
 (the connector's output) predicts the fraction of the token's area covered by each colour and each shape kind, from
 label masks drawn with the scene's own geometry and put through the same image processor (image_token_labels). It
 gives the from-scratch vision tower a dense signal from the first step; the probe is not part of the saved model.
-Training samples are generated on the fly from random.Random(seed) (half of the images JPEG round-tripped).
+Training samples are generated on the fly from random.Random(seed) (half of the images JPEG round-tripped) and encoded
+in a worker process (BatchEncoder, --encode-workers). Options tried and not kept (Tools/demo-model/README.md):
+--weighting answer (every answer weighs alike in the loss) and --aux-position (the probe also predicts top/bottom and
+left/right for the global image's tokens).
 Weights are saved as bf16 (model.safetensors).
 """
 import argparse
@@ -129,28 +132,32 @@ def image_token_labels(processor, connector, scene):
     kind. The label masks (shapes.render_labels) go through the same image processor as the picture, so the tiles
     and their order are exactly the model's; 8 x 8 pixel patches are then grouped by the connector's own pixel
     shuffle, as the image tokens are."""
-    planes = []
-    for m in shapes.render_labels(scene):
-        pv = processor.image_processor(images=[[m]], return_tensors="pt")["pixel_values"][0]  # (tiles, 3, 64, 64)
-        planes.append(pv)
+    masks = shapes.render_labels(scene)  # same size: one processor call cuts each into the same tiles, mask by mask
+    pv = processor.image_processor(images=[masks], return_tensors="pt")["pixel_values"][0]  # (masks * tiles, 3, 64, 64)
+    planes = pv.view(len(masks), -1, *pv.shape[1:]).unbind(0)
     cov = (torch.cat(planes, 1).float() * 0.5 + 0.5).clamp(0, 1)  # undo (x - 0.5) / 0.5; Lanczos rings a little
     p = VISION["patch_size"]
     cov = F.avg_pool2d(cov, p)  # (tiles, C, 8, 8): coverage per patch
     tiles, c = cov.shape[:2]
     cov = cov.flatten(2).transpose(1, 2).contiguous()  # (tiles, 64 patches, C), patch order row-major as in SigLIP
     cov = connector.pixel_shuffle(cov, 2).view(tiles, -1, 4, c).mean(2).reshape(-1, c)  # (tiles * 16, C)
-    nc = len(shapes.COLOR_NAMES)
-    col, shp = cov[:, :nc], cov[:, nc:nc + len(shapes.SHAPES)]
+    nc, ns = len(shapes.COLOR_NAMES), len(shapes.SHAPES)
+    col, shp = cov[:, :nc], cov[:, nc:nc + ns]
+    # fractions of the token's area in the picture's top half and left half (shapes.render_labels' position planes);
+    # only the global image's tokens (the last tile) can know where they are, a local tile cannot tell its place
+    pos = cov[:, nc + ns:nc + ns + 2]
+    is_global = torch.zeros(cov.shape[0])
+    is_global[-IMAGE_SEQ_LEN:] = 1
 
     def dist(x):
         x = torch.cat([(1 - x.sum(1, keepdim=True)).clamp(min=0), x], 1)
         return x / x.sum(1, keepdim=True)
-    return dist(col), dist(shp)
+    return dist(col), dist(shp), pos, is_global
 
 
 def encode_batch(processor, items, jpeg_rng, connector=None):
-    """Processor inputs for full conversations and, per sample, the (position, target id) pairs of the loss; with a
-    connector, also the auxiliary loss's per-image-token targets (image_token_labels) in image-feature order."""
+    """Processor inputs for full conversations and, per sample, the (position, target id, weight) triples of the loss
+    (weight 1 / the answer's token count, <end_of_utterance> included: see loss_fn); with a connector, also the auxiliary loss's per-image-token targets (image_token_labels) in image-feature order."""
     texts, images, answers, labels = [], [], [], []
     for it in items:
         msgs = shapes.messages_for(it, [t["answer"] for t in it["turns"]])
@@ -161,7 +168,7 @@ def encode_batch(processor, items, jpeg_rng, connector=None):
             labels += [image_token_labels(processor, connector, sc) for t in it["turns"] for sc in t["images"]]
     inputs = processor(text=texts, images=images, padding=True, return_tensors="pt")
     ids = inputs["input_ids"]
-    pos_b, pos_t, tgt = [], [], []
+    pos_b, pos_t, tgt, weight = [], [], [], []
     for b, ans in enumerate(answers):
         eous = (ids[b] == EOU).nonzero().flatten().tolist()
         assert len(eous) == 2 * len(ans), (len(eous), len(ans))
@@ -174,14 +181,17 @@ def encode_batch(processor, items, jpeg_rng, connector=None):
                 pos_b.append(b)
                 pos_t.append(j - 1)
                 tgt.append(int(ids[b, j]))
+                weight.append(1.0 / (n + 1))
     aux = None
     if labels:
-        aux = (torch.cat([c for c, _ in labels]), torch.cat([sh for _, sh in labels]))
-    return inputs, torch.tensor(pos_b), torch.tensor(pos_t), torch.tensor(tgt), aux
+        aux = tuple(torch.cat([lab[i] for lab in labels]) for i in range(len(labels[0])))
+    return inputs, torch.tensor(pos_b), torch.tensor(pos_t), torch.tensor(tgt), torch.tensor(weight), aux
 
 
-def loss_fn(model, inputs, pos_b, pos_t, tgt, aux=None, aux_head=None):
-    """Cross-entropy on the answer tokens; with aux targets, plus the auxiliary vision loss: a linear probe (aux_head,
+def loss_fn(model, inputs, pos_b, pos_t, tgt, weight=None, aux=None, aux_head=None, aux_position=False):
+    """Cross-entropy on the answer tokens, each token weighted by `weight` (None: every token alike; encode_batch's
+    weights make every answer count alike, so the one token that carries a colour or "Yes" weighs as much as a
+    whole description); with aux targets, plus the auxiliary vision loss: a linear probe (aux_head,
     training only, never saved) reads each image token as the language model receives it (the connector's output)
     and predicts the colour and shape kind under it. It gives the from-scratch vision tower a dense signal from the
     first step instead of waiting for the language model to start looking at the image."""
@@ -190,15 +200,76 @@ def loss_fn(model, inputs, pos_b, pos_t, tgt, aux=None, aux_head=None):
     hidden = model.model(**kw, mm_encoder_outputs={"image": img}, use_cache=False).last_hidden_state  # final norm
     h = hidden[pos_b, pos_t]
     logits = F.linear(h, model.lm_head.weight).float()
-    loss = F.cross_entropy(logits, tgt)
+    if weight is None:
+        loss = F.cross_entropy(logits, tgt)
+    else:
+        loss = (F.cross_entropy(logits, tgt, reduction="none") * weight).sum() / weight.sum()
     aux_loss = torch.zeros(())
     if aux is not None:
         feats = torch.cat(list(img.pooler_output))
         assert feats.shape[0] == aux[0].shape[0], (feats.shape, aux[0].shape)
         out = aux_head(feats).float()
-        nc = aux[0].shape[1]
-        aux_loss = F.cross_entropy(out[:, :nc], aux[0]) + F.cross_entropy(out[:, nc:], aux[1])
+        nc, ns = aux[0].shape[1], aux[1].shape[1]
+        aux_loss = F.cross_entropy(out[:, :nc], aux[0]) + F.cross_entropy(out[:, nc:nc + ns], aux[1])
+        if aux_position:  # global-image tokens: in the top half? in the left half?
+            g = aux[3] > 0
+            aux_loss = aux_loss + F.binary_cross_entropy_with_logits(out[g, nc + ns:nc + ns + 2], aux[2][g])
     return loss, (logits.argmax(-1) == tgt).float().mean(), aux_loss
+
+
+class BatchEncoder:
+    """Encodes the training batches (encode_batch: chat template, image processor, label masks) in a worker process
+    while the main process trains on the previous one: encoding is about a quarter of a step. The worker takes the
+    batches in order and owns the JPEG-quality random stream, so the batches are the ones encoding in the main
+    process would give. workers=0 encodes in the main process."""
+
+    def __init__(self, folder, seed, aux, workers=1, ahead=2):
+        self.args = (str(folder), seed, aux)
+        self.ahead = ahead
+        self.pending = []
+        if workers:
+            import multiprocessing as mp
+            self.pool = mp.get_context("fork").Pool(1, initializer=_encoder_init, initargs=self.args)
+        else:
+            self.pool = None
+            _encoder_init(*self.args, threads=None)
+
+    def submit(self, items):
+        self.pending.append(self.pool.apply_async(_encode, (items,)) if self.pool else items)
+
+    def next(self):
+        job = self.pending.pop(0)
+        return _from_numpy(job.get() if self.pool else _encode(job))
+
+    def close(self):
+        if self.pool:
+            self.pool.terminate()
+
+
+_ENCODER = {}
+
+
+def _encoder_init(folder, seed, aux, threads=1):
+    from transformers.models.idefics3.modeling_idefics3 import Idefics3Connector
+    if threads:
+        torch.set_num_threads(threads)
+    _ENCODER["processor"] = load_processor(Path(folder))
+    _ENCODER["connector"] = Idefics3Connector(make_config()) if aux else None  # only its pixel_shuffle is used
+    _ENCODER["jpeg_rng"] = random.Random(seed + 1)
+
+
+def _encode(items):
+    inputs, pb, pt, tg, w, aux = encode_batch(_ENCODER["processor"], items, _ENCODER["jpeg_rng"],
+                                              _ENCODER["connector"])
+    with torch.no_grad():  # plain arrays cross the process boundary (no shared-memory tensor handles)
+        return ({k: v.numpy() for k, v in inputs.items()}, pb.numpy(), pt.numpy(), tg.numpy(), w.numpy(),
+                None if aux is None else tuple(a.numpy() for a in aux))
+
+
+def _from_numpy(batch):
+    inputs, pb, pt, tg, w, aux = batch
+    return ({k: torch.from_numpy(v) for k, v in inputs.items()}, torch.from_numpy(pb), torch.from_numpy(pt),
+            torch.from_numpy(tg), torch.from_numpy(w), None if aux is None else tuple(map(torch.from_numpy, aux)))
 
 
 @torch.no_grad()
@@ -257,6 +328,12 @@ def main():
     ap.add_argument("--mix", default="chain=0.5,compare=0.2,multiturn=0.3",
                     help="item kinds (shapes.random_item) and weights of the mixed stage")
     ap.add_argument("--aux-weight", type=float, default=1.0, help="weight of the auxiliary vision loss (0: off)")
+    ap.add_argument("--aux-position", action="store_true",
+                    help="the auxiliary probe also predicts, for the global image's tokens, top/bottom and left/right")
+    ap.add_argument("--weighting", choices=["answer", "token"], default="token",
+                    help="answer: every answer weighs alike in the loss; token: every answer token does")
+    ap.add_argument("--encode-workers", type=int, default=1, choices=[0, 1],
+                    help="1: encode batches in a worker process while training (BatchEncoder); 0: inline")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: with 2 threads a 2-core machine shared with other jobs ran 5x slower)")
     ap.add_argument("--eval-every", type=int, default=500)
@@ -283,7 +360,8 @@ def main():
     print(f"parameters: {nparams / 1e6:.2f} M", flush=True)
 
     # training-only probe of the auxiliary vision loss: colour (background + 6) and shape kind (background + 4)
-    aux_head = torch.nn.Linear(TEXT["hidden_size"], 1 + len(shapes.COLOR_NAMES) + 1 + len(shapes.SHAPES))
+    aux_head = torch.nn.Linear(TEXT["hidden_size"], 1 + len(shapes.COLOR_NAMES) + 1 + len(shapes.SHAPES) +
+                               (2 if args.aux_position else 0))
     decay, no_decay = [], []
     for n, p in list(model.named_parameters()) + [("aux." + n, p) for n, p in aux_head.named_parameters()]:
         (decay if p.ndim >= 2 and "embed" not in n else no_decay).append(p)
@@ -291,7 +369,6 @@ def main():
                             lr=args.lr, betas=(0.9, 0.98), eps=1e-8)
 
     rng = random.Random(args.seed)
-    jpeg_rng = random.Random(args.seed + 1)
     val_rng = random.Random(args.seed + 7)  # validation items: a third seed (held-out items use another one)
     val = [shapes.single_item(val_rng) for _ in range(40)] + [shapes.compare_item(val_rng) for _ in range(8)] + \
           [shapes.multiturn_item(val_rng) for _ in range(8)]
@@ -299,10 +376,7 @@ def main():
     big_end = 0 if args.init_from else int(args.big_frac * args.steps)
     curriculum_end = 0 if args.init_from else int(args.single_frac * args.steps)
 
-    t0 = time.time()
-    ema = None
-    history = []
-    for step in range(args.steps):
+    def batch_items(step):
         if step < big_end:
             mix = {"bigchain": 1.0}
         elif step < curriculum_end:
@@ -310,13 +384,23 @@ def main():
         else:
             mix = mixed
         kind = rng.choices(list(mix), weights=list(mix.values()))[0]  # one kind per batch: little padding
-        items = [shapes.random_item(rng, {kind: 1.0}) for _ in range(args.batch)]
-        inputs, pb, pt, tg, aux = encode_batch(processor, items, jpeg_rng,
-                                               model.model.connector if args.aux_weight > 0 else None)
+        return [shapes.random_item(rng, {kind: 1.0}) for _ in range(args.batch)]
+
+    encoder = BatchEncoder(out, args.seed, args.aux_weight > 0, args.encode_workers)
+    for step in range(min(encoder.ahead, args.steps)):
+        encoder.submit(batch_items(step))
+    t0 = time.time()
+    ema = None
+    history = []
+    for step in range(args.steps):
+        inputs, pb, pt, tg, w, aux = encoder.next()
+        if step + encoder.ahead < args.steps:
+            encoder.submit(batch_items(step + encoder.ahead))
         lr = lr_at(step, args.steps, args.lr, args.warmup)
         for g in opt.param_groups:
             g["lr"] = lr
-        loss, acc, aux_loss = loss_fn(model, inputs, pb, pt, tg, aux, aux_head)
+        loss, acc, aux_loss = loss_fn(model, inputs, pb, pt, tg, w if args.weighting == "answer" else None,
+                                      aux, aux_head, args.aux_position)
         opt.zero_grad(set_to_none=True)
         (loss + args.aux_weight * aux_loss).backward()
         torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(aux_head.parameters()), 1.0)
@@ -341,6 +425,7 @@ def main():
         if stop:
             break
     train_time = time.time() - t0
+    encoder.close()
 
     # Save: bf16 weights, the processor/tokenizer files, config.
     model.eval()
@@ -349,7 +434,7 @@ def main():
     model.save_pretrained(out, safe_serialization=True)
     (out / "model.safetensors").chmod(0o644)
     write_processor_files(out)  # save_pretrained may rewrite generation_config.json: keep the real one
-    stats = {"mix": args.mix, "aux_weight": args.aux_weight, "threads": args.threads, "steps": args.steps, "steps_done": step + 1, "batch": args.batch, "lr": args.lr, "warmup": args.warmup, "seed": args.seed,
+    stats = {"mix": args.mix, "aux_weight": args.aux_weight, "weighting": args.weighting, "aux_position": args.aux_position, "threads": args.threads, "steps": args.steps, "steps_done": step + 1, "batch": args.batch, "lr": args.lr, "warmup": args.warmup, "seed": args.seed,
              "train_time_s": round(train_time, 1), "final_loss_ema": round(ema, 5), "final_loss": round(lv, 5),
              "parameters": nparams, "history": history}
     if args.init_from and Path(args.stats).exists():  # keep the earlier stage(s) in the record

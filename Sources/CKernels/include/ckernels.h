@@ -134,16 +134,19 @@ void vk_attention_head(const float *q, size_t nq, size_t q_stride,
                        size_t q_pos0, int causal, size_t n_keys, float scale,
                        float *out, size_t out_stride, float *scores);
 
-/// A persistent pool of worker threads for fork-join loops: `vk_pool_run` calls fn(ctx, s) for s in [0, slices),
-/// slice 0 on the calling thread and slice s on worker s, and returns when all are done. Workers spin briefly
-/// between jobs (so back-to-back small jobs, as in decoding, pay no wake-up latency) and then sleep. A call made
-/// while the pool is already running a job (from another thread, or nested) runs its slices serially on the caller.
+/// A persistent pool of worker threads for fork-join loops: `vk_pool_run` calls fn(ctx, s, p) for s in [0, slices),
+/// p being the participant that runs it (0: the calling thread, 1...: the workers; for per-thread scratch), and
+/// returns when all are done. Participants claim slices one at a time from a shared counter, so a participant that
+/// gets less CPU time (a busy core, a descheduled vCPU) does fewer of them instead of holding everyone up. Workers spin
+/// briefly between jobs (so back-to-back small jobs, as in decoding, pay no wake-up latency) and then sleep. A call
+/// made while the pool is already running a job (from another thread, or nested) runs its slices serially on the
+/// caller, as participant 0.
 typedef struct vk_pool vk_pool;
-typedef void (*vk_task_fn)(void *ctx, size_t slice);
+typedef void (*vk_task_fn)(void *ctx, size_t slice, size_t participant);
 /// `threads` counts the caller: threads - 1 workers are started. Returns NULL on failure.
 vk_pool *vk_pool_create(size_t threads);
 void vk_pool_destroy(vk_pool *pool);
-/// slices may exceed the pool's threads: participant p (the caller is 0) runs slices p, p + threads, ...
+/// slices may exceed the pool's threads (each participant keeps claiming the next unclaimed slice).
 void vk_pool_run(vk_pool *pool, size_t slices, vk_task_fn fn, void *ctx);
 
 /// Sums `count` floats with the widest loads available: the read loop of the bandwidth measurement.

@@ -70,8 +70,8 @@ struct VisionEncoderLayer: @unchecked Sendable {
         qNorm?.apply(qs, rows: rows, width: width, into: qs)
         kNorm?.apply(ks, rows: rows, width: width, into: ks)
         let scale = 1 / Float(headDim).squareRoot()
-        pool.parallelRanges(heads) { slice, range in
-            let scores = ws.scores(slice)
+        pool.parallelRanges(heads) { thread, range in
+            let scores = ws.scores(thread)
             for h in range {
                 vk_attention_head(qs + h * headDim, rows, width, ks + h * headDim, vs + h * headDim, width, headDim,
                                   0, 0, rows, scale, attn + h * headDim, width, scores)
@@ -122,7 +122,7 @@ final class VisionWorkspace: @unchecked Sendable {
         size = (rows, width, intermediate, threads)
     }
 
-    func scores(_ slice: Int) -> UnsafeMutablePointer<Float> { scoreBuffers[slice] }
+    func scores(_ thread: Int) -> UnsafeMutablePointer<Float> { scoreBuffers[thread] }
 
     private func release() {
         for p in [normed, q, k, v, attention, out, mlp] { p.deallocate() }
