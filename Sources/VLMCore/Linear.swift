@@ -60,8 +60,7 @@ public struct Linear: @unchecked Sendable {
 
     /// x: [rows, inFeatures] (row stride inFeatures); y: [rows, outFeatures]. Output rows are split across the
     /// pool's threads in whole 16-row panels of the GEMM, so every thread streams (and, for several rows, packs)
-    /// a disjoint part of the weights. (Four slices per thread for decode, claimed as threads come free, measured no
-    /// different from one on 2 cores: the pool's claiming already lets the caller take a late worker's slice.)
+    /// a disjoint part of the weights.
     public func apply(_ x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>, pool: ThreadPool) {
         let k = inFeatures, n = outFeatures
         switch weights {

@@ -34,18 +34,17 @@ public final class ThreadPool: @unchecked Sendable {
         max(1, ProcessInfo.processInfo.activeProcessorCount)
     }
 
-    /// Calls `body(thread, range)` for contiguous ranges covering 0..<count, each a multiple of `granularity` long
-    /// except the last: `threadCount x slicesPerThread` of them (fewer when count is small), fixed by the arguments
-    /// alone, so results never depend on timing. The pool's threads claim them one at a time, so with several per
-    /// thread a thread that gets less CPU time takes fewer. `thread` (< threadCount) names the thread running the
-    /// range, for per-thread scratch (`scratch(_:floats:)`). A call made from inside a slice (or while another thread
-    /// is using the pool) runs its ranges one after another on the calling thread.
-    public func parallelRanges(_ count: Int, granularity: Int = 1, slicesPerThread: Int = 1,
-                               _ body: (_ thread: Int, _ range: Range<Int>) -> Void) {
+    /// Calls `body(thread, range)` for `threadCount` contiguous ranges covering 0..<count (fewer when count is small),
+    /// each a multiple of `granularity` long except the last, fixed by the arguments alone, so results never depend on
+    /// timing. The pool's threads claim them as they come free (a late worker's range is taken by the caller).
+    /// `thread` (< threadCount) names the thread running the range, for per-thread scratch (`scratch(_:floats:)`).
+    /// A call made from inside a slice (or while another thread is using the pool) runs its ranges one after another
+    /// on the calling thread.
+    public func parallelRanges(_ count: Int, granularity: Int = 1, _ body: (_ thread: Int, _ range: Range<Int>) -> Void) {
         guard count > 0 else { return }
         let g = max(1, granularity)
         let units = (count + g - 1) / g
-        let slices = min(threadCount * max(1, slicesPerThread), units)
+        let slices = min(threadCount, units)
         if slices == 1 || threadCount == 1 {
             body(0, 0..<count)
             return
@@ -59,11 +58,8 @@ public final class ThreadPool: @unchecked Sendable {
                     }, p)
                 }
             } else {
-                // No worker threads: libdispatch runs one contiguous group of slices per thread.
-                let j = job, threads = min(threadCount, slices)
-                DispatchQueue.concurrentPerform(iterations: threads) { t in
-                    for s in (slices * t / threads)..<(slices * (t + 1) / threads) { j.run(s, thread: t) }
-                }
+                let j = job
+                DispatchQueue.concurrentPerform(iterations: slices) { j.run($0, thread: $0) }
             }
         }
     }

@@ -265,33 +265,31 @@ final class KernelTests: XCTestCase {
     }
 
     /// Every index exactly once, ranges whole multiples of the granularity, and the `thread` a range gets names a
-    /// thread that runs nothing else meanwhile (per-thread scratch relies on it), with one or several slices per thread.
+    /// thread that runs nothing else meanwhile (per-thread scratch relies on it).
     func testThreadPoolCoversEveryIndexOnce() {
         for threads in [1, 2, 3, 8] {
             let pool = ThreadPool(threadCount: threads)
             let busy = UnsafeMutablePointer<Int>.allocate(capacity: threads)
             let clashes = UnsafeMutablePointer<Int>.allocate(capacity: threads + 1)
             defer { busy.deallocate(); clashes.deallocate() }
-            for slicesPerThread in [1, 4] {
-                for count in [0, 1, 5, 12, 13, 100, 1000] {
-                    let hits = UnsafeMutablePointer<Int>.allocate(capacity: max(count, 1))
-                    hits.initialize(repeating: 0, count: max(count, 1))
-                    busy.initialize(repeating: 0, count: threads)
-                    clashes.initialize(repeating: 0, count: threads + 1)
-                    pool.parallelRanges(count, granularity: 4, slicesPerThread: slicesPerThread) { t, r in
-                        guard t >= 0, t < threads else { clashes[threads] += 1; return }
-                        busy[t] += 1
-                        if busy[t] != 1 || r.lowerBound % 4 != 0 || (r.upperBound % 4 != 0 && r.upperBound != count) {
-                            clashes[t] += 1
-                        }
-                        for i in r { hits[i] += 1 }
-                        busy[t] -= 1
+            for count in [0, 1, 5, 12, 13, 100, 1000] {
+                let hits = UnsafeMutablePointer<Int>.allocate(capacity: max(count, 1))
+                hits.initialize(repeating: 0, count: max(count, 1))
+                busy.initialize(repeating: 0, count: threads)
+                clashes.initialize(repeating: 0, count: threads + 1)
+                pool.parallelRanges(count, granularity: 4) { t, r in
+                    guard t >= 0, t < threads else { clashes[threads] += 1; return }
+                    busy[t] += 1
+                    if busy[t] != 1 || r.lowerBound % 4 != 0 || (r.upperBound % 4 != 0 && r.upperBound != count) {
+                        clashes[t] += 1
                     }
-                    let what = "threads \(threads) slices/thread \(slicesPerThread) count \(count)"
-                    for i in 0..<count { XCTAssertEqual(hits[i], 1, "\(what) index \(i)") }
-                    for t in 0...threads { XCTAssertEqual(clashes[t], 0, "\(what): thread \(t) misused") }
-                    hits.deallocate()
+                    for i in r { hits[i] += 1 }
+                    busy[t] -= 1
                 }
+                let what = "threads \(threads) count \(count)"
+                for i in 0..<count { XCTAssertEqual(hits[i], 1, "\(what) index \(i)") }
+                for t in 0...threads { XCTAssertEqual(clashes[t], 0, "\(what): thread \(t) misused") }
+                hits.deallocate()
             }
         }
     }

@@ -157,7 +157,8 @@ def image_token_labels(processor, connector, scene):
 
 def encode_batch(processor, items, jpeg_rng, connector=None):
     """Processor inputs for full conversations and, per sample, the (position, target id, weight) triples of the loss
-    (weight 1 / the answer's token count, <end_of_utterance> included: see loss_fn); with a connector, also the auxiliary loss's per-image-token targets (image_token_labels) in image-feature order."""
+    (weight 1 / the answer's token count, <end_of_utterance> included: see loss_fn); with a connector, also the
+    auxiliary loss's per-image-token targets (image_token_labels) in image-feature order."""
     texts, images, answers, labels = [], [], [], []
     for it in items:
         msgs = shapes.messages_for(it, [t["answer"] for t in it["turns"]])
@@ -261,9 +262,9 @@ def _encoder_init(folder, seed, aux, threads=1):
 def _encode(items):
     inputs, pb, pt, tg, w, aux = encode_batch(_ENCODER["processor"], items, _ENCODER["jpeg_rng"],
                                               _ENCODER["connector"])
-    with torch.no_grad():  # plain arrays cross the process boundary (no shared-memory tensor handles)
-        return ({k: v.numpy() for k, v in inputs.items()}, pb.numpy(), pt.numpy(), tg.numpy(), w.numpy(),
-                None if aux is None else tuple(a.numpy() for a in aux))
+    # plain arrays cross the process boundary (no shared-memory tensor handles)
+    return ({k: v.numpy() for k, v in inputs.items()}, pb.numpy(), pt.numpy(), tg.numpy(), w.numpy(),
+            None if aux is None else tuple(a.numpy() for a in aux))
 
 
 def _from_numpy(batch):
