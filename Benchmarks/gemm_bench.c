@@ -256,7 +256,11 @@ int main(int argc, char **argv) {
     }
     if (runs > 64) runs = 64;
     team_start(threads);
+#ifdef VK_OLD_API
     printf("simd level %d, threads %d, runs %d (median)\n", vk_simd_level(), threads, runs);
+#else
+    printf("simd %s, threads %d, runs %d (median)\n", vk_simd_name(), threads, runs);
+#endif
     double peak = measure_peak(3);
     printf("FMA peak %.1f GFLOP/s (%d threads, best of 3)\n", peak / 1e9, threads);
     if (only && !strcmp(only, "peak")) return 0;

@@ -14,6 +14,10 @@
 #define VK_X86 1
 #include <immintrin.h>
 #define VK_AVX2 __attribute__((target("avx2,fma,f16c")))
+// AVX-512 bodies (Skylake-SP and later, Zen 4): 512-bit FMA for the compute-bound GEMM; VNNI (vpdpbusd) for the
+// integer dot products of quantized decode. Both are chosen at run time on top of the AVX2 level.
+#define VK_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
+#define VK_VNNI __attribute__((target("avx512vnni,avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
 #elif defined(__aarch64__)
 #define VK_ARM 1
 #include <arm_neon.h>
@@ -25,11 +29,17 @@
 static int g_force_scalar = 0;
 static int g_level = -1;
 
+static int g_max_level = 3;  // vk_limit_level
+static int g_vnni = -1;
+
 static int detect_level(void) {
 #if VK_X86
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) return 1;
-    return 0;
+    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))) return 0;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512dq"))
+        return 3;
+    return 1;
 #elif VK_ARM
     return 2;  // NEON is mandatory on arm64
 #else
@@ -37,13 +47,51 @@ static int detect_level(void) {
 #endif
 }
 
+// VLM_SIMD=avx2 (or scalar) in the environment caps the level for the whole process: A/B runs of the same binary.
+static int env_cap(int level) {
+    const char *e = getenv("VLM_SIMD");
+    if (!e) return level;
+    if (strcmp(e, "scalar") == 0) return 0;
+    if (strcmp(e, "avx2") == 0 && level == 3) return 1;
+    return level;
+}
+
 int vk_simd_level(void) {
     if (g_force_scalar) return 0;
-    if (g_level < 0) g_level = detect_level();
-    return g_level;
+    if (g_level < 0) g_level = env_cap(detect_level());
+    return g_level == 3 && g_max_level < 3 ? 1 : g_level;
 }
 
 void vk_force_scalar(int on) { g_force_scalar = on; }
+
+void vk_limit_level(int max_level) { g_max_level = max_level; }
+
+const char *vk_simd_name(void) {
+    switch (vk_simd_level()) {
+    case 1: return "avx2";
+    case 2: return "neon";
+    case 3: {
+#if VK_X86
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx512vnni") ? "avx512-vnni" : "avx512";
+#endif
+    }
+    default: return "scalar";
+    }
+}
+
+#if VK_X86
+// The AVX2/FMA/F16C bodies run at level 1 and under the AVX-512 ones (level 3) wherever those have no body of their own.
+static inline int use_avx2(void) { return vk_simd_level() & 1; }
+static inline int use_avx512(void) { return vk_simd_level() == 3; }
+static inline int use_vnni(void) {
+    if (g_vnni < 0) {
+        __builtin_cpu_init();
+        g_vnni = __builtin_cpu_supports("avx512vnni") ? 1 : 0;
+    }
+    return use_avx512() && g_vnni;
+}
+#endif
 
 // ---------------------------------------------------------------------------------------------------------------
 // Per-thread scratch for kernels whose callers pass none (or too little): grown on demand, 64-byte aligned, freed
@@ -192,9 +240,15 @@ void vk_dequantize_row(const vk_qmatrix *w, size_t K, size_t n, float *dst) {
 // round(v) clamped to [lo, hi]; fmaxf/fminf return the other operand for NaN, so NaN maps to lo.
 static inline int qround(float v, float lo, float hi) { return (int)fminf(fmaxf(roundf(v), lo), hi); }
 
-int vk_quantize_rows(const void *w, vk_dtype dt, size_t K, int bits, size_t group_size, size_t n0, size_t n1,
-                     void *data, uint16_t *scales) {
-    if ((bits != 4 && bits != 8) || group_size == 0 || group_size % VK_QGROUP_MULTIPLE != 0) return -1;
+// The group's scale as stored (f16 bits) from its largest magnitude `amax` and the signed value `m` that has it.
+static inline uint16_t quant_scale(int bits, float amax, float m) {
+    float d = bits == 8 ? amax / 127.0f : m / -8.0f;
+    if (fabsf(d) > 65504.0f) d = copysignf(65504.0f, d);  // keep the scale finite in f16
+    return f32_to_f16_bits(d);
+}
+
+static void quantize_rows_scalar(const void *w, vk_dtype dt, size_t K, int bits, size_t group_size, size_t n0,
+                                 size_t n1, void *data, uint16_t *scales) {
     size_t ng = qgroups(K, group_size), rb = vk_qrow_bytes(bits, K);
     for (size_t n = n0; n < n1; n++) {
         if (bits == 4) memset((uint8_t *)data + n * rb, 0x88, rb);  // unused odd-K nibble holds q = 0
@@ -205,9 +259,7 @@ int vk_quantize_rows(const void *w, vk_dtype dt, size_t K, int bits, size_t grou
                 float v = load_w(w, dt, n * K + k);
                 if (fabsf(v) > amax) { amax = fabsf(v); m = v; }
             }
-            float d = bits == 8 ? amax / 127.0f : m / -8.0f;
-            if (fabsf(d) > 65504.0f) d = copysignf(65504.0f, d);  // keep the scale finite in f16
-            uint16_t dh = f32_to_f16_bits(d);
+            uint16_t dh = quant_scale(bits, amax, m);
             scales[n * ng + g] = dh;
             float dr = f16_to_f32(dh);  // quantize against the scale as stored, so dequantization matches
             float id = dr != 0.0f ? 1.0f / dr : 0.0f;
@@ -223,6 +275,23 @@ int vk_quantize_rows(const void *w, vk_dtype dt, size_t K, int bits, size_t grou
             }
         }
     }
+}
+
+#if VK_X86
+VK_AVX2 static void quantize_rows_avx2(const void *w, vk_dtype dt, size_t K, int bits, size_t group_size, size_t n0,
+                                       size_t n1, void *data, uint16_t *scales);
+#endif
+
+int vk_quantize_rows(const void *w, vk_dtype dt, size_t K, int bits, size_t group_size, size_t n0, size_t n1,
+                     void *data, uint16_t *scales) {
+    if ((bits != 4 && bits != 8) || group_size == 0 || group_size % VK_QGROUP_MULTIPLE != 0) return -1;
+#if VK_X86
+    if (use_avx2()) {
+        quantize_rows_avx2(w, dt, K, bits, group_size, n0, n1, data, scales);
+        return 0;
+    }
+#endif
+    quantize_rows_scalar(w, dt, K, bits, group_size, n0, n1, data, scales);
     return 0;
 }
 
@@ -751,6 +820,225 @@ VK_AVX2 static void gemm_small_avx2(const float *x, size_t T, size_t K, size_t l
     }
 }
 
+// ---- AVX-512 GEMM: the same blocking and packed panels, a 12 x 32 register tile -----------------------------------
+// Two 6-token A panels (12 rows) against two 16-column B panels (two zmm per row): 24 zmm accumulators, per k two
+// aligned B loads and 12 broadcasts for 24 FMAs, so the two 512-bit FMA pipes, not the loads, set the pace. Panels
+// are packed exactly as for the AVX2 kernel (pack_a, pack_b_panel): panel p + 1 follows panel p, so a pair is one
+// pointer and an offset. Edges: fewer rows (MR_ < 12, a tile may end inside the second A panel), one B panel
+// (NB = 1), and columns masked (nr < 32).
+VK_AVX512 static inline __attribute__((always_inline)) void ukr512_tile(const int MR_, const int NB, size_t kc,
+                                                                        const float *a, const float *b,
+                                                                        size_t bstride, float *c, size_t ldc,
+                                                                        size_t nr, int accumulate, const float *bias) {
+    const float *a1 = a + VK_MR * kc, *b1 = b + bstride;
+    __m512 acc[12][2];
+    for (int i = 0; i < MR_; i++) { acc[i][0] = _mm512_setzero_ps(); acc[i][1] = _mm512_setzero_ps(); }
+#pragma GCC unroll 2
+    for (size_t k = 0; k < kc; k++) {
+        __m512 b0 = _mm512_load_ps(b + k * VK_NR);
+        __m512 bb = NB == 2 ? _mm512_load_ps(b1 + k * VK_NR) : b0;
+        for (int i = 0; i < MR_; i++) {
+            __m512 ai = _mm512_set1_ps(i < VK_MR ? a[k * VK_MR + i] : a1[k * VK_MR + i - VK_MR]);
+            acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
+            if (NB == 2) acc[i][1] = _mm512_fmadd_ps(ai, bb, acc[i][1]);
+        }
+    }
+    __mmask16 m0 = nr >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << nr) - 1);
+    __mmask16 m1 = NB == 1 || nr <= 16 ? 0 : nr >= 32 ? (__mmask16)0xffff : (__mmask16)((1u << (nr - 16)) - 1);
+    __m512 bias0 = _mm512_setzero_ps(), bias1 = _mm512_setzero_ps();
+    if (!accumulate && bias) { bias0 = _mm512_maskz_loadu_ps(m0, bias); bias1 = _mm512_maskz_loadu_ps(m1, bias + 16); }
+    for (int i = 0; i < MR_; i++) {
+        float *ci = c + i * ldc;
+        __m512 r0 = acc[i][0], r1 = acc[i][1];
+        if (accumulate) {
+            r0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, ci), r0);
+            if (NB == 2) r1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, ci + 16), r1);
+        } else {
+            r0 = _mm512_add_ps(r0, bias0);
+            r1 = _mm512_add_ps(r1, bias1);
+        }
+        _mm512_mask_storeu_ps(ci, m0, r0);
+        if (NB == 2) _mm512_mask_storeu_ps(ci + 16, m1, r1);
+    }
+}
+
+// c rows: mr (1..12) tokens; b: nb (1, 2) panels, the second `bstride` floats after the first; nr: valid columns
+// of the pair (<= 16 * nb).
+VK_AVX512 static void ukr512(size_t mr, int nb, size_t kc, const float *a, const float *b, size_t bstride, float *c,
+                             size_t ldc, size_t nr, int accumulate, const float *bias) {
+#define VK_UKR512_CASE(M)                                                                                             \
+    case M:                                                                                                           \
+        if (nb == 2) ukr512_tile(M, 2, kc, a, b, bstride, c, ldc, nr, accumulate, bias);                                \
+        else ukr512_tile(M, 1, kc, a, b, bstride, c, ldc, nr, accumulate, bias);                                        \
+        break;
+    switch (mr) {
+    VK_UKR512_CASE(12) VK_UKR512_CASE(11) VK_UKR512_CASE(10) VK_UKR512_CASE(9) VK_UKR512_CASE(8)
+    VK_UKR512_CASE(7) VK_UKR512_CASE(6) VK_UKR512_CASE(5) VK_UKR512_CASE(4) VK_UKR512_CASE(3) VK_UKR512_CASE(2)
+    default: VK_UKR512_CASE(1)
+    }
+#undef VK_UKR512_CASE
+}
+
+// 16 weights of `dt` from element i as f32 (bf16: the top halves of f32; f16: vcvtph2ps).
+VK_AVX512 static inline __m512 load16(const void *w, vk_dtype dt, size_t i) {
+    switch (dt) {
+    case VK_F16: return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)w + i)));
+    case VK_BF16:
+        return _mm512_castsi512_ps(
+            _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)w + i))), 16));
+    default: return _mm512_loadu_ps((const float *)w + i);
+    }
+}
+
+// gemv_avx2 with 512-bit vectors: four rows, 32 columns per step (eight zmm accumulators), the same prefetch rule;
+// columns past the last multiple of 16 masked, none read past the row.
+VK_AVX512 static void gemv_avx512(const float *x, size_t K, const void *w, vk_dtype dt, size_t n0, size_t n1,
+                                  const float *bias, float *y) {
+    size_t K32 = K & ~(size_t)31, K16 = K & ~(size_t)15;
+    size_t es = dt == VK_F32 ? 4 : 2, lead_bytes = gemv_lead(4 * K * es);
+    const size_t pf_every = dt == VK_F32 ? 16 : 32;  // columns per 64-byte line
+    const char *wb = (const char *)w;
+    size_t n = n0;
+    for (; n + 4 <= n1; n += 4) {
+        __m512 a[4], b[4];
+        for (int r = 0; r < 4; r++) { a[r] = _mm512_setzero_ps(); b[r] = _mm512_setzero_ps(); }
+        size_t base = n * K, k = 0;
+        for (; k < K32; k += 32) {
+            for (size_t c = 0; c < 32; c += pf_every)
+                for (int r = 0; r < 4; r++) _mm_prefetch(wb + (base + r * K + k + c) * es + lead_bytes, _MM_HINT_T0);
+            __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16);
+            for (int r = 0; r < 4; r++) {
+                a[r] = _mm512_fmadd_ps(x0, load16(w, dt, base + r * K + k), a[r]);
+                b[r] = _mm512_fmadd_ps(x1, load16(w, dt, base + r * K + k + 16), b[r]);
+            }
+        }
+        for (; k < K16; k += 16) {
+            __m512 x0 = _mm512_loadu_ps(x + k);
+            for (int r = 0; r < 4; r++) a[r] = _mm512_fmadd_ps(x0, load16(w, dt, base + r * K + k), a[r]);
+        }
+        for (int r = 0; r < 4; r++) {
+            float s0 = _mm512_reduce_add_ps(_mm512_add_ps(a[r], b[r]));
+            for (size_t kk = K16; kk < K; kk++) s0 += x[kk] * load_w(w, dt, base + r * K + kk);
+            y[n + r] = bias ? s0 + bias[n + r] : s0;
+        }
+    }
+    for (; n < n1; n++) {
+        __m512 a0 = _mm512_setzero_ps();
+        size_t base = n * K, k = 0;
+        for (; k < K16; k += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k), load16(w, dt, base + k), a0);
+        float s0 = _mm512_reduce_add_ps(a0);
+        for (; k < K; k++) s0 += x[k] * load_w(w, dt, base + k);
+        y[n] = bias ? s0 + bias[n] : s0;
+    }
+}
+
+// gemm_avx2's loops with column panels taken in pairs and tokens in pairs of panels (see ukr512_tile).
+VK_AVX512 static void gemm_avx512(const float *x, size_t T, size_t K, size_t ldx, const void *w, vk_dtype dt,
+                                  size_t ldw, const vk_qmatrix *q, size_t n0, size_t n1, const float *bias, float *y,
+                                  size_t ldy, float *buf) {
+    size_t N = n1 - n0, npan = div_up(N, VK_NR);
+    size_t kcb = gemm_kc(K), mcb = gemm_mc(T);
+    float *bp = align64(buf);
+    float *ap = bp + kcb * npan * VK_NR;
+    size_t es = dt == VK_F32 ? 4 : 2;
+    for (size_t k0 = 0; k0 < K; k0 += kcb) {
+        size_t kc = K - k0 < kcb ? K - k0 : kcb;
+        for (size_t t0 = 0; t0 < T; t0 += mcb) {
+            size_t mc = T - t0 < mcb ? T - t0 : mcb;
+            pack_a(x + t0 * ldx + k0, ldx, mc, kc, ap);
+            size_t ntile = div_up(mc, 2 * VK_MR);
+            for (size_t j = 0; j < npan; j += 2) {
+                size_t n = n0 + j * VK_NR, nr = n1 - n < 2 * VK_NR ? n1 - n : 2 * VK_NR;
+                int nb = nr > VK_NR ? 2 : 1;
+                float *bj = bp + j * kc * VK_NR;
+                int first_pass = t0 == 0;
+                if (first_pass)
+                    for (int h = 0; h < nb; h++) {
+                        size_t nh = n + (size_t)h * VK_NR, nrh = n1 - nh < VK_NR ? n1 - nh : VK_NR;
+                        pack_b_panel(w, dt, ldw, q, K, nh, nrh, k0, kc, bj + (size_t)h * kc * VK_NR);
+                    }
+                size_t nn = n + 2 * VK_NR, nnr = nn < n1 ? (n1 - nn < 2 * VK_NR ? n1 - nn : 2 * VK_NR) : 0;
+                for (size_t i = 0, p = 0; i < mc; i += 2 * VK_MR, p++) {
+                    if (first_pass && nnr) {
+                        if (q) prefetch_panel_part(q->data, vk_qrow_bytes(q->bits, K), k0 * (size_t)q->bits / 8,
+                                                   div_up(kc * (size_t)q->bits, 8), nn, nnr, p, ntile);
+                        else prefetch_panel_part(w, ldw * es, k0 * es, kc * es, nn, nnr, p, ntile);
+                    }
+                    size_t mr = mc - i < 2 * VK_MR ? mc - i : 2 * VK_MR;
+                    ukr512(mr, nb, kc, ap + i * kc, bj, kc * VK_NR, y + (t0 + i) * ldy + n, ldy, nr, k0 != 0,
+                           bias ? bias + n : NULL);
+                }
+            }
+        }
+    }
+}
+
+// ---- Quantizing (vk_quantize_rows), bit for bit the scalar body --------------------------------------------------
+// Each row is converted to f32 once; per group the largest magnitude is a vector max (max(|v|, acc) keeps acc when
+// v is NaN, as the scalar `>` test skips NaN), int4's signed extreme is the first value of that magnitude (what the
+// scalar loop keeps), and the levels are roundf (half away from zero: truncate, then step away from zero when the
+// remainder, which is exact, is at least one half) clamped as qround does (max(NaN, lo) = lo). Eight columns at a
+// time; the columns after the last multiple of 8 (only at the end of a row) take the scalar steps.
+VK_AVX2 static void quantize_rows_avx2(const void *w, vk_dtype dt, size_t K, int bits, size_t group_size, size_t n0,
+                                       size_t n1, void *data, uint16_t *scales) {
+    size_t ng = qgroups(K, group_size), rb = vk_qrow_bytes(bits, K);
+    float *row = tls_scratch(K + 8);
+    const __m256 sign = _mm256_set1_ps(-0.0f), half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
+    const __m256 lo = _mm256_set1_ps(bits == 8 ? -127.0f : -8.0f), hi = _mm256_set1_ps(bits == 8 ? 127.0f : 7.0f);
+    const __m128i nib = _mm_set1_epi16(0x1001);  // byte pairs (even, odd) -> even + 16 * odd
+    for (size_t n = n0; n < n1; n++) {
+        to_f32_avx2((const char *)w + n * K * (dt == VK_F32 ? 4 : 2), dt, K, row);
+        uint8_t *out = (uint8_t *)data + n * rb;
+        if (bits == 4) memset(out, 0x88, rb);  // unused odd-K nibble holds q = 0
+        for (size_t g = 0; g < ng; g++) {
+            size_t k0 = g * group_size, k1 = k0 + group_size < K ? k0 + group_size : K, k8 = k0 + ((k1 - k0) & ~(size_t)7);
+            __m256 am = _mm256_setzero_ps();
+            for (size_t k = k0; k < k8; k += 8) am = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(row + k)), am);
+            __m128 a4 = _mm_max_ps(_mm256_castps256_ps128(am), _mm256_extractf128_ps(am, 1));
+            a4 = _mm_max_ps(a4, _mm_movehl_ps(a4, a4));
+            a4 = _mm_max_ss(a4, _mm_shuffle_ps(a4, a4, 1));
+            float amax = _mm_cvtss_f32(a4), m = 0.0f;
+            for (size_t k = k8; k < k1; k++)
+                if (fabsf(row[k]) > amax) amax = fabsf(row[k]);
+            if (bits == 4 && amax > 0.0f)
+                for (size_t k = k0; k < k1; k++)
+                    if (fabsf(row[k]) == amax) { m = row[k]; break; }
+            uint16_t dh = quant_scale(bits, amax, m);
+            scales[n * ng + g] = dh;
+            float dr = f16_to_f32(dh);  // quantize against the scale as stored, so dequantization matches
+            float id = dr != 0.0f ? 1.0f / dr : 0.0f;
+            const __m256 idv = _mm256_set1_ps(id);
+            for (size_t k = k0; k < k8; k += 8) {
+                __m256 v = _mm256_mul_ps(_mm256_loadu_ps(row + k), idv);
+                __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+                __m256 away = _mm256_cmp_ps(_mm256_andnot_ps(sign, _mm256_sub_ps(v, t)), half, _CMP_GE_OQ);
+                __m256 step = _mm256_and_ps(away, _mm256_or_ps(_mm256_and_ps(v, sign), one));
+                __m256 q = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(t, step), lo), hi);
+                __m256i qi = _mm256_cvttps_epi32(q);
+                __m128i q16 = _mm_packs_epi32(_mm256_castsi256_si128(qi), _mm256_extracti128_si256(qi, 1));
+                if (bits == 8) {
+                    _mm_storel_epi64((__m128i *)(out + k), _mm_packs_epi16(q16, q16));
+                } else {
+                    __m128i u = _mm_add_epi8(_mm_packs_epi16(q16, q16), _mm_set1_epi8(8));
+                    __m128i b = _mm_maddubs_epi16(u, nib);
+                    uint32_t four = (uint32_t)_mm_cvtsi128_si32(_mm_packus_epi16(b, b));
+                    memcpy(out + k / 2, &four, 4);
+                }
+            }
+            for (size_t k = k8; k < k1; k++) {
+                float v = row[k] * id;
+                if (bits == 8) {
+                    ((int8_t *)out)[k] = (int8_t)qround(v, -127.0f, 127.0f);
+                } else {
+                    uint8_t *b = out + k / 2;
+                    uint8_t u = (uint8_t)(qround(v, -8.0f, 7.0f) + 8);
+                    *b = (k & 1) ? (uint8_t)((*b & 0x0f) | (u << 4)) : (uint8_t)((*b & 0xf0) | u);
+                }
+            }
+        }
+    }
+}
+
 // ---- Quantized decode path (one token): streaming GEMV over vk_qmatrix rows --------------------------------------
 // RR rows at a time (4, then 1 for the rest). Within a group, two f32 accumulators per row sum x * q (eight
 // independent FMA chains for four rows); at the group's end one FMA per row applies the scale: acc += scale * (a + b).
@@ -928,6 +1216,145 @@ VK_AVX2 static void gemv_qdot_avx2(const float *x, size_t K, const vk_qmatrix *w
     }
 }
 
+// The integer-dot decode with VNNI: vpdpbusd multiplies u8 by s8 lanes and adds each four products into s32 in one
+// instruction (AVX2 needs vpmaddubsw, vpmaddwd and vpaddd). int8: |w| x sign(x, w) as before. int4: the nibbles are
+// already unsigned (u = q + 8), so u x x needs no sign trick and sum(q x) = sum(u x) - 8 sum(x): the group's
+// -8 sum(x) (`xs`, once per call) starts lane 0 of the group's s32 accumulator. The sums are the same integers as
+// gemv_qdot_scalar's; only the f32 accumulation order differs.
+VK_VNNI static inline __attribute__((always_inline)) void gemv_qdot_rows_vnni(const int BITS, const int RR,
+                                                                              const int8_t *qx, const float *dx,
+                                                                              const int32_t *xs, size_t K,
+                                                                              const vk_qmatrix *w, size_t n,
+                                                                              const float *bias, float *y, float *sc) {
+    size_t G = w->group_size, ng = qgroups(K, G), rb = vk_qrow_bytes(BITS, K);
+    const uint8_t *row[4];
+    for (int r = 0; r < RR; r++) {
+        row[r] = (const uint8_t *)w->data + (n + r) * rb;
+        to_f32_avx2(w->scales + (n + r) * ng, VK_F16, ng, sc + r * ng);
+    }
+    size_t lead = gemv_lead((size_t)RR * rb);
+    const __m128i m4 = _mm_set1_epi8(0x0f);
+    __m256 acc[4];
+    for (int r = 0; r < RR; r++) acc[r] = _mm256_setzero_ps();
+    for (size_t g = 0; g < ng; g++) {
+        size_t k0 = g * G, k1 = k0 + G < K ? k0 + G : K;
+        __m256i s[4];
+        __m256i s0 = BITS == 4 ? _mm256_zextsi128_si256(_mm_cvtsi32_si128(xs[g])) : _mm256_setzero_si256();
+        for (int r = 0; r < RR; r++) s[r] = s0;
+        for (size_t k = k0; k < k1; k += 32) {
+            size_t off = k * BITS / 8;
+            if ((off & 63) < (size_t)(32 * BITS / 8))  // once per 64-byte line of each row
+                for (int r = 0; r < RR; r++) _mm_prefetch((const char *)row[r] + off + lead, _MM_HINT_T0);
+            __m256i xv = _mm256_loadu_si256((const __m256i *)(qx + k));
+            for (int r = 0; r < RR; r++) {
+                if (BITS == 8) {
+                    __m256i wv = _mm256_loadu_si256((const __m256i *)(row[r] + k));
+                    s[r] = _mm256_dpbusd_epi32(s[r], _mm256_abs_epi8(wv), _mm256_sign_epi8(xv, wv));
+                } else {
+                    __m128i b = _mm_loadu_si128((const __m128i *)(row[r] + off));
+                    __m128i lo = _mm_and_si128(b, m4), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m4);
+                    s[r] = _mm256_dpbusd_epi32(s[r], _mm256_set_m128i(hi, lo), xv);
+                }
+            }
+        }
+        for (int r = 0; r < RR; r++)
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(sc[r * ng + g] * dx[g]), _mm256_cvtepi32_ps(s[r]), acc[r]);
+    }
+    for (int r = 0; r < RR; r++) {
+        float v = hsum256(acc[r]);
+        y[n + r] = bias ? v + bias[n + r] : v;
+    }
+}
+
+// Groups of exactly 32 columns (the default scheme, llama.cpp's block) with K a multiple of 64: two groups per zmm.
+// int8: the 64 bytes of two groups, |w| x sign(x, w) (AVX-512 has no vpsignb: x negated under the mask of w < 0);
+// int4: the 32 bytes of two groups as low nibbles then high nibbles of each group (the order `qp` has), the two
+// 128-bit halves interleaved by one vpermt2q. s32 lanes 0-7 then belong to the first group, 8-15 to the second, so
+// one convert and one FMA with [scale_g x 8, scale_g+1 x 8] (sc already holds scale_w * d_x) finish both groups.
+// int4's -8 sum(x) of each group starts its s32 lanes (`xi`: per group pair, lane 0 and lane 8, made once per call),
+// so the sums stay exact integers and a row has no epilogue but the horizontal add.
+VK_VNNI static inline __attribute__((always_inline)) void gemv_qdot_rows_zmm(const int BITS, const int RR,
+                                                                             const int8_t *qx, const float *dx,
+                                                                             const int32_t *xi, size_t K,
+                                                                             const vk_qmatrix *w, size_t n,
+                                                                             const float *bias, float *y, float *sc) {
+    size_t ng = K / 32, rb = vk_qrow_bytes(BITS, K);
+    const uint8_t *row[4];
+    for (int r = 0; r < RR; r++) {
+        row[r] = (const uint8_t *)w->data + (n + r) * rb;
+        float *scr = sc + r * ng;
+        to_f32_avx2(w->scales + (n + r) * ng, VK_F16, ng, scr);
+        for (size_t g = 0; g < ng; g++) scr[g] *= dx[g];
+    }
+    size_t lead = gemv_lead((size_t)RR * rb);
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    const __m512i halves = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
+    const __m512i pair = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    __m512 acc[4];
+    for (int r = 0; r < RR; r++) acc[r] = _mm512_setzero_ps();
+    for (size_t g = 0; g < ng; g += 2) {
+        size_t k = g * 32, off = k * BITS / 8;
+        if ((off & 63) == 0)  // once per 64-byte line of each row
+            for (int r = 0; r < RR; r++) _mm_prefetch((const char *)row[r] + off + lead, _MM_HINT_T0);
+        __m512i xv = _mm512_loadu_si512((const void *)(qx + k));
+        __m512i s0 = BITS == 4 ? _mm512_loadu_si512((const void *)(xi + g * 8)) : _mm512_setzero_si512();
+        for (int r = 0; r < RR; r++) {
+            __m512i s;
+            if (BITS == 8) {
+                __m512i wv = _mm512_loadu_si512((const void *)(row[r] + k));
+                __mmask64 neg = _mm512_movepi8_mask(wv);
+                __m512i xs = _mm512_mask_sub_epi8(xv, neg, _mm512_setzero_si512(), xv);
+                s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(wv), xs);
+            } else {
+                __m256i b = _mm256_loadu_si256((const __m256i *)(row[r] + off));
+                __m256i lo = _mm256_and_si256(b, m4), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), m4);
+                __m512i u = _mm512_permutex2var_epi64(_mm512_castsi256_si512(lo), halves, _mm512_castsi256_si512(hi));
+                s = _mm512_dpbusd_epi32(s0, u, xv);
+            }
+            __m512 d = _mm512_permutexvar_ps(pair, _mm512_castps128_ps512(_mm_castpd_ps(
+                _mm_load_sd((const double *)(sc + r * ng + g)))));
+            acc[r] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(s), acc[r]);
+        }
+    }
+    for (int r = 0; r < RR; r++) {
+        float v = _mm512_reduce_add_ps(acc[r]);
+        y[n + r] = bias ? v + bias[n + r] : v;
+    }
+}
+
+// buf as gemv_qdot_avx2's, then groups int32 (xs), then 8 int32 per group (xi, gemv_qdot_rows_zmm's int4 starts).
+VK_VNNI static void gemv_qdot_vnni(const float *x, size_t K, const vk_qmatrix *w, size_t n0, size_t n1,
+                                   const float *bias, float *y, float *buf) {
+    size_t G = w->group_size, ng = qgroups(K, G), n = n0;
+    float *sc = buf, *dx = buf + 4 * ng;
+    int8_t *qx = (int8_t *)(dx + ng), *qp = qx + K;
+    int32_t *xs = (int32_t *)(qp + K), *xi = xs + ng;
+    qdot_quantize_x(x, K, G, qx, dx);
+    const int zmm = G == 32 && K % 64 == 0;  // two whole groups per 512-bit step (gemv_qdot_rows_zmm)
+    if (w->bits == 8 && zmm) {
+        for (; n + 4 <= n1; n += 4) gemv_qdot_rows_zmm(8, 4, qx, dx, xi, K, w, n, bias, y, sc);
+        for (; n < n1; n++) gemv_qdot_rows_zmm(8, 1, qx, dx, xi, K, w, n, bias, y, sc);
+    } else if (w->bits == 8) {
+        for (; n + 4 <= n1; n += 4) gemv_qdot_rows_vnni(8, 4, qx, dx, xs, K, w, n, bias, y, sc);
+        for (; n < n1; n++) gemv_qdot_rows_vnni(8, 1, qx, dx, xs, K, w, n, bias, y, sc);
+    } else {
+        for (size_t g = 0; g < ng; g++) {
+            int32_t t = 0;
+            for (size_t k = g * G; k < (g + 1) * G && k < K; k++) t += qx[k];
+            xs[g] = -8 * t;
+        }
+        qdot_permute_int4(qx, K, qp);
+        if (zmm) {
+            memset(xi, 0, 8 * ng * sizeof(int32_t));
+            for (size_t g = 0; g < ng; g += 2) { xi[g * 8] = xs[g]; xi[g * 8 + 8] = xs[g + 1]; }
+            for (; n + 4 <= n1; n += 4) gemv_qdot_rows_zmm(4, 4, qp, dx, xi, K, w, n, bias, y, sc);
+            for (; n < n1; n++) gemv_qdot_rows_zmm(4, 1, qp, dx, xi, K, w, n, bias, y, sc);
+        }
+        for (; n + 4 <= n1; n += 4) gemv_qdot_rows_vnni(4, 4, qp, dx, xs, K, w, n, bias, y, sc);
+        for (; n < n1; n++) gemv_qdot_rows_vnni(4, 1, qp, dx, xs, K, w, n, bias, y, sc);
+    }
+}
+
 // ---- Element-wise math ----------------------------------------------------------------------------------------
 // exp: Cephes' expf (range reduction by ln 2 in two parts, degree-5 polynomial), about 1 ulp. 2^n is applied as
 // two factors 2^(n/2) so results overflow to +inf and underflow gradually through the subnormals like expf;
@@ -1072,6 +1499,7 @@ VK_AVX2 static void attention_blocked(const float *q, size_t nq, size_t q_stride
                                       size_t kv_stride, size_t hd, size_t q_pos0, int causal, size_t n_keys,
                                       float scale, float *out, size_t out_stride) {
     size_t nk_all = causal ? (q_pos0 + nq < n_keys ? q_pos0 + nq : n_keys) : n_keys;
+    const int wide = use_avx512();  // 12 x 32 tiles (ukr512) over the same packed panels
     if (nk_all == 0) {  // nothing to attend to: zero rows, as the per-query loop leaves them
         for (size_t i = 0; i < nq; i++) memset(out + i * out_stride, 0, hd * sizeof(float));
         return;
@@ -1109,11 +1537,20 @@ VK_AVX2 static void attention_blocked(const float *q, size_t nq, size_t q_stride
         size_t m = nq - i0 < mq ? nq - i0 : mq;
         size_t nkb = causal ? (q_pos0 + i0 + m < n_keys ? q_pos0 + i0 + m : n_keys) : n_keys;
         pack_a(q + i0 * q_stride, q_stride, m, hd, qp);
-        for (size_t j = 0; j < nkb; j += VK_NR) {
-            size_t nr = nkb - j < VK_NR ? nkb - j : VK_NR;
-            for (size_t ii = 0; ii < m; ii += VK_MR)
-                ukr(m - ii < VK_MR ? m - ii : VK_MR, hd, qp + ii * hd, kp + j * hd, VK_NR, s + ii * nk_pad + j, nk_pad,
-                    nr, 0, NULL);
+        if (wide) {
+            for (size_t j = 0; j < nkb; j += 2 * VK_NR) {
+                size_t nr = nkb - j < 2 * VK_NR ? nkb - j : 2 * VK_NR;
+                for (size_t ii = 0; ii < m; ii += 2 * VK_MR)
+                    ukr512(m - ii < 2 * VK_MR ? m - ii : 2 * VK_MR, nr > VK_NR ? 2 : 1, hd, qp + ii * hd, kp + j * hd,
+                           VK_NR * hd, s + ii * nk_pad + j, nk_pad, nr, 0, NULL);
+            }
+        } else {
+            for (size_t j = 0; j < nkb; j += VK_NR) {
+                size_t nr = nkb - j < VK_NR ? nkb - j : VK_NR;
+                for (size_t ii = 0; ii < m; ii += VK_MR)
+                    ukr(m - ii < VK_MR ? m - ii : VK_MR, hd, qp + ii * hd, kp + j * hd, VK_NR, s + ii * nk_pad + j,
+                        nk_pad, nr, 0, NULL);
+            }
         }
         for (size_t r = 0; r < m; r++) {
             float *row = s + r * nk_pad;
@@ -1129,11 +1566,21 @@ VK_AVX2 static void attention_blocked(const float *q, size_t nq, size_t q_stride
         for (size_t kk0 = 0; kk0 < nkb; kk0 += kcb) {
             size_t kc = nkb - kk0 < kcb ? nkb - kk0 : kcb;
             pack_a(s + kk0, nk_pad, m, kc, pp);
-            for (size_t p = 0; p < hd_pan; p++) {
-                size_t nr = hd - p * VK_NR < VK_NR ? hd - p * VK_NR : VK_NR;
-                for (size_t ii = 0; ii < m; ii += VK_MR)
-                    ukr(m - ii < VK_MR ? m - ii : VK_MR, kc, pp + ii * kc, vp + p * nk_all * VK_NR + kk0 * VK_NR,
-                        VK_NR, out + (i0 + ii) * out_stride + p * VK_NR, out_stride, nr, kk0 != 0, NULL);
+            if (wide) {
+                for (size_t p = 0; p < hd_pan; p += 2) {
+                    size_t nr = hd - p * VK_NR < 2 * VK_NR ? hd - p * VK_NR : 2 * VK_NR;
+                    for (size_t ii = 0; ii < m; ii += 2 * VK_MR)
+                        ukr512(m - ii < 2 * VK_MR ? m - ii : 2 * VK_MR, nr > VK_NR ? 2 : 1, kc, pp + ii * kc,
+                               vp + p * nk_all * VK_NR + kk0 * VK_NR, nk_all * VK_NR,
+                               out + (i0 + ii) * out_stride + p * VK_NR, out_stride, nr, kk0 != 0, NULL);
+                }
+            } else {
+                for (size_t p = 0; p < hd_pan; p++) {
+                    size_t nr = hd - p * VK_NR < VK_NR ? hd - p * VK_NR : VK_NR;
+                    for (size_t ii = 0; ii < m; ii += VK_MR)
+                        ukr(m - ii < VK_MR ? m - ii : VK_MR, kc, pp + ii * kc, vp + p * nk_all * VK_NR + kk0 * VK_NR,
+                            VK_NR, out + (i0 + ii) * out_stride + p * VK_NR, out_stride, nr, kk0 != 0, NULL);
+                }
             }
         }
         for (size_t r = 0; r < m; r++) scale_avx2(out + (i0 + r) * out_stride, hd, inv[r]);
@@ -1256,15 +1703,17 @@ void vk_matmul_ws(const float *x, size_t T, size_t K, size_t ldx, const void *w,
         return;
     }
 #if VK_X86
-    if (vk_simd_level() == 1) {
+    if (use_avx2()) {
         if (T == 1) {
-            gemv_avx2(x, K, w, dtype, n0, n1, bias, y);
+            if (use_avx512()) gemv_avx512(x, K, w, dtype, n0, n1, bias, y);
+            else gemv_avx2(x, K, w, dtype, n0, n1, bias, y);
         } else if (T <= VK_SMALL_T) {
             gemm_small_avx2(x, T, K, ldx, w, dtype, n0, n1, bias, y, ldy);
         } else {
             size_t need = gemm_scratch_floats(T, K, n1 - n0);
             float *buf = scratch && scratch_floats >= need ? scratch : tls_scratch(need);
-            gemm_avx2(x, T, K, ldx, w, dtype, K, NULL, n0, n1, bias, y, ldy, buf);
+            if (use_avx512()) gemm_avx512(x, T, K, ldx, w, dtype, K, NULL, n0, n1, bias, y, ldy, buf);
+            else gemm_avx2(x, T, K, ldx, w, dtype, K, NULL, n0, n1, bias, y, ldy, buf);
         }
         return;
     }
@@ -1282,7 +1731,7 @@ void vk_matmul_ws(const float *x, size_t T, size_t K, size_t ldx, const void *w,
 size_t vk_matmul_q_scratch_floats(size_t T, size_t K, size_t group_size, size_t n0, size_t n1) {
     if (n1 <= n0 || T == 0 || K == 0 || group_size == 0) return 0;
 #if VK_X86
-    if (T == 1) return 4 * qgroups(K, group_size) + K + 16;
+    if (T == 1) return 14 * qgroups(K, group_size) + K + 16;  // scales, dx, qx and its int4 copy, xs, xi (gemv_qdot_vnni)
     return gemm_scratch_floats(T, K, n1 - n0);
 #else
     return K + 64;
@@ -1305,9 +1754,11 @@ void vk_matmul_q_ws(const float *x, size_t T, size_t K, size_t ldx, const vk_qma
     size_t need = vk_matmul_q_scratch_floats(T, K, w->group_size, n0, n1);
     float *buf = scratch && scratch_floats >= need ? scratch : tls_scratch(need);
 #if VK_X86
-    if (vk_simd_level() == 1) {
-        if (qdot_applies(T, K, w)) gemv_qdot_avx2(x, K, w, n0, n1, bias, y, buf);
+    if (use_avx2()) {
+        if (qdot_applies(T, K, w) && use_vnni()) gemv_qdot_vnni(x, K, w, n0, n1, bias, y, buf);
+        else if (qdot_applies(T, K, w)) gemv_qdot_avx2(x, K, w, n0, n1, bias, y, buf);
         else if (T == 1) gemv_q_avx2(x, K, w, n0, n1, bias, y, buf);
+        else if (use_avx512()) gemm_avx512(x, T, K, ldx, NULL, VK_F32, 0, w, n0, n1, bias, y, ldy, buf);
         else gemm_avx2(x, T, K, ldx, NULL, VK_F32, 0, w, n0, n1, bias, y, ldy, buf);
         return;
     }
@@ -1330,14 +1781,14 @@ void vk_matmul(const float *x, size_t T, size_t K, size_t ldx, const void *w, vk
 
 void vk_to_f32(const void *src, vk_dtype dtype, size_t count, float *dst) {
 #if VK_X86
-    if (vk_simd_level() == 1) { to_f32_avx2(src, dtype, count, dst); return; }
+    if (use_avx2()) { to_f32_avx2(src, dtype, count, dst); return; }
 #endif
     to_f32_scalar(src, dtype, count, dst);
 }
 
 float vk_dot(const float *a, const float *b, size_t n) {
 #if VK_X86
-    if (vk_simd_level() == 1) return dot_avx2(a, b, n);
+    if (use_avx2()) return dot_avx2(a, b, n);
 #elif VK_ARM
     if (vk_simd_level() == 2) return dot_neon(a, b, n);
 #endif
@@ -1346,7 +1797,7 @@ float vk_dot(const float *a, const float *b, size_t n) {
 
 void vk_axpy(float a, const float *x, float *y, size_t n) {
 #if VK_X86
-    if (vk_simd_level() == 1) { axpy_avx2(a, x, y, n); return; }
+    if (use_avx2()) { axpy_avx2(a, x, y, n); return; }
 #elif VK_ARM
     if (vk_simd_level() == 2) { axpy_neon(a, x, y, n); return; }
 #endif
@@ -1374,7 +1825,7 @@ void vk_layernorm(const float *x, const float *w, const float *b, size_t n, floa
 
 void vk_gelu_tanh(float *x, size_t n) {
 #if VK_X86
-    if (vk_simd_level() == 1) { gelu_tanh_avx2(x, n); return; }
+    if (use_avx2()) { gelu_tanh_avx2(x, n); return; }
 #endif
     const float k = 0.7978845608028654f;  // sqrt(2/pi)
     for (size_t i = 0; i < n; i++) {
@@ -1385,14 +1836,14 @@ void vk_gelu_tanh(float *x, size_t n) {
 
 void vk_gelu_erf(float *x, size_t n) {
 #if VK_X86
-    if (vk_simd_level() == 1) { gelu_erf_avx2(x, n); return; }
+    if (use_avx2()) { gelu_erf_avx2(x, n); return; }
 #endif
     for (size_t i = 0; i < n; i++) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.7071067811865476f));
 }
 
 void vk_silu_mul(const float *gate, float *x, size_t n) {
 #if VK_X86
-    if (vk_simd_level() == 1) { silu_mul_avx2(gate, x, n); return; }
+    if (use_avx2()) { silu_mul_avx2(gate, x, n); return; }
 #endif
     for (size_t i = 0; i < n; i++) {
         float g = gate[i];
@@ -1403,7 +1854,7 @@ void vk_silu_mul(const float *gate, float *x, size_t n) {
 void vk_softmax(float *x, size_t n) {
     if (n == 0) return;
 #if VK_X86
-    if (vk_simd_level() == 1) { softmax_avx2(x, n); return; }
+    if (use_avx2()) { softmax_avx2(x, n); return; }
 #endif
     float m = x[0];
     for (size_t i = 1; i < n; i++) m = x[i] > m ? x[i] : m;
@@ -1420,7 +1871,7 @@ void vk_attention_head(const float *q, size_t nq, size_t q_stride, const float *
                        size_t head_dim, size_t q_pos0, int causal, size_t n_keys, float scale, float *out,
                        size_t out_stride, float *scores) {
 #if VK_X86
-    if (vk_simd_level() == 1 && nq >= VK_ATT_BLOCKED_MIN_Q && head_dim > 0) {
+    if (use_avx2() && nq >= VK_ATT_BLOCKED_MIN_Q && head_dim > 0) {
         attention_blocked(q, nq, q_stride, k, v, kv_stride, head_dim, q_pos0, causal, n_keys, scale, out, out_stride);
         return;
     }
@@ -1464,11 +1915,25 @@ VK_AVX2 static double fma_loop_avx2(size_t iterations) {
     (void)sink;
     return (double)iterations * 10 * 8 * 2;
 }
+
+// With AVX-512 the peak is that of 512-bit FMAs (what gemm_avx512 issues): two pipes on most server cores.
+VK_AVX512 static double fma_loop_avx512(size_t iterations) {
+    __m512 a[12];
+    for (int i = 0; i < 12; i++) a[i] = _mm512_set1_ps(0.001f * (float)i);
+    const __m512 m = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
+    for (size_t it = 0; it < iterations; it++)
+        for (int i = 0; i < 12; i++) a[i] = _mm512_fmadd_ps(a[i], m, c);
+    __m512 s = a[0];
+    for (int i = 1; i < 12; i++) s = _mm512_add_ps(s, a[i]);
+    volatile float sink = _mm512_reduce_add_ps(s);
+    (void)sink;
+    return (double)iterations * 12 * 16 * 2;
+}
 #endif
 
 float vk_sum(const float *x, size_t count) {
 #if VK_X86
-    if (vk_simd_level() == 1) return sum_avx2(x, count);
+    if (use_avx2()) return sum_avx2(x, count);
 #endif
     float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
     size_t i = 0;
@@ -1479,7 +1944,8 @@ float vk_sum(const float *x, size_t count) {
 
 double vk_fma_loop(size_t iterations) {
 #if VK_X86
-    if (vk_simd_level() == 1) return fma_loop_avx2(iterations);
+    if (use_avx512()) return fma_loop_avx512(iterations);
+    if (use_avx2()) return fma_loop_avx2(iterations);
 #endif
     float a[8] = {0};
     for (size_t it = 0; it < iterations; it++)

@@ -3,6 +3,9 @@ import Foundation
 
 /// Measures what bounds our speed on this machine, so benchmarks can print figures next to their limits.
 public enum HardwareProbe {
+    /// The kernel bodies in use ("avx512-vnni", "avx512", "avx2", "neon", "scalar"); VLM_SIMD=avx2 caps it.
+    public static var simd: String { String(cString: vk_simd_name()) }
+
     /// Main-memory read bandwidth in bytes per second with `threads` threads: best of `repeats` passes over a
     /// buffer far larger than the caches.
     public static func readBandwidth(threads: Int, megabytes: Int = 512, repeats: Int = 5) -> Double {

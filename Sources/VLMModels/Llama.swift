@@ -233,6 +233,12 @@ public final class LlamaModel: LanguageModel, @unchecked Sendable {
         }
     }
 
+    /// body(r) for every row, rows split over the pool (prefill; one row runs on the caller): the norms,
+    /// activations and residual adds are per row, so the result does not depend on the split.
+    private func rowwise(_ rows: Int, _ body: (Int) -> Void) {
+        pool.parallelRanges(rows) { _, range in for r in range { body(r) } }
+    }
+
     public func forward(embeddings: UnsafePointer<Float>, rows: Int, cache: KVCache) throws -> [Float] {
         guard rows > 0 else { throw ModelRunError.emptyInput }
         guard cache.count + rows <= cache.maxTokens else {
@@ -254,13 +260,17 @@ public final class LlamaModel: LanguageModel, @unchecked Sendable {
 
         for (l, layer) in layers.enumerated() {
             // Attention block.
-            for r in 0..<rows { vk_rmsnorm(x + r * d, layer.inputNorm, d, config.rmsNormEps, xn + r * d) }
+            rowwise(rows) { r in vk_rmsnorm(x + r * d, layer.inputNorm, d, config.rmsNormEps, xn + r * d) }
             let kRows = cache.keys(layer: l) + p0 * kvWidth, vRows = cache.values(layer: l) + p0 * kvWidth
             layer.q.apply(xn, rows: rows, into: q, pool: pool)
             layer.k.apply(xn, rows: rows, into: kRows, pool: pool)   // written straight into the cache
             layer.v.apply(xn, rows: rows, into: vRows, pool: pool)
-            rotary.apply(q, rows: rows, rowStride: qWidth, heads: heads, position0: p0)
-            rotary.apply(kRows, rows: rows, rowStride: kvWidth, heads: kvHeads, position0: p0)
+            pool.parallelRanges(rows) { _, rr in
+                rotary.apply(q + rr.lowerBound * qWidth, rows: rr.count, rowStride: qWidth, heads: heads,
+                             position0: p0 + rr.lowerBound)
+                rotary.apply(kRows + rr.lowerBound * kvWidth, rows: rr.count, rowStride: kvWidth, heads: kvHeads,
+                             position0: p0 + rr.lowerBound)
+            }
             let keys = cache.keys(layer: l), values = cache.values(layer: l)
             pool.parallelRanges(heads) { thread, range in
                 let scores = ws.scores(thread)
@@ -271,15 +281,16 @@ public final class LlamaModel: LanguageModel, @unchecked Sendable {
                 }
             }
             layer.o.apply(att, rows: rows, into: out, pool: pool)
-            vk_axpy(1, out, x, rows * d)
+            rowwise(rows) { r in vk_axpy(1, out + r * d, x + r * d, d) }
 
             // MLP block (SwiGLU).
-            for r in 0..<rows { vk_rmsnorm(x + r * d, layer.postAttentionNorm, d, config.rmsNormEps, xn + r * d) }
+            rowwise(rows) { r in vk_rmsnorm(x + r * d, layer.postAttentionNorm, d, config.rmsNormEps, xn + r * d) }
             layer.gate.apply(xn, rows: rows, into: gate, pool: pool)
             layer.up.apply(xn, rows: rows, into: up, pool: pool)
-            vk_silu_mul(gate, up, rows * config.intermediateSize)
+            let inter = config.intermediateSize
+            rowwise(rows) { r in vk_silu_mul(gate + r * inter, up + r * inter, inter) }
             layer.down.apply(up, rows: rows, into: out, pool: pool)
-            vk_axpy(1, out, x, rows * d)
+            rowwise(rows) { r in vk_axpy(1, out + r * d, x + r * d, d) }
         }
         cache.advance(by: rows)
 

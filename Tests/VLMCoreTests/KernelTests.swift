@@ -65,28 +65,30 @@ final class KernelTests: XCTestCase {
     static let oddN = [1, 5, 17, 100]
 
     func testMatmulMatchesScalarForEveryDtypeAndOddShape() throws {
-        var seed: UInt64 = 42
-        for dtype in DType.allCases {
-            for T in Self.oddT {
-                for K in Self.oddK {
-                    for N in Self.oddN {
-                        let x = randoms(T * K, seed: &seed)
-                        let wf = randoms(N * K, seed: &seed)
-                        let bias = randoms(N, seed: &seed)
-                        let check = { (w: UnsafeRawPointer) in
-                            for useBias in [false, true] {
-                                let b = useBias ? bias : nil
-                                let fast = self.matmul(x, T: T, K: K, w: w, dtype: dtype, N: N, bias: b, scalar: false)
-                                let ref = self.matmul(x, T: T, K: K, w: w, dtype: dtype, N: N, bias: b, scalar: true)
-                                let tol = 1e-5 * Float(K).squareRoot() + 1e-6
-                                let (ratio, i) = self.worst(fast, ref) { _ in tol }
-                                XCTAssertLessThanOrEqual(ratio, 1, "\(dtype) T\(T) K\(K) N\(N) bias \(useBias): y[\(i)] \(i >= 0 ? fast[i] : 0) vs \(i >= 0 ? ref[i] : 0)")
+        forEachSIMDLevel { level in
+            var seed: UInt64 = 42
+            for dtype in DType.allCases {
+                for T in Self.oddT {
+                    for K in Self.oddK {
+                        for N in Self.oddN {
+                            let x = randoms(T * K, seed: &seed)
+                            let wf = randoms(N * K, seed: &seed)
+                            let bias = randoms(N, seed: &seed)
+                            let check = { (w: UnsafeRawPointer) in
+                                for useBias in [false, true] {
+                                    let b = useBias ? bias : nil
+                                    let fast = self.matmul(x, T: T, K: K, w: w, dtype: dtype, N: N, bias: b, scalar: false)
+                                    let ref = self.matmul(x, T: T, K: K, w: w, dtype: dtype, N: N, bias: b, scalar: true)
+                                    let tol = 1e-5 * Float(K).squareRoot() + 1e-6
+                                    let (ratio, i) = self.worst(fast, ref) { _ in tol }
+                                    XCTAssertLessThanOrEqual(ratio, 1, "\(level) \(dtype) T\(T) K\(K) N\(N) bias \(useBias): y[\(i)] \(i >= 0 ? fast[i] : 0) vs \(i >= 0 ? ref[i] : 0)")
+                                }
                             }
-                        }
-                        if dtype == .float32 {
-                            wf.withUnsafeBytes { check($0.baseAddress!) }
-                        } else {
-                            bits(wf, as: dtype).withUnsafeBytes { check($0.baseAddress!) }
+                            if dtype == .float32 {
+                                wf.withUnsafeBytes { check($0.baseAddress!) }
+                            } else {
+                                bits(wf, as: dtype).withUnsafeBytes { check($0.baseAddress!) }
+                            }
                         }
                     }
                 }
@@ -127,28 +129,30 @@ final class KernelTests: XCTestCase {
     /// The blocked attention (several queries through the GEMM tile) against the per-query scalar loop: causal and
     /// bidirectional, with and without cached keys before the block, odd head sizes, strides wider than the rows.
     func testAttentionMatchesScalarForOddShapes() {
-        var seed: UInt64 = 5
-        for hd in [1, 8, 12, 64, 72] {
-            for nq in [1, 3, 4, 5, 7, 13, 33, 50, 130] {
-                for causal in [false, true] {
-                    for cached in [0, 17] {
-                        let nKeys = causal ? cached + nq : nq + cached / 3
-                        let qs = 3 * hd + 1, kvs = 2 * hd + 3, os = hd + 5
-                        let q = randoms(nq * qs, seed: &seed).map { 3 * $0 }
-                        let k = randoms(nKeys * kvs, seed: &seed).map { 3 * $0 }
-                        let v = randoms(nKeys * kvs, seed: &seed)
-                        func run(scalar: Bool) -> [Float] {
-                            vk_force_scalar(scalar ? 1 : 0)
-                            defer { vk_force_scalar(0) }
-                            var out = [Float](repeating: -777, count: nq * os)
-                            var scores = [Float](repeating: 0, count: nKeys + 1)
-                            vk_attention_head(q, nq, qs, k, v, kvs, hd, causal ? cached : 0, causal ? 1 : 0, nKeys,
-                                              1 / Float(hd).squareRoot(), &out, os, &scores)
-                            return out
+        forEachSIMDLevel { level in
+            var seed: UInt64 = 5
+            for hd in [1, 8, 12, 64, 72] {
+                for nq in [1, 3, 4, 5, 7, 13, 33, 50, 130] {
+                    for causal in [false, true] {
+                        for cached in [0, 17] {
+                            let nKeys = causal ? cached + nq : nq + cached / 3
+                            let qs = 3 * hd + 1, kvs = 2 * hd + 3, os = hd + 5
+                            let q = randoms(nq * qs, seed: &seed).map { 3 * $0 }
+                            let k = randoms(nKeys * kvs, seed: &seed).map { 3 * $0 }
+                            let v = randoms(nKeys * kvs, seed: &seed)
+                            func run(scalar: Bool) -> [Float] {
+                                vk_force_scalar(scalar ? 1 : 0)
+                                defer { vk_force_scalar(0) }
+                                var out = [Float](repeating: -777, count: nq * os)
+                                var scores = [Float](repeating: 0, count: nKeys + 1)
+                                vk_attention_head(q, nq, qs, k, v, kvs, hd, causal ? cached : 0, causal ? 1 : 0, nKeys,
+                                                  1 / Float(hd).squareRoot(), &out, os, &scores)
+                                return out
+                            }
+                            let fast = run(scalar: false), ref = run(scalar: true)
+                            let (ratio, i) = worst(fast, ref) { 2e-6 + 2e-5 * abs(ref[$0]) }
+                            XCTAssertLessThanOrEqual(ratio, 1, "\(level) hd\(hd) nq\(nq) causal \(causal) cached \(cached): out[\(i)]")
                         }
-                        let fast = run(scalar: false), ref = run(scalar: true)
-                        let (ratio, i) = worst(fast, ref) { 2e-6 + 2e-5 * abs(ref[$0]) }
-                        XCTAssertLessThanOrEqual(ratio, 1, "hd\(hd) nq\(nq) causal \(causal) cached \(cached): out[\(i)]")
                     }
                 }
             }

@@ -75,24 +75,26 @@ final class QuantKernelTests: XCTestCase {
     static let groups = [8, 24, 32, 40, 128]
 
     func testQuantizedMatmulMatchesScalarForOddShapes() {
-        var seed: UInt64 = 7
-        for bits in [8, 4] {
-            for group in Self.groups {
-                for T in Self.oddT {
-                    for K in Self.oddK {
-                        for N in Self.oddN {
-                            let x = randoms(T * K, seed: &seed), wf = randoms(N * K, seed: &seed), bias = randoms(N, seed: &seed)
-                            let q = quantize(wf, rows: N, cols: K, bits: bits, group: group)
-                            let tol = 1e-5 * Float(K).squareRoot() + 1e-6
-                            for useBias in [false, true] {
-                                let b = useBias ? bias : nil
-                                let ref = matmul(x, T: T, K: K, q: q, N: N, bias: b, scalar: true)
-                                let fast = matmul(x, T: T, K: K, q: q, N: N, bias: b, scalar: false)
-                                let (ratio, i) = worst(fast, ref, tol: tol)
-                                XCTAssertLessThanOrEqual(ratio, 1, "q\(bits) g\(group) T\(T) K\(K) N\(N) bias \(useBias): y[\(i)] \(i >= 0 ? fast[i] : 0) vs \(i >= 0 ? ref[i] : 0)")
-                                if !useBias {  // the kernel's own scratch when the caller gives none
-                                    let own = matmul(x, T: T, K: K, q: q, N: N, bias: nil, scalar: false, scratch: false)
-                                    XCTAssertLessThanOrEqual(worst(own, ref, tol: tol).ratio, 1, "no scratch q\(bits) g\(group) T\(T) K\(K) N\(N)")
+        forEachSIMDLevel { level in
+            var seed: UInt64 = 7
+            for bits in [8, 4] {
+                for group in Self.groups {
+                    for T in Self.oddT {
+                        for K in Self.oddK {
+                            for N in Self.oddN {
+                                let x = randoms(T * K, seed: &seed), wf = randoms(N * K, seed: &seed), bias = randoms(N, seed: &seed)
+                                let q = quantize(wf, rows: N, cols: K, bits: bits, group: group)
+                                let tol = 1e-5 * Float(K).squareRoot() + 1e-6
+                                for useBias in [false, true] {
+                                    let b = useBias ? bias : nil
+                                    let ref = matmul(x, T: T, K: K, q: q, N: N, bias: b, scalar: true)
+                                    let fast = matmul(x, T: T, K: K, q: q, N: N, bias: b, scalar: false)
+                                    let (ratio, i) = worst(fast, ref, tol: tol)
+                                    XCTAssertLessThanOrEqual(ratio, 1, "\(level) q\(bits) g\(group) T\(T) K\(K) N\(N) bias \(useBias): y[\(i)] \(i >= 0 ? fast[i] : 0) vs \(i >= 0 ? ref[i] : 0)")
+                                    if !useBias {  // the kernel's own scratch when the caller gives none
+                                        let own = matmul(x, T: T, K: K, q: q, N: N, bias: nil, scalar: false, scratch: false)
+                                        XCTAssertLessThanOrEqual(worst(own, ref, tol: tol).ratio, 1, "\(level) no scratch q\(bits) g\(group) T\(T) K\(K) N\(N)")
+                                    }
                                 }
                             }
                         }
@@ -128,44 +130,46 @@ final class QuantKernelTests: XCTestCase {
     /// that definition, independently of the kernel; the scalar body must equal it and the SIMD body come within
     /// float rounding. Against the exact dequantized product it is off by the activation rounding only.
     func testDecodeIsIntegerDotProductOnQuantizedActivations() {
-        var seed: UInt64 = 11
-        for bits in [8, 4] {
-            for (K, group) in [(64, 32), (96, 32), (960, 64), (256, 128), (160, 96)] {
-                let N = 9
-                let x = randoms(K, seed: &seed), wf = randoms(N * K, seed: &seed)
-                let q = quantize(wf, rows: N, cols: K, bits: bits, group: group)
-                let groups = (K + group - 1) / group
-                var qx = [Int32](repeating: 0, count: K), dx = [Float](repeating: 0, count: groups)
-                for g in 0..<groups {
-                    let ks = (g * group)..<min(K, (g + 1) * group)
-                    let amax = ks.map { abs(x[$0]) }.max() ?? 0
-                    dx[g] = amax / 127
-                    let id: Float = amax > 0 ? 127 / amax : 0
-                    for k in ks { qx[k] = Int32(max(-127, min(127, (x[k] * id).rounded(.toNearestOrEven)))) }
-                }
-                func level(_ n: Int, _ k: Int) -> Int32 {
-                    if bits == 8 { return Int32(Int8(bitPattern: q.data[n * K + k])) }
-                    let b = q.data[n * vk_qrow_bytes(4, K) + k / 2]
-                    return Int32(k % 2 == 1 ? b >> 4 : b & 15) - 8
-                }
-                let scalar = matmul(x, T: 1, K: K, q: q, N: N, bias: nil, scalar: true)
-                let fast = matmul(x, T: 1, K: K, q: q, N: N, bias: nil, scalar: false)
-                for n in 0..<N {
-                    var expected: Float = 0, exact: Float = 0
+        forEachSIMDLevel { level in
+            var seed: UInt64 = 11
+            for bits in [8, 4] {
+                for (K, group) in [(64, 32), (96, 32), (960, 64), (256, 128), (160, 96)] {
+                    let N = 9
+                    let x = randoms(K, seed: &seed), wf = randoms(N * K, seed: &seed)
+                    let q = quantize(wf, rows: N, cols: K, bits: bits, group: group)
+                    let groups = (K + group - 1) / group
+                    var qx = [Int32](repeating: 0, count: K), dx = [Float](repeating: 0, count: groups)
                     for g in 0..<groups {
-                        var s: Int32 = 0
-                        for k in (g * group)..<min(K, (g + 1) * group) { s += level(n, k) * qx[k] }
-                        expected += Float(Float16(bitPattern: q.scales[n * groups + g])) * dx[g] * Float(s)
+                        let ks = (g * group)..<min(K, (g + 1) * group)
+                        let amax = ks.map { abs(x[$0]) }.max() ?? 0
+                        dx[g] = amax / 127
+                        let id: Float = amax > 0 ? 127 / amax : 0
+                        for k in ks { qx[k] = Int32(max(-127, min(127, (x[k] * id).rounded(.toNearestOrEven)))) }
                     }
-                    var row = [Float](repeating: 0, count: K)
-                    q.withMatrix { vk_dequantize_row($0, K, n, &row) }
-                    for k in 0..<K { exact += x[k] * row[k] }
-                    XCTAssertEqual(scalar[n], expected, accuracy: 1e-6 * Float(K), "q\(bits) K\(K) g\(group) row \(n): scalar")
-                    XCTAssertEqual(fast[n], expected, accuracy: 1e-5 * Float(K).squareRoot() + 1e-6, "q\(bits) K\(K) g\(group) row \(n): SIMD")
-                    // activation rounding: at most half a level (d / 2) per element, times |w|
-                    var bound: Float = 1e-4
-                    for k in 0..<K { bound += dx[k / group] / 2 * abs(row[k]) }
-                    XCTAssertLessThanOrEqual(abs(scalar[n] - exact), bound, "q\(bits) K\(K) g\(group) row \(n): vs float")
+                    func level(_ n: Int, _ k: Int) -> Int32 {
+                        if bits == 8 { return Int32(Int8(bitPattern: q.data[n * K + k])) }
+                        let b = q.data[n * vk_qrow_bytes(4, K) + k / 2]
+                        return Int32(k % 2 == 1 ? b >> 4 : b & 15) - 8
+                    }
+                    let scalar = matmul(x, T: 1, K: K, q: q, N: N, bias: nil, scalar: true)
+                    let fast = matmul(x, T: 1, K: K, q: q, N: N, bias: nil, scalar: false)
+                    for n in 0..<N {
+                        var expected: Float = 0, exact: Float = 0
+                        for g in 0..<groups {
+                            var s: Int32 = 0
+                            for k in (g * group)..<min(K, (g + 1) * group) { s += level(n, k) * qx[k] }
+                            expected += Float(Float16(bitPattern: q.scales[n * groups + g])) * dx[g] * Float(s)
+                        }
+                        var row = [Float](repeating: 0, count: K)
+                        q.withMatrix { vk_dequantize_row($0, K, n, &row) }
+                        for k in 0..<K { exact += x[k] * row[k] }
+                        XCTAssertEqual(scalar[n], expected, accuracy: 1e-6 * Float(K), "q\(bits) K\(K) g\(group) row \(n): scalar")
+                        XCTAssertEqual(fast[n], expected, accuracy: 1e-5 * Float(K).squareRoot() + 1e-6, "q\(bits) K\(K) g\(group) row \(n): \(level)")
+                        // activation rounding: at most half a level (d / 2) per element, times |w|
+                        var bound: Float = 1e-4
+                        for k in 0..<K { bound += dx[k / group] / 2 * abs(row[k]) }
+                        XCTAssertLessThanOrEqual(abs(scalar[n] - exact), bound, "q\(bits) K\(K) g\(group) row \(n): vs float")
+                    }
                 }
             }
         }
@@ -237,6 +241,51 @@ final class QuantKernelTests: XCTestCase {
         print("quantize→dequantize worst |error| / group max: q8 \(worstRelative[8] ?? 0), q4 \(worstRelative[4] ?? 0)")
         XCTAssertLessThanOrEqual(worstRelative[8] ?? 1, 0.5 / 127 + 1e-3)
         XCTAssertLessThanOrEqual(worstRelative[4] ?? 1, 1.0 / 8 + 1e-3)
+    }
+
+    /// The SIMD quantizer (what --quantize and `vlm quantize` run) writes the scalar body's bytes exactly: levels and
+    /// f16 scales, for f32 / bf16 / f16 sources, odd K, groups that are not multiples of 32, and NaN, infinities,
+    /// signed zeros, exact halves (roundf ties), ties between +m and -m for int4's signed extreme, and huge values.
+    func testVectorQuantizerIsTheScalarBitForBit() {
+        var seed: UInt64 = 31
+        let special: [Float] = [.nan, .infinity, -.infinity, -0.0, 0, 0.5, -0.5, 1e30, -1e30, 2.5 / 127, -2.5 / 127]
+        for dtype in DType.allCases {
+            for bits in [8, 4] {
+                for group in Self.groups {
+                    for K in [7, 9, 63, 100, 257] {
+                        let rows = 5
+                        var w = randoms(rows * K, seed: &seed)
+                        for i in stride(from: 3, to: w.count, by: 7) { w[i] = special[(i / 7) % special.count] }
+                        let raw: [UInt8]
+                        switch dtype {
+                        case .float32: raw = w.withUnsafeBytes { Array($0) }
+                        case .bfloat16:
+                            var h = [UInt16](repeating: 0, count: w.count)
+                            vk_f32_to_bf16(w, w.count, &h)
+                            raw = h.withUnsafeBytes { Array($0) }
+                        case .float16:
+                            var h = [UInt16](repeating: 0, count: w.count)
+                            vk_f32_to_f16(w, w.count, &h)
+                            raw = h.withUnsafeBytes { Array($0) }
+                        }
+                        func run(scalar: Bool) -> ([UInt8], [UInt16]) {
+                            vk_force_scalar(scalar ? 1 : 0)
+                            defer { vk_force_scalar(0) }
+                            var data = [UInt8](repeating: 0x5a, count: rows * vk_qrow_bytes(Int32(bits), K))
+                            var scales = [UInt16](repeating: 0, count: rows * ((K + group - 1) / group))
+                            let rc = raw.withUnsafeBytes { r in
+                                vk_quantize_rows(r.baseAddress, vk_dtype(rawValue: UInt32(dtype.rawValue)), K, Int32(bits), group, 0, rows, &data, &scales)
+                            }
+                            XCTAssertEqual(rc, 0)
+                            return (data, scales)
+                        }
+                        let (ref, fast) = (run(scalar: true), run(scalar: false))
+                        XCTAssertEqual(fast.0, ref.0, "\(dtype) q\(bits) g\(group) K\(K): levels")
+                        XCTAssertEqual(fast.1, ref.1, "\(dtype) q\(bits) g\(group) K\(K): scales")
+                    }
+                }
+            }
+        }
     }
 
     /// Odd K for int4: the unused high nibble of each row's last byte is written as q = 0 (0x8).

@@ -6,3 +6,17 @@ func randoms(_ n: Int, seed: inout UInt64) -> [Float] {
         return Float(Int32(truncatingIfNeeded: seed >> 32)) / Float(Int32.max)
     }
 }
+
+import CKernels
+
+/// Runs `body` once for every SIMD level of this machine the kernels can use, labelled for failure messages: on an
+/// AVX-512 machine the AVX-512 bodies ("avx512") and, limited to level 1, the AVX2 ones under them ("avx2"), so both
+/// are checked against the scalar reference; elsewhere once ("simd").
+func forEachSIMDLevel(_ body: (String) -> Void) {
+    vk_limit_level(3)
+    defer { vk_limit_level(3) }
+    guard vk_simd_level() == 3 else { return body("simd") }
+    body("avx512")
+    vk_limit_level(1)
+    body("avx2")
+}

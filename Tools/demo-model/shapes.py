@@ -305,6 +305,30 @@ def chain_item(rng, k, big=False, first=None):
         return {"kind": "single" if k == 1 else "chain", "turns": turns}
 
 
+def long_chain_item(rng, k, big=False):
+    """Training only: one image and up to k different questions about it (the first with the image, the rest
+    text-only follow-ups). Each question's type is drawn among the types that still have an unasked question, so after
+    "describe" and "count" the chain asks the colour, shape and position of every object the scene allows: the
+    questions that need one object picked out by the question (the held-out errors) get several supervised answers
+    per vision encoding instead of one."""
+    while True:
+        sc = random_scene(rng, big=big)
+        pool = possible_questions(sc)
+        if pool:
+            break
+    turns = []
+    for i in range(k):
+        types = sorted({q[0] for q in pool}, key=SINGLE_TYPES.index)
+        if not types:
+            break
+        t = rng.choice(types)
+        q = rng.choice([q for q in pool if q[0] == t])
+        pool = [p for p in pool if p is not q and not (t == "describe" and p[0] == t)]  # one description: one answer
+        turns.append({"user": ("<image>" if i == 0 else "") + q[1], "images": [sc] if i == 0 else [],
+                      "answer": q[2], "type": q[0]})
+    return {"kind": "single" if len(turns) == 1 else "chain", "turns": turns}
+
+
 def compare_item(rng):
     a, b = random_scene(rng), random_scene(rng)
     return {"kind": "compare", "turns": [{"user": "<image><image>Compare these images.", "images": [a, b],
@@ -343,7 +367,7 @@ def multiturn_item(rng):
 def random_item(rng, mix):
     """mix: dict kind -> weight, kinds 'single', 'big' (single, one large shape), 'chain' / 'bigchain' (1-4
     questions about one image, training only; 'focus': such a chain that starts with a colour, position or shape
-    question), 'compare', 'multiturn'."""
+    question; 'longchain' / 'biglongchain': long_chain_item, 1-6 / 1-4 questions), 'compare', 'multiturn'."""
     kinds = list(mix)
     k = rng.choices(kinds, weights=[mix[x] for x in kinds])[0]
     if k == "single":
@@ -352,6 +376,10 @@ def random_item(rng, mix):
         return single_item(rng, big=True)
     if k == "chain":
         return chain_item(rng, rng.choice([1, 2, 3, 4]))
+    if k == "longchain":
+        return long_chain_item(rng, rng.choice([1, 2, 3, 4, 5, 6]))
+    if k == "biglongchain":
+        return long_chain_item(rng, rng.choice([1, 2, 3, 4]), big=True)
     if k == "focus":  # the questions that need one object picked out by the question
         return chain_item(rng, rng.choice([1, 2, 3]), first=rng.choice(["color", "position", "position", "shape"]))
     if k == "bigchain":

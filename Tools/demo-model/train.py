@@ -333,6 +333,15 @@ def main():
                     help="the auxiliary probe also predicts, for the global image's tokens, top/bottom and left/right")
     ap.add_argument("--weighting", choices=["answer", "token"], default="token",
                     help="answer: every answer weighs alike in the loss; token: every answer token does")
+    ap.add_argument("--long-chains", action="store_true",
+                    help="chains ask up to 6 questions (shapes.long_chain_item: colour, shape and position of every "
+                         "object the scene allows) instead of 1-4 of different types")
+    ap.add_argument("--ema", type=float, default=0.0,
+                    help="keep an exponential moving average of the weights with this decay from the mixed stage on "
+                         "(0: off); the final validation picks the EMA or the last weights")
+    ap.add_argument("--final-val", type=int, default=0,
+                    help="items of a larger validation set (seed + 9) evaluated at the end, on which the EMA and the "
+                         "last weights are compared")
     ap.add_argument("--encode-workers", type=int, default=1, choices=[0, 1],
                     help="1: encode batches in a worker process while training (BatchEncoder); 0: inline")
     ap.add_argument("--threads", type=int, default=1,
@@ -377,11 +386,14 @@ def main():
     big_end = 0 if args.init_from else int(args.big_frac * args.steps)
     curriculum_end = 0 if args.init_from else int(args.single_frac * args.steps)
 
+    if args.long_chains:
+        mixed = {("longchain" if k == "chain" else k): v for k, v in mixed.items()}
+
     def batch_items(step):
         if step < big_end:
-            mix = {"bigchain": 1.0}
+            mix = {"biglongchain" if args.long_chains else "bigchain": 1.0}
         elif step < curriculum_end:
-            mix = {"chain": 1.0}
+            mix = {"longchain" if args.long_chains else "chain": 1.0}
         else:
             mix = mixed
         kind = rng.choices(list(mix), weights=list(mix.values()))[0]  # one kind per batch: little padding
@@ -392,6 +404,7 @@ def main():
         encoder.submit(batch_items(step))
     t0 = time.time()
     ema = None
+    averaged = None  # EMA of the weights (--ema), started at the mixed stage
     history = []
     for step in range(args.steps):
         inputs, pb, pt, tg, w, aux = encoder.next()
@@ -406,6 +419,14 @@ def main():
         (loss + args.aux_weight * aux_loss).backward()
         torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(aux_head.parameters()), 1.0)
         opt.step()
+        if args.ema > 0 and step >= curriculum_end:
+            with torch.no_grad():
+                if averaged is None:
+                    averaged = {n: p.detach().clone() for n, p in model.state_dict().items()}
+                else:
+                    for n, p in model.state_dict().items():
+                        if p.is_floating_point():
+                            averaged[n].lerp_(p, 1 - args.ema)
         lv = float(loss.detach())
         ema = lv if ema is None else 0.98 * ema + 0.02 * lv
         if step % 20 == 0 or step == args.steps - 1:
@@ -428,6 +449,28 @@ def main():
     train_time = time.time() - t0
     encoder.close()
 
+    final_val = None
+    if args.final_val:  # a larger validation set (not the held-out one): last weights vs their moving average
+        fv_rng = random.Random(args.seed + 9)
+        n = args.final_val
+        fv = [shapes.single_item(fv_rng) for _ in range(n * 6 // 10)] + \
+             [shapes.compare_item(fv_rng) for _ in range(n // 10)] + \
+             [shapes.multiturn_item(fv_rng) for _ in range(n * 3 // 10)]
+        te = time.time()
+        acc_last, per_last = evaluate(model, processor, fv)
+        print(f"FINAL VAL last weights: {acc_last:.4f} {per_last} ({time.time() - te:.0f}s)", flush=True)
+        final_val = {"items": len(fv), "last": round(acc_last, 4), "last_per_type": per_last}
+        if averaged is not None:
+            last = {n: p.detach().clone() for n, p in model.state_dict().items()}
+            model.load_state_dict(averaged)
+            acc_ema, per_ema = evaluate(model, processor, fv)
+            print(f"FINAL VAL EMA weights: {acc_ema:.4f} {per_ema}", flush=True)
+            final_val.update({"ema": round(acc_ema, 4), "ema_per_type": per_ema})
+            if acc_ema < acc_last:
+                model.load_state_dict(last)
+            final_val["saved"] = "ema" if acc_ema >= acc_last else "last"
+            print(f"saving the {final_val['saved']} weights", flush=True)
+
     # Save: bf16 weights, the processor/tokenizer files, config.
     model.eval()
     model.to(torch.bfloat16)
@@ -435,7 +478,7 @@ def main():
     model.save_pretrained(out, safe_serialization=True)
     (out / "model.safetensors").chmod(0o644)
     write_processor_files(out)  # save_pretrained may rewrite generation_config.json: keep the real one
-    stats = {"mix": args.mix, "aux_weight": args.aux_weight, "weighting": args.weighting, "aux_position": args.aux_position, "threads": args.threads, "steps": args.steps, "steps_done": step + 1, "batch": args.batch, "lr": args.lr, "warmup": args.warmup, "seed": args.seed,
+    stats = {"mix": args.mix, "aux_weight": args.aux_weight, "weighting": args.weighting, "aux_position": args.aux_position, "long_chains": args.long_chains, "ema": args.ema, "final_val": final_val, "threads": args.threads, "steps": args.steps, "steps_done": step + 1, "batch": args.batch, "lr": args.lr, "warmup": args.warmup, "seed": args.seed,
              "train_time_s": round(train_time, 1), "final_loss_ema": round(ema, 5), "final_loss": round(lv, 5),
              "parameters": nparams, "history": history}
     if args.init_from and Path(args.stats).exists():  # keep the earlier stage(s) in the record

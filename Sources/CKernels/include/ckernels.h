@@ -18,10 +18,16 @@ typedef enum {
     VK_BF16 = 2,
 } vk_dtype;
 
-/// 1 when the AVX2+FMA+F16C bodies are in use (x86-64), 2 for NEON (arm64), 0 for the scalar fallback.
+/// 1 when the AVX2+FMA+F16C bodies are in use (x86-64), 3 when the AVX-512 ones are too (AVX-512 F/BW/VL/DQ: the
+/// GEMM; with VNNI also the quantized decode), 2 for NEON (arm64), 0 for the scalar fallback.
 int vk_simd_level(void);
 /// Force the scalar fallback (1) or restore automatic choice (0); used by the kernel tests.
 void vk_force_scalar(int on);
+/// The bodies in use, for reports: "avx512-vnni", "avx512", "avx2", "neon" or "scalar". The environment variable
+/// VLM_SIMD=avx2 (or scalar), read once, keeps a process below AVX-512 (or on the scalar bodies).
+const char *vk_simd_name(void);
+/// Use no body above `max_level` (3: all, 1: AVX2 even where AVX-512 is present); for tests and A/B benchmarks.
+void vk_limit_level(int max_level);
 
 /// y[t, n] = sum_k x[t, k] * w[n, k] (+ bias[n]) for t in [0, T) and n in [n0, n1).
 /// x: [T, K] f32 with row stride ldx; w: [N, K] of `dtype` with row stride K; y: [T, N] with row stride ldy.

@@ -9,14 +9,19 @@ public enum VisionNorm: @unchecked Sendable {
     case layerNorm(weight: [Float], bias: [Float], eps: Float)
     case rmsNorm(weight: [Float], eps: Float)
 
-    /// x, out: [rows, width]; may alias.
-    func apply(_ x: UnsafePointer<Float>, rows: Int, width: Int, into out: UnsafeMutablePointer<Float>) {
-        switch self {
-        case .layerNorm(let w, let b, let eps):
-            for r in 0..<rows { vk_layernorm(x + r * width, w, b, width, eps, out + r * width) }
-        case .rmsNorm(let w, let eps):
-            for r in 0..<rows { vk_rmsnorm(x + r * width, w, width, eps, out + r * width) }
+    /// x, out: [rows, width]; may alias. Rows are split over `pool` when one is given (each row on its own, so
+    /// the result is the same).
+    func apply(_ x: UnsafePointer<Float>, rows: Int, width: Int, into out: UnsafeMutablePointer<Float>,
+               pool: ThreadPool? = nil) {
+        let rowRange = { (range: Range<Int>) in
+            switch self {
+            case .layerNorm(let w, let b, let eps):
+                for r in range { vk_layernorm(x + r * width, w, b, width, eps, out + r * width) }
+            case .rmsNorm(let w, let eps):
+                for r in range { vk_rmsnorm(x + r * width, w, width, eps, out + r * width) }
+            }
         }
+        if let pool { pool.parallelRanges(rows) { _, range in rowRange(range) } } else { rowRange(0..<rows) }
     }
 }
 
@@ -30,6 +35,14 @@ public enum Activation: String, Sendable, CaseIterable {
         switch self {
         case .gelu: vk_gelu_erf(x, count)
         case .geluTanh, .geluNew: vk_gelu_tanh(x, count)
+        }
+    }
+
+    /// x: [rows, width], row by row (so a vector body's tail falls where it does whatever the split), rows split
+    /// over the pool.
+    func apply(_ x: UnsafeMutablePointer<Float>, rows: Int, width: Int, pool: ThreadPool) {
+        pool.parallelRanges(rows) { _, range in
+            for r in range { apply(x + r * width, count: width) }
         }
     }
 
@@ -63,12 +76,12 @@ struct VisionEncoderLayer: @unchecked Sendable {
         ws.reserve(rows: rows, width: width, intermediate: fc1.outFeatures, threads: pool.threadCount)
         let normed = ws.normed, qs = ws.q, ks = ws.k, vs = ws.v, attn = ws.attention, tmp = ws.out, mlp = ws.mlp
 
-        norm1.apply(x, rows: rows, width: width, into: normed)
+        norm1.apply(x, rows: rows, width: width, into: normed, pool: pool)
         q.apply(normed, rows: rows, into: qs, pool: pool)
         k.apply(normed, rows: rows, into: ks, pool: pool)
         v.apply(normed, rows: rows, into: vs, pool: pool)
-        qNorm?.apply(qs, rows: rows, width: width, into: qs)
-        kNorm?.apply(ks, rows: rows, width: width, into: ks)
+        qNorm?.apply(qs, rows: rows, width: width, into: qs, pool: pool)
+        kNorm?.apply(ks, rows: rows, width: width, into: ks, pool: pool)
         let scale = 1 / Float(headDim).squareRoot()
         pool.parallelRanges(heads) { thread, range in
             let scores = ws.scores(thread)
@@ -78,23 +91,26 @@ struct VisionEncoderLayer: @unchecked Sendable {
             }
         }
         out.apply(attn, rows: rows, into: tmp, pool: pool)
-        addResidual(tmp, scale: layerScale1, into: x, rows: rows, width: width)
+        addResidual(tmp, scale: layerScale1, into: x, rows: rows, width: width, pool: pool)
 
-        norm2.apply(x, rows: rows, width: width, into: normed)
+        norm2.apply(x, rows: rows, width: width, into: normed, pool: pool)
         fc1.apply(normed, rows: rows, into: mlp, pool: pool)
-        activation.apply(mlp, count: rows * fc1.outFeatures)
+        activation.apply(mlp, rows: rows, width: fc1.outFeatures, pool: pool)
         fc2.apply(mlp, rows: rows, into: tmp, pool: pool)
-        addResidual(tmp, scale: layerScale2, into: x, rows: rows, width: width)
+        addResidual(tmp, scale: layerScale2, into: x, rows: rows, width: width, pool: pool)
     }
 
-    private func addResidual(_ y: UnsafeMutablePointer<Float>, scale: [Float]?, into x: UnsafeMutablePointer<Float>, rows: Int, width: Int) {
-        if let scale {
-            for r in 0..<rows {
-                let yr = y + r * width, xr = x + r * width
-                for i in 0..<width { xr[i] += scale[i] * yr[i] }
+    private func addResidual(_ y: UnsafeMutablePointer<Float>, scale: [Float]?, into x: UnsafeMutablePointer<Float>, rows: Int, width: Int,
+                             pool: ThreadPool) {
+        pool.parallelRanges(rows) { _, range in
+            if let scale {
+                for r in range {
+                    let yr = y + r * width, xr = x + r * width
+                    for i in 0..<width { xr[i] += scale[i] * yr[i] }
+                }
+            } else {
+                for r in range { vk_axpy(1, y + r * width, x + r * width, width) }
             }
-        } else {
-            vk_axpy(1, y, x, rows * width)
         }
     }
 }
