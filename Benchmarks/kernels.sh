@@ -5,5 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${TMPDIR:-/tmp}/vlm-gemm-bench"
-cc -O2 -I Sources/CKernels/include Benchmarks/gemm_bench.c Sources/CKernels/kernels.c -lpthread -lm -o "$out"
+# clang, as SwiftPM builds the C target (gcc -O2 keeps some register arrays of the kernels in memory)
+"${CC:-$(command -v clang || echo cc)}" -O2 -I Sources/CKernels/include Benchmarks/gemm_bench.c Sources/CKernels/kernels.c -lpthread -lm -o "$out"
 exec "$out" "$@"
