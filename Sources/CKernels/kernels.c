@@ -66,20 +66,6 @@ void vk_force_scalar(int on) { g_force_scalar = on; }
 
 void vk_limit_level(int max_level) { g_max_level = max_level; }
 
-const char *vk_simd_name(void) {
-    switch (vk_simd_level()) {
-    case 1: return "avx2";
-    case 2: return "neon";
-    case 3: {
-#if VK_X86
-        __builtin_cpu_init();
-        return __builtin_cpu_supports("avx512vnni") ? "avx512-vnni" : "avx512";
-#endif
-    }
-    default: return "scalar";
-    }
-}
-
 #if VK_X86
 // The AVX2/FMA/F16C bodies run at level 1 and under the AVX-512 ones (level 3) wherever those have no body of their own.
 static inline int use_avx2(void) { return vk_simd_level() & 1; }
@@ -92,6 +78,17 @@ static inline int use_vnni(void) {
     return use_avx512() && g_vnni;
 }
 #endif
+
+const char *vk_simd_name(void) {
+    switch (vk_simd_level()) {
+    case 1: return "avx2";
+    case 2: return "neon";
+#if VK_X86
+    case 3: return use_vnni() ? "avx512-vnni" : "avx512";
+#endif
+    default: return "scalar";
+    }
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Per-thread scratch for kernels whose callers pass none (or too little): grown on demand, 64-byte aligned, freed
@@ -736,10 +733,16 @@ VK_AVX2 static inline void prefetch_panel_part(const void *w, size_t row_bytes, 
     }
 }
 
-// `q`, when not NULL, replaces w/dt/ldw: panels are dequantized from it instead of converted.
+VK_AVX512 static void ukr512(size_t mr, int nb, size_t kc, const float *a, const float *b, size_t bstride, float *c,
+                             size_t ldc, size_t nr, int accumulate, const float *bias);
+
+// `q`, when not NULL, replaces w/dt/ldw: panels are dequantized from it instead of converted. With AVX-512 (`wide`)
+// the same packed panels are taken two at a time and the tokens twelve at a time, for ukr512's 12 x 32 tile.
 VK_AVX2 static void gemm_avx2(const float *x, size_t T, size_t K, size_t ldx, const void *w, vk_dtype dt, size_t ldw,
                               const vk_qmatrix *q, size_t n0, size_t n1, const float *bias, float *y, size_t ldy,
                               float *buf) {
+    const int wide = use_avx512();
+    const size_t np = wide ? 2 : 1, tm = np * VK_MR;  // B panels per step, tokens per tile
     size_t N = n1 - n0, npan = div_up(N, VK_NR);
     size_t kcb = gemm_kc(K), mcb = gemm_mc(T);
     float *bp = align64(buf);
@@ -750,22 +753,29 @@ VK_AVX2 static void gemm_avx2(const float *x, size_t T, size_t K, size_t ldx, co
         for (size_t t0 = 0; t0 < T; t0 += mcb) {
             size_t mc = T - t0 < mcb ? T - t0 : mcb;
             pack_a(x + t0 * ldx + k0, ldx, mc, kc, ap);
-            size_t nmr = div_up(mc, VK_MR);
-            for (size_t j = 0; j < npan; j++) {
-                size_t n = n0 + j * VK_NR, nr = n1 - n < VK_NR ? n1 - n : VK_NR;
+            size_t ntile = div_up(mc, tm);
+            for (size_t j = 0; j < npan; j += np) {
+                size_t n = n0 + j * VK_NR, nr = n1 - n < np * VK_NR ? n1 - n : np * VK_NR;
                 float *bj = bp + j * kc * VK_NR;
                 int first_pass = t0 == 0;
-                if (first_pass) pack_b_panel(w, dt, ldw, q, K, n, nr, k0, kc, bj);
-                size_t nn = n + VK_NR, nnr = j + 1 < npan ? (n1 - nn < VK_NR ? n1 - nn : VK_NR) : 0;
-                for (size_t i = 0, p = 0; i < mc; i += VK_MR, p++) {
+                if (first_pass)
+                    for (size_t h = 0; h * VK_NR < nr; h++) {
+                        size_t left = nr - h * VK_NR;
+                        pack_b_panel(w, dt, ldw, q, K, n + h * VK_NR, left < VK_NR ? left : VK_NR, k0, kc,
+                                     bj + h * kc * VK_NR);
+                    }
+                size_t nn = n + np * VK_NR, nnr = nn < n1 ? (n1 - nn < np * VK_NR ? n1 - nn : np * VK_NR) : 0;
+                for (size_t i = 0, p = 0; i < mc; i += tm, p++) {
                     if (first_pass && nnr) {
                         if (q) prefetch_panel_part(q->data, vk_qrow_bytes(q->bits, K), k0 * (size_t)q->bits / 8,
-                                                   div_up(kc * (size_t)q->bits, 8), nn, nnr, p, nmr);
-                        else prefetch_panel_part(w, ldw * es, k0 * es, kc * es, nn, nnr, p, nmr);
+                                                   div_up(kc * (size_t)q->bits, 8), nn, nnr, p, ntile);
+                        else prefetch_panel_part(w, ldw * es, k0 * es, kc * es, nn, nnr, p, ntile);
                     }
-                    size_t mr = mc - i < VK_MR ? mc - i : VK_MR;
-                    ukr(mr, kc, ap + i * kc, bj, VK_NR, y + (t0 + i) * ldy + n, ldy, nr, k0 != 0,
-                        bias ? bias + n : NULL);
+                    size_t mr = mc - i < tm ? mc - i : tm;
+                    float *c = y + (t0 + i) * ldy + n;
+                    const float *bn = bias ? bias + n : NULL;
+                    if (wide) ukr512(mr, nr > VK_NR ? 2 : 1, kc, ap + i * kc, bj, kc * VK_NR, c, ldy, nr, k0 != 0, bn);
+                    else ukr(mr, kc, ap + i * kc, bj, VK_NR, c, ldy, nr, k0 != 0, bn);
                 }
             }
         }
@@ -863,7 +873,7 @@ VK_AVX512 static inline __attribute__((always_inline)) void ukr512_tile(const in
 }
 
 // c rows: mr (1..12) tokens; b: nb (1, 2) panels, the second `bstride` floats after the first; nr: valid columns
-// of the pair (<= 16 * nb).
+// of the pair (<= 16 * nb). Called from gemm_avx2 and attention_blocked when AVX-512 is in use.
 VK_AVX512 static void ukr512(size_t mr, int nb, size_t kc, const float *a, const float *b, size_t bstride, float *c,
                              size_t ldc, size_t nr, int accumulate, const float *bias) {
 #define VK_UKR512_CASE(M)                                                                                             \
@@ -929,47 +939,6 @@ VK_AVX512 static void gemv_avx512(const float *x, size_t K, const void *w, vk_dt
         float s0 = _mm512_reduce_add_ps(a0);
         for (; k < K; k++) s0 += x[k] * load_w(w, dt, base + k);
         y[n] = bias ? s0 + bias[n] : s0;
-    }
-}
-
-// gemm_avx2's loops with column panels taken in pairs and tokens in pairs of panels (see ukr512_tile).
-VK_AVX512 static void gemm_avx512(const float *x, size_t T, size_t K, size_t ldx, const void *w, vk_dtype dt,
-                                  size_t ldw, const vk_qmatrix *q, size_t n0, size_t n1, const float *bias, float *y,
-                                  size_t ldy, float *buf) {
-    size_t N = n1 - n0, npan = div_up(N, VK_NR);
-    size_t kcb = gemm_kc(K), mcb = gemm_mc(T);
-    float *bp = align64(buf);
-    float *ap = bp + kcb * npan * VK_NR;
-    size_t es = dt == VK_F32 ? 4 : 2;
-    for (size_t k0 = 0; k0 < K; k0 += kcb) {
-        size_t kc = K - k0 < kcb ? K - k0 : kcb;
-        for (size_t t0 = 0; t0 < T; t0 += mcb) {
-            size_t mc = T - t0 < mcb ? T - t0 : mcb;
-            pack_a(x + t0 * ldx + k0, ldx, mc, kc, ap);
-            size_t ntile = div_up(mc, 2 * VK_MR);
-            for (size_t j = 0; j < npan; j += 2) {
-                size_t n = n0 + j * VK_NR, nr = n1 - n < 2 * VK_NR ? n1 - n : 2 * VK_NR;
-                int nb = nr > VK_NR ? 2 : 1;
-                float *bj = bp + j * kc * VK_NR;
-                int first_pass = t0 == 0;
-                if (first_pass)
-                    for (int h = 0; h < nb; h++) {
-                        size_t nh = n + (size_t)h * VK_NR, nrh = n1 - nh < VK_NR ? n1 - nh : VK_NR;
-                        pack_b_panel(w, dt, ldw, q, K, nh, nrh, k0, kc, bj + (size_t)h * kc * VK_NR);
-                    }
-                size_t nn = n + 2 * VK_NR, nnr = nn < n1 ? (n1 - nn < 2 * VK_NR ? n1 - nn : 2 * VK_NR) : 0;
-                for (size_t i = 0, p = 0; i < mc; i += 2 * VK_MR, p++) {
-                    if (first_pass && nnr) {
-                        if (q) prefetch_panel_part(q->data, vk_qrow_bytes(q->bits, K), k0 * (size_t)q->bits / 8,
-                                                   div_up(kc * (size_t)q->bits, 8), nn, nnr, p, ntile);
-                        else prefetch_panel_part(w, ldw * es, k0 * es, kc * es, nn, nnr, p, ntile);
-                    }
-                    size_t mr = mc - i < 2 * VK_MR ? mc - i : 2 * VK_MR;
-                    ukr512(mr, nb, kc, ap + i * kc, bj, kc * VK_NR, y + (t0 + i) * ldy + n, ldy, nr, k0 != 0,
-                           bias ? bias + n : NULL);
-                }
-            }
-        }
     }
 }
 
@@ -1712,8 +1681,7 @@ void vk_matmul_ws(const float *x, size_t T, size_t K, size_t ldx, const void *w,
         } else {
             size_t need = gemm_scratch_floats(T, K, n1 - n0);
             float *buf = scratch && scratch_floats >= need ? scratch : tls_scratch(need);
-            if (use_avx512()) gemm_avx512(x, T, K, ldx, w, dtype, K, NULL, n0, n1, bias, y, ldy, buf);
-            else gemm_avx2(x, T, K, ldx, w, dtype, K, NULL, n0, n1, bias, y, ldy, buf);
+            gemm_avx2(x, T, K, ldx, w, dtype, K, NULL, n0, n1, bias, y, ldy, buf);
         }
         return;
     }
@@ -1758,7 +1726,6 @@ void vk_matmul_q_ws(const float *x, size_t T, size_t K, size_t ldx, const vk_qma
         if (qdot_applies(T, K, w) && use_vnni()) gemv_qdot_vnni(x, K, w, n0, n1, bias, y, buf);
         else if (qdot_applies(T, K, w)) gemv_qdot_avx2(x, K, w, n0, n1, bias, y, buf);
         else if (T == 1) gemv_q_avx2(x, K, w, n0, n1, bias, y, buf);
-        else if (use_avx512()) gemm_avx512(x, T, K, ldx, NULL, VK_F32, 0, w, n0, n1, bias, y, ldy, buf);
         else gemm_avx2(x, T, K, ldx, NULL, VK_F32, 0, w, n0, n1, bias, y, ldy, buf);
         return;
     }
@@ -1916,7 +1883,7 @@ VK_AVX2 static double fma_loop_avx2(size_t iterations) {
     return (double)iterations * 10 * 8 * 2;
 }
 
-// With AVX-512 the peak is that of 512-bit FMAs (what gemm_avx512 issues): two pipes on most server cores.
+// With AVX-512 the peak is that of 512-bit FMAs (what ukr512 issues): two pipes on most server cores.
 VK_AVX512 static double fma_loop_avx512(size_t iterations) {
     __m512 a[12];
     for (int i = 0; i < 12; i++) a[i] = _mm512_set1_ps(0.001f * (float)i);

@@ -65,6 +65,14 @@ public final class ThreadPool: @unchecked Sendable {
     }
 }
 
+extension ThreadPool {
+    /// body(i) for every i in 0..<count, the indices split over the threads as parallelRanges splits them (one
+    /// index runs on the caller): for per-row work such as norms, activations and residual adds.
+    public func forEachIndex(_ count: Int, _ body: (Int) -> Void) {
+        parallelRanges(count) { _, range in for i in range { body(i) } }
+    }
+}
+
 /// One parallelRanges call as the pool's C trampoline sees it.
 private struct SliceJob {
     let count: Int, granularity: Int, units: Int, slices: Int

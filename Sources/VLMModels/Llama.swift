@@ -233,12 +233,6 @@ public final class LlamaModel: LanguageModel, @unchecked Sendable {
         }
     }
 
-    /// body(r) for every row, rows split over the pool (prefill; one row runs on the caller): the norms,
-    /// activations and residual adds are per row, so the result does not depend on the split.
-    private func rowwise(_ rows: Int, _ body: (Int) -> Void) {
-        pool.parallelRanges(rows) { _, range in for r in range { body(r) } }
-    }
-
     public func forward(embeddings: UnsafePointer<Float>, rows: Int, cache: KVCache) throws -> [Float] {
         guard rows > 0 else { throw ModelRunError.emptyInput }
         guard cache.count + rows <= cache.maxTokens else {
@@ -259,8 +253,9 @@ public final class LlamaModel: LanguageModel, @unchecked Sendable {
         let groups = heads / kvHeads
 
         for (l, layer) in layers.enumerated() {
-            // Attention block.
-            rowwise(rows) { r in vk_rmsnorm(x + r * d, layer.inputNorm, d, config.rmsNormEps, xn + r * d) }
+            // Attention block. Norms, activations and residual adds go row by row over the pool (prefill), so
+            // the result does not depend on the split.
+            pool.forEachIndex(rows) { r in vk_rmsnorm(x + r * d, layer.inputNorm, d, config.rmsNormEps, xn + r * d) }
             let kRows = cache.keys(layer: l) + p0 * kvWidth, vRows = cache.values(layer: l) + p0 * kvWidth
             layer.q.apply(xn, rows: rows, into: q, pool: pool)
             layer.k.apply(xn, rows: rows, into: kRows, pool: pool)   // written straight into the cache
@@ -281,16 +276,16 @@ public final class LlamaModel: LanguageModel, @unchecked Sendable {
                 }
             }
             layer.o.apply(att, rows: rows, into: out, pool: pool)
-            rowwise(rows) { r in vk_axpy(1, out + r * d, x + r * d, d) }
+            pool.forEachIndex(rows) { r in vk_axpy(1, out + r * d, x + r * d, d) }
 
             // MLP block (SwiGLU).
-            rowwise(rows) { r in vk_rmsnorm(x + r * d, layer.postAttentionNorm, d, config.rmsNormEps, xn + r * d) }
+            pool.forEachIndex(rows) { r in vk_rmsnorm(x + r * d, layer.postAttentionNorm, d, config.rmsNormEps, xn + r * d) }
             layer.gate.apply(xn, rows: rows, into: gate, pool: pool)
             layer.up.apply(xn, rows: rows, into: up, pool: pool)
             let inter = config.intermediateSize
-            rowwise(rows) { r in vk_silu_mul(gate + r * inter, up + r * inter, inter) }
+            pool.forEachIndex(rows) { r in vk_silu_mul(gate + r * inter, up + r * inter, inter) }
             layer.down.apply(up, rows: rows, into: out, pool: pool)
-            rowwise(rows) { r in vk_axpy(1, out + r * d, x + r * d, d) }
+            pool.forEachIndex(rows) { r in vk_axpy(1, out + r * d, x + r * d, d) }
         }
         cache.advance(by: rows)
 

@@ -1,3 +1,5 @@
+import CKernels
+
 /// Uniform floats in [-1, 1] from a 64-bit LCG: the kernel tests' deterministic inputs (the same sequence for a seed
 /// on every platform).
 func randoms(_ n: Int, seed: inout UInt64) -> [Float] {
@@ -7,7 +9,6 @@ func randoms(_ n: Int, seed: inout UInt64) -> [Float] {
     }
 }
 
-import CKernels
 
 /// Runs `body` once for every SIMD level of this machine the kernels can use, labelled for failure messages: on an
 /// AVX-512 machine the AVX-512 bodies ("avx512") and, limited to level 1, the AVX2 ones under them ("avx2"), so both

@@ -13,15 +13,13 @@ public enum VisionNorm: @unchecked Sendable {
     /// the result is the same).
     func apply(_ x: UnsafePointer<Float>, rows: Int, width: Int, into out: UnsafeMutablePointer<Float>,
                pool: ThreadPool? = nil) {
-        let rowRange = { (range: Range<Int>) in
+        let row = { (r: Int) in
             switch self {
-            case .layerNorm(let w, let b, let eps):
-                for r in range { vk_layernorm(x + r * width, w, b, width, eps, out + r * width) }
-            case .rmsNorm(let w, let eps):
-                for r in range { vk_rmsnorm(x + r * width, w, width, eps, out + r * width) }
+            case .layerNorm(let w, let b, let eps): vk_layernorm(x + r * width, w, b, width, eps, out + r * width)
+            case .rmsNorm(let w, let eps): vk_rmsnorm(x + r * width, w, width, eps, out + r * width)
             }
         }
-        if let pool { pool.parallelRanges(rows) { _, range in rowRange(range) } } else { rowRange(0..<rows) }
+        if let pool { pool.forEachIndex(rows, row) } else { for r in 0..<rows { row(r) } }
     }
 }
 
@@ -41,9 +39,7 @@ public enum Activation: String, Sendable, CaseIterable {
     /// x: [rows, width], row by row (so a vector body's tail falls where it does whatever the split), rows split
     /// over the pool.
     func apply(_ x: UnsafeMutablePointer<Float>, rows: Int, width: Int, pool: ThreadPool) {
-        pool.parallelRanges(rows) { _, range in
-            for r in range { apply(x + r * width, count: width) }
-        }
+        pool.forEachIndex(rows) { r in apply(x + r * width, count: width) }
     }
 
     static func named(_ name: String, file: String, field: String) throws -> Activation {
@@ -102,14 +98,12 @@ struct VisionEncoderLayer: @unchecked Sendable {
 
     private func addResidual(_ y: UnsafeMutablePointer<Float>, scale: [Float]?, into x: UnsafeMutablePointer<Float>, rows: Int, width: Int,
                              pool: ThreadPool) {
-        pool.parallelRanges(rows) { _, range in
+        pool.forEachIndex(rows) { r in
+            let yr = y + r * width, xr = x + r * width
             if let scale {
-                for r in range {
-                    let yr = y + r * width, xr = x + r * width
-                    for i in 0..<width { xr[i] += scale[i] * yr[i] }
-                }
+                for i in 0..<width { xr[i] += scale[i] * yr[i] }
             } else {
-                for r in range { vk_axpy(1, y + r * width, x + r * width, width) }
+                vk_axpy(1, yr, xr, width)
             }
         }
     }
