@@ -1242,8 +1242,13 @@ VK_VNNI static inline __attribute__((always_inline)) void gemv_qdot_rows_vnni(co
 // one convert and one FMA with [scale_g x 8, scale_g+1 x 8] (sc already holds scale_w * d_x) finish both groups.
 // int4's -8 sum(x) of each group starts its s32 lanes (`xi`: per group pair, lane 0 and lane 8, made once per call),
 // so the sums stay exact integers and a row has no epilogue but the horizontal add.
+// int4 takes four groups (64 bytes) per load while four remain: one vpand / vpsrlw+vpand gives the low and the high
+// nibbles of all four, each 128-bit lane one group, against x in the matching order (qq: per 128 columns the even
+// columns of the four groups, then their odd columns), so two vpdpbusd, one convert and one FMA serve 128 weights
+// (half the instructions of the pair step; int4 decode is bound by instructions, not bytes, on two cores).
 VK_VNNI static inline __attribute__((always_inline)) void gemv_qdot_rows_zmm(const int BITS, const int RR,
                                                                              const int8_t *qx, const float *dx,
+                                                                             const int32_t *xs,
                                                                              const int32_t *xi, size_t K,
                                                                              const vk_qmatrix *w, size_t n,
                                                                              const float *bias, float *y, float *sc) {
@@ -1261,7 +1266,26 @@ VK_VNNI static inline __attribute__((always_inline)) void gemv_qdot_rows_zmm(con
     const __m512i pair = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
     __m512 acc[4];
     for (int r = 0; r < RR; r++) acc[r] = _mm512_setzero_ps();
-    for (size_t g = 0; g < ng; g += 2) {
+    size_t g = 0;
+    if (BITS == 4) {  // four groups per 64-byte load (qx: gemv_qdot_vnni's qq order), while four remain
+        const __m512i m4z = _mm512_set1_epi8(0x0f);
+        const __m512i quad = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+        for (; g + 4 <= ng; g += 4) {
+            size_t k = g * 32, off = k / 2;
+            for (int r = 0; r < RR; r++) _mm_prefetch((const char *)row[r] + off + lead, _MM_HINT_T0);
+            __m512i xlo = _mm512_loadu_si512((const void *)(qx + k));
+            __m512i xhi = _mm512_loadu_si512((const void *)(qx + k + 64));
+            __m512i s0 = _mm512_maskz_expandloadu_epi32(0x1111, xs + g);  // -8 sum(x) of group g + j at lane 4j
+            for (int r = 0; r < RR; r++) {
+                __m512i b = _mm512_loadu_si512((const void *)(row[r] + off));
+                __m512i s = _mm512_dpbusd_epi32(s0, _mm512_and_si512(b, m4z), xlo);
+                s = _mm512_dpbusd_epi32(s, _mm512_and_si512(_mm512_srli_epi16(b, 4), m4z), xhi);
+                __m512 d = _mm512_permutexvar_ps(quad, _mm512_castps128_ps512(_mm_loadu_ps(sc + r * ng + g)));
+                acc[r] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(s), acc[r]);
+            }
+        }
+    }
+    for (; g < ng; g += 2) {
         size_t k = g * 32, off = k * BITS / 8;
         if ((off & 63) == 0)  // once per 64-byte line of each row
             for (int r = 0; r < RR; r++) _mm_prefetch((const char *)row[r] + off + lead, _MM_HINT_T0);
@@ -1291,7 +1315,8 @@ VK_VNNI static inline __attribute__((always_inline)) void gemv_qdot_rows_zmm(con
     }
 }
 
-// buf as gemv_qdot_avx2's, then groups int32 (xs), then 8 int32 per group (xi, gemv_qdot_rows_zmm's int4 starts).
+// buf as gemv_qdot_avx2's, then groups int32 (xs), then 8 int32 per group (xi, gemv_qdot_rows_zmm's int4 starts),
+// then K bytes (qq, int4's x in the four-group order).
 VK_VNNI static void gemv_qdot_vnni(const float *x, size_t K, const vk_qmatrix *w, size_t n0, size_t n1,
                                    const float *bias, float *y, float *buf) {
     size_t G = w->group_size, ng = qgroups(K, G), n = n0;
@@ -1301,8 +1326,8 @@ VK_VNNI static void gemv_qdot_vnni(const float *x, size_t K, const vk_qmatrix *w
     qdot_quantize_x(x, K, G, qx, dx);
     const int zmm = G == 32 && K % 64 == 0;  // two whole groups per 512-bit step (gemv_qdot_rows_zmm)
     if (w->bits == 8 && zmm) {
-        for (; n + 4 <= n1; n += 4) gemv_qdot_rows_zmm(8, 4, qx, dx, xi, K, w, n, bias, y, sc);
-        for (; n < n1; n++) gemv_qdot_rows_zmm(8, 1, qx, dx, xi, K, w, n, bias, y, sc);
+        for (; n + 4 <= n1; n += 4) gemv_qdot_rows_zmm(8, 4, qx, dx, xs, xi, K, w, n, bias, y, sc);
+        for (; n < n1; n++) gemv_qdot_rows_zmm(8, 1, qx, dx, xs, xi, K, w, n, bias, y, sc);
     } else if (w->bits == 8) {
         for (; n + 4 <= n1; n += 4) gemv_qdot_rows_vnni(8, 4, qx, dx, xs, K, w, n, bias, y, sc);
         for (; n < n1; n++) gemv_qdot_rows_vnni(8, 1, qx, dx, xs, K, w, n, bias, y, sc);
@@ -1316,8 +1341,18 @@ VK_VNNI static void gemv_qdot_vnni(const float *x, size_t K, const vk_qmatrix *w
         if (zmm) {
             memset(xi, 0, 8 * ng * sizeof(int32_t));
             for (size_t g = 0; g < ng; g += 2) { xi[g * 8] = xs[g]; xi[g * 8 + 8] = xs[g + 1]; }
-            for (; n + 4 <= n1; n += 4) gemv_qdot_rows_zmm(4, 4, qp, dx, xi, K, w, n, bias, y, sc);
-            for (; n < n1; n++) gemv_qdot_rows_zmm(4, 1, qp, dx, xi, K, w, n, bias, y, sc);
+            // qq: qp with each whole 128-column block (four groups) as [even columns of groups 0-3, odd columns of
+            // groups 0-3] (16 each); the columns after the last whole block keep qp's order for the pair step.
+            int8_t *qq = (int8_t *)(xi + 8 * ng);
+            size_t kq = K / 128 * 128;
+            for (size_t b = 0; b < kq; b += 128)
+                for (int j = 0; j < 4; j++) {
+                    memcpy(qq + b + 16 * j, qp + b + 32 * j, 16);
+                    memcpy(qq + b + 64 + 16 * j, qp + b + 32 * j + 16, 16);
+                }
+            memcpy(qq + kq, qp + kq, K - kq);
+            for (; n + 4 <= n1; n += 4) gemv_qdot_rows_zmm(4, 4, qq, dx, xs, xi, K, w, n, bias, y, sc);
+            for (; n < n1; n++) gemv_qdot_rows_zmm(4, 1, qq, dx, xs, xi, K, w, n, bias, y, sc);
         }
         for (; n + 4 <= n1; n += 4) gemv_qdot_rows_vnni(4, 4, qp, dx, xs, K, w, n, bias, y, sc);
         for (; n < n1; n++) gemv_qdot_rows_vnni(4, 1, qp, dx, xs, K, w, n, bias, y, sc);
@@ -1699,7 +1734,7 @@ void vk_matmul_ws(const float *x, size_t T, size_t K, size_t ldx, const void *w,
 size_t vk_matmul_q_scratch_floats(size_t T, size_t K, size_t group_size, size_t n0, size_t n1) {
     if (n1 <= n0 || T == 0 || K == 0 || group_size == 0) return 0;
 #if VK_X86
-    if (T == 1) return 14 * qgroups(K, group_size) + K + 16;  // scales, dx, qx and its int4 copy, xs, xi (gemv_qdot_vnni)
+    if (T == 1) return 14 * qgroups(K, group_size) + K + 16;  // scales, dx, qx, its int4 copies qp and qq, xs, xi (gemv_qdot_vnni)
     return gemm_scratch_floats(T, K, n1 - n0);
 #else
     return K + 64;

@@ -62,30 +62,56 @@ public struct Linear: @unchecked Sendable {
     /// pool's threads in whole 16-row panels of the GEMM, so every thread streams (and, for several rows, packs)
     /// a disjoint part of the weights.
     public func apply(_ x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>, pool: ThreadPool) {
+        pool.parallelRanges(outFeatures, granularity: Int(VK_MATMUL_GRANULARITY)) { thread, range in
+            applyOutputs(range, x, rows: rows, into: y, scratch: pool, thread: thread)
+        }
+    }
+
+    /// The products of one input with several matrices of the same inFeatures (a layer's q, k and v; gate and up)
+    /// as one pool job: slice s computes the same share of every product's output rows (as `apply` would split each,
+    /// in whole 16-row panels), then calls `then` with the rows of the first product it computed. Decode makes one
+    /// fork and join for all of them instead of one per matrix (with a few microseconds of work per matrix, the
+    /// joins' spin-waits were a tenth of a q4 decode step). outputs[i]: [rows, parts[i].outFeatures].
+    public static func apply(_ parts: [Linear], to x: UnsafePointer<Float>, rows: Int,
+                             into outputs: [UnsafeMutablePointer<Float>], pool: ThreadPool,
+                             then: ((_ firstRows: Range<Int>) -> Void)? = nil) {
+        precondition(parts.count == outputs.count && !parts.isEmpty, "Linear.apply: one output per matrix")
+        let slices = pool.threadCount, panel = Int(VK_MATMUL_GRANULARITY)
+        pool.parallelRanges(slices) { thread, sliceRange in
+            for s in sliceRange {
+                var first = 0..<0
+                for (i, part) in parts.enumerated() {
+                    let units = (part.outFeatures + panel - 1) / panel
+                    let lo = min(part.outFeatures, units * s / slices * panel)
+                    let hi = min(part.outFeatures, units * (s + 1) / slices * panel)
+                    if i == 0 { first = lo..<hi }
+                    if lo < hi { part.applyOutputs(lo..<hi, x, rows: rows, into: outputs[i], scratch: pool, thread: thread) }
+                }
+                if let then, !first.isEmpty { then(first) }
+            }
+        }
+    }
+
+    /// Output rows `range` of y = x Wᵀ + b (y's row stride outFeatures), with thread `thread`'s scratch of `pool`.
+    func applyOutputs(_ range: Range<Int>, _ x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>,
+                      scratch pool: ThreadPool, thread: Int) {
         let k = inFeatures, n = outFeatures
+        let lo = range.lowerBound, hi = range.upperBound
         switch weights {
         case .dense(let weight):
             let dtype = weight.dtype.kernelType
-            let w = weight.data
+            let floats = max(vk_matmul_scratch_floats(rows, k, lo, hi), 16)
+            let scratch = pool.scratch(thread, floats: floats)
             bias.withOptionalPointer { b in
-                pool.parallelRanges(n, granularity: Int(VK_MATMUL_GRANULARITY)) { thread, range in
-                    let lo = range.lowerBound, hi = range.upperBound
-                    let floats = vk_matmul_scratch_floats(rows, k, lo, hi)
-                    let scratch = pool.scratch(thread, floats: max(floats, 16))
-                    vk_matmul_ws(x, rows, k, k, w, dtype, lo, hi, b, y, n, scratch, max(floats, 16))
-                }
+                vk_matmul_ws(x, rows, k, k, weight.data, dtype, lo, hi, b, y, n, scratch, floats)
             }
         case .quantized(let q):
-            let group = q.scheme.groupSize
-            // One read-only descriptor shared by all slices (a pointer, not an inout access per thread).
+            let floats = max(vk_matmul_q_scratch_floats(rows, k, q.scheme.groupSize, lo, hi), 16)
+            let scratch = pool.scratch(thread, floats: floats)
+            // One read-only descriptor (a pointer, not an inout access).
             withUnsafePointer(to: q.kernelMatrix) { matrix in
                 bias.withOptionalPointer { b in
-                    pool.parallelRanges(n, granularity: Int(VK_MATMUL_GRANULARITY)) { thread, range in
-                        let lo = range.lowerBound, hi = range.upperBound
-                        let floats = max(vk_matmul_q_scratch_floats(rows, k, group, lo, hi), 16)
-                        let scratch = pool.scratch(thread, floats: floats)
-                        vk_matmul_q_ws(x, rows, k, k, matrix, lo, hi, b, y, n, scratch, floats)
-                    }
+                    vk_matmul_q_ws(x, rows, k, k, matrix, lo, hi, b, y, n, scratch, floats)
                 }
             }
         }

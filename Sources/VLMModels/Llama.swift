@@ -257,9 +257,8 @@ public final class LlamaModel: LanguageModel, @unchecked Sendable {
             // the result does not depend on the split.
             pool.forEachIndex(rows) { r in vk_rmsnorm(x + r * d, layer.inputNorm, d, config.rmsNormEps, xn + r * d) }
             let kRows = cache.keys(layer: l) + p0 * kvWidth, vRows = cache.values(layer: l) + p0 * kvWidth
-            layer.q.apply(xn, rows: rows, into: q, pool: pool)
-            layer.k.apply(xn, rows: rows, into: kRows, pool: pool)   // written straight into the cache
-            layer.v.apply(xn, rows: rows, into: vRows, pool: pool)
+            // q, k and v in one pool job; k and v are written straight into the cache.
+            Linear.apply([layer.q, layer.k, layer.v], to: xn, rows: rows, into: [q, kRows, vRows], pool: pool)
             pool.parallelRanges(rows) { _, rr in
                 rotary.apply(q + rr.lowerBound * qWidth, rows: rr.count, rowStride: qWidth, heads: heads,
                              position0: p0 + rr.lowerBound)
@@ -280,10 +279,11 @@ public final class LlamaModel: LanguageModel, @unchecked Sendable {
 
             // MLP block (SwiGLU).
             pool.forEachIndex(rows) { r in vk_rmsnorm(x + r * d, layer.postAttentionNorm, d, config.rmsNormEps, xn + r * d) }
-            layer.gate.apply(xn, rows: rows, into: gate, pool: pool)
-            layer.up.apply(xn, rows: rows, into: up, pool: pool)
+            // gate and up in one pool job; each slice applies SiLU(gate) * up to the columns it computed.
             let inter = config.intermediateSize
-            pool.forEachIndex(rows) { r in vk_silu_mul(gate + r * inter, up + r * inter, inter) }
+            Linear.apply([layer.gate, layer.up], to: xn, rows: rows, into: [gate, up], pool: pool) { cols in
+                for r in 0..<rows { vk_silu_mul(gate + r * inter + cols.lowerBound, up + r * inter + cols.lowerBound, cols.count) }
+            }
             layer.down.apply(up, rows: rows, into: out, pool: pool)
             pool.forEachIndex(rows) { r in vk_axpy(1, out + r * d, x + r * d, d) }
         }

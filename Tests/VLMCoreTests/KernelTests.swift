@@ -126,6 +126,54 @@ final class KernelTests: XCTestCase {
         }
     }
 
+    /// Several matrices sharing one input as one pool job (decode's q/k/v and gate/up): every output equals that
+    /// matrix's own `apply`, bit for bit (the same kernel on the same rows), for 1-3 threads, decode and prefill rows,
+    /// output counts that are not multiples of the 16-row panel and fewer panels than threads; `then` sees each row of
+    /// the first product exactly once, after it was written.
+    func testStackedLinearApplyEqualsEachApply() {
+        var seed: UInt64 = 5
+        let pools = [1, 2, 3].map { ThreadPool(threadCount: $0) }
+        for (T, K, sizes) in [(1, 96, [160, 32, 32]), (1, 63, [17, 5, 40]), (4, 96, [16, 100]), (33, 40, [7, 300])] {
+            let x = randoms(T * K, seed: &seed)
+            let parts = sizes.map { n in
+                Linear(weight: weightTensor(randoms(n * K, seed: &seed), rows: n, cols: K, dtype: .bfloat16),
+                       bias: n % 2 == 0 ? randoms(n, seed: &seed) : nil)
+            }
+            for pool in pools {
+                let want: [[Float]] = parts.map { part in
+                    var y = [Float](repeating: 0, count: T * part.outFeatures)
+                    x.withUnsafeBufferPointer { xb in
+                        y.withUnsafeMutableBufferPointer { part.apply(xb.baseAddress!, rows: T, into: $0.baseAddress!, pool: pool) }
+                    }
+                    return y
+                }
+                let outs = parts.map { UnsafeMutablePointer<Float>.allocate(capacity: T * $0.outFeatures) }
+                defer { outs.forEach { $0.deallocate() } }
+                for (o, p) in zip(outs, parts) { o.initialize(repeating: -777, count: T * p.outFeatures) }
+                let n0 = parts[0].outFeatures
+                let seen = UnsafeMutablePointer<Int>.allocate(capacity: n0)
+                defer { seen.deallocate() }
+                seen.initialize(repeating: 0, count: n0)
+                var firstOK = true
+                x.withUnsafeBufferPointer { xb in
+                    Linear.apply(parts, to: xb.baseAddress!, rows: T, into: outs, pool: pool) { cols in
+                        for c in cols {
+                            seen[c] += 1
+                            for t in 0..<T where outs[0][t * n0 + c] != want[0][t * n0 + c] { firstOK = false }
+                        }
+                    }
+                }
+                for (i, p) in parts.enumerated() {
+                    let got = Array(UnsafeBufferPointer(start: outs[i], count: T * p.outFeatures))
+                    XCTAssertEqual(got, want[i], "T\(T) K\(K) sizes \(sizes) part \(i) threads \(pool.threadCount)")
+                }
+                XCTAssertTrue(firstOK, "then ran before its rows were written: T\(T) sizes \(sizes)")
+                XCTAssertEqual((0..<n0).map { seen[$0] }, [Int](repeating: 1, count: n0),
+                               "then covers the first product's rows once: T\(T) sizes \(sizes) threads \(pool.threadCount)")
+            }
+        }
+    }
+
     /// The blocked attention (several queries through the GEMM tile) against the per-query scalar loop: causal and
     /// bidirectional, with and without cached keys before the block, odd head sizes, strides wider than the rows.
     func testAttentionMatchesScalarForOddShapes() {

@@ -133,7 +133,7 @@ final class QuantKernelTests: XCTestCase {
         forEachSIMDLevel { level in
             var seed: UInt64 = 11
             for bits in [8, 4] {
-                for (K, group) in [(64, 32), (96, 32), (960, 64), (256, 128), (160, 96)] {
+                for (K, group) in [(64, 32), (96, 32), (384, 32), (448, 32), (960, 64), (256, 128), (160, 96)] {
                     let N = 9
                     let x = randoms(K, seed: &seed), wf = randoms(N * K, seed: &seed)
                     let q = quantize(wf, rows: N, cols: K, bits: bits, group: group)

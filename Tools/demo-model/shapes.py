@@ -167,12 +167,14 @@ def _shape_polygon(s):
 
 LABEL_CHANNELS = len(COLOR_NAMES) + len(SHAPES)  # one mask per colour, then one per shape kind
 POSITION_LABELS = 2  # then the top half and the left half of the picture
+CELL_LABELS = LABEL_CHANNELS  # then colour and shape kind of the object whose grid cell covers the pixel
 
 
 def render_labels(sc):
     """Training-only label masks of a scene, for the auxiliary vision loss in train.py: a list of RGB images of the
     scene's size whose channels are 0/255 masks, colour masks (COLOR_NAMES order) then shape masks (SHAPES order),
-    then the picture's top half and its left half (POSITION_LABELS). Same geometry as render()."""
+    then the picture's top half and its left half (POSITION_LABELS), then colour and shape-kind masks of whole grid
+    cells (CELL_LABELS), padded with empty planes to a multiple of 3. Same geometry as render()."""
     w, h = sc["w"], sc["h"]
     planes = [Image.new("L", (w, h), 0) for _ in range(LABEL_CHANNELS)]
     for s in sc["shapes"]:
@@ -188,7 +190,16 @@ def render_labels(sc):
     ImageDraw.Draw(top).rectangle([0, 0, w, h / 2], fill=255)
     ImageDraw.Draw(left).rectangle([0, 0, w / 2, h], fill=255)
     planes += [top, left]
-    assert len(planes) % 3 == 0
+    # cell planes (CELL_LABELS): the whole grid cell of each shape, in its colour plane and its shape-kind plane, so
+    # every token of the cell, background pixels included, is labelled with the object that cell holds
+    cells = [Image.new("L", (w, h), 0) for _ in range(LABEL_CHANNELS)]
+    for s in sc["shapes"]:
+        box = [s["col"] * w / GRID, s["row"] * h / GRID, (s["col"] + 1) * w / GRID - 1, (s["row"] + 1) * h / GRID - 1]
+        for idx in (COLOR_NAMES.index(s["color"]), len(COLOR_NAMES) + SHAPES.index(s["shape"])):
+            ImageDraw.Draw(cells[idx]).rectangle(box, fill=255)
+    planes += cells
+    while len(planes) % 3:
+        planes.append(Image.new("L", (w, h), 0))
     return [Image.merge("RGB", planes[i:i + 3]) for i in range(0, len(planes), 3)]
 
 

@@ -34,8 +34,9 @@ label masks drawn with the scene's own geometry and put through the same image p
 gives the from-scratch vision tower a dense signal from the first step; the probe is not part of the saved model.
 Training samples are generated on the fly from random.Random(seed) (half of the images JPEG round-tripped) and encoded
 in a worker process (BatchEncoder, --encode-workers). Options tried and not kept (Tools/demo-model/README.md):
---weighting answer (every answer weighs alike in the loss) and --aux-position (the probe also predicts top/bottom and
-left/right for the global image's tokens).
+--weighting answer (every answer weighs alike in the loss), --aux-position (the probe also predicts top/bottom and
+left/right for the global image's tokens), --aux-cell (the probe also predicts the object of each token's grid cell),
+--long-chains, --ema, and a deeper decoder (--text-layers 8).
 Weights are saved as bf16 (model.safetensors).
 """
 import argparse
@@ -148,11 +149,13 @@ def image_token_labels(processor, connector, scene):
     pos = cov[:, nc + ns:nc + ns + 2]
     is_global = torch.zeros(cov.shape[0])
     is_global[-IMAGE_SEQ_LEN:] = 1
+    c0 = nc + ns + shapes.POSITION_LABELS  # the cell planes: the object of the grid cell each token lies in
+    cell_col, cell_shp = cov[:, c0:c0 + nc], cov[:, c0 + nc:c0 + nc + ns]
 
     def dist(x):
         x = torch.cat([(1 - x.sum(1, keepdim=True)).clamp(min=0), x], 1)
         return x / x.sum(1, keepdim=True)
-    return dist(col), dist(shp), pos, is_global
+    return dist(col), dist(shp), pos, is_global, dist(cell_col), dist(cell_shp)
 
 
 def encode_batch(processor, items, jpeg_rng, connector=None):
@@ -189,7 +192,8 @@ def encode_batch(processor, items, jpeg_rng, connector=None):
     return inputs, torch.tensor(pos_b), torch.tensor(pos_t), torch.tensor(tgt), torch.tensor(weight), aux
 
 
-def loss_fn(model, inputs, pos_b, pos_t, tgt, weight=None, aux=None, aux_head=None, aux_position=False):
+def loss_fn(model, inputs, pos_b, pos_t, tgt, weight=None, aux=None, aux_head=None, aux_position=False,
+            aux_cell=False):
     """Cross-entropy on the answer tokens, each token weighted by `weight` (None: every token alike; encode_batch's
     weights make every answer count alike, so the one token that carries a colour or "Yes" weighs as much as a
     whole description); with aux targets, plus the auxiliary vision loss: a linear probe (aux_head,
@@ -215,6 +219,10 @@ def loss_fn(model, inputs, pos_b, pos_t, tgt, weight=None, aux=None, aux_head=No
         if aux_position:  # global-image tokens: in the top half? in the left half?
             g = aux[3] > 0
             aux_loss = aux_loss + F.binary_cross_entropy_with_logits(out[g, nc + ns:nc + ns + 2], aux[2][g])
+        if aux_cell:  # the colour and shape kind of the object whose grid cell holds the token (a second probe)
+            c0 = nc + ns + (2 if aux_position else 0)
+            aux_loss = aux_loss + F.cross_entropy(out[:, c0:c0 + nc], aux[4]) + \
+                F.cross_entropy(out[:, c0 + nc:c0 + nc + ns], aux[5])
     return loss, (logits.argmax(-1) == tgt).float().mean(), aux_loss
 
 
@@ -331,6 +339,9 @@ def main():
     ap.add_argument("--aux-weight", type=float, default=1.0, help="weight of the auxiliary vision loss (0: off)")
     ap.add_argument("--aux-position", action="store_true",
                     help="the auxiliary probe also predicts, for the global image's tokens, top/bottom and left/right")
+    ap.add_argument("--aux-cell", action="store_true",
+                    help="the auxiliary probe also predicts, for every image token, the colour and shape kind of the "
+                         "object whose grid cell the token lies in (background pixels of the cell included)")
     ap.add_argument("--weighting", choices=["answer", "token"], default="token",
                     help="answer: every answer weighs alike in the loss; token: every answer token does")
     ap.add_argument("--long-chains", action="store_true",
@@ -348,10 +359,16 @@ def main():
                     help="torch threads (1: with 2 threads a 2-core machine shared with other jobs ran 5x slower)")
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--max-time", type=float, default=3000, help="stop early (and say so) after this many seconds")
+    ap.add_argument("--text-layers", type=int, default=TEXT["num_hidden_layers"], help="decoder layers")
+    ap.add_argument("--text-heads", type=int, default=TEXT["num_attention_heads"],
+                    help="decoder query heads (head_dim = hidden / heads)")
+    ap.add_argument("--vision-layers", type=int, default=VISION["num_hidden_layers"], help="vision encoder layers")
     ap.add_argument("--out", default=str(REPO / "models" / "smolvlm-shapes"))
     ap.add_argument("--stats", default=str(Path(__file__).resolve().parent / "train_stats.json"))
     args = ap.parse_args()
 
+    TEXT["num_hidden_layers"], TEXT["num_attention_heads"] = args.text_layers, args.text_heads
+    VISION["num_hidden_layers"] = args.vision_layers
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     out = Path(args.out)
@@ -371,7 +388,8 @@ def main():
 
     # training-only probe of the auxiliary vision loss: colour (background + 6) and shape kind (background + 4)
     aux_head = torch.nn.Linear(TEXT["hidden_size"], 1 + len(shapes.COLOR_NAMES) + 1 + len(shapes.SHAPES) +
-                               (2 if args.aux_position else 0))
+                               (2 if args.aux_position else 0) +
+                               (1 + len(shapes.COLOR_NAMES) + 1 + len(shapes.SHAPES) if args.aux_cell else 0))
     decay, no_decay = [], []
     for n, p in list(model.named_parameters()) + [("aux." + n, p) for n, p in aux_head.named_parameters()]:
         (decay if p.ndim >= 2 and "embed" not in n else no_decay).append(p)
@@ -414,7 +432,7 @@ def main():
         for g in opt.param_groups:
             g["lr"] = lr
         loss, acc, aux_loss = loss_fn(model, inputs, pb, pt, tg, w if args.weighting == "answer" else None,
-                                      aux, aux_head, args.aux_position)
+                                      aux, aux_head, args.aux_position, args.aux_cell)
         opt.zero_grad(set_to_none=True)
         (loss + args.aux_weight * aux_loss).backward()
         torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(aux_head.parameters()), 1.0)
@@ -478,7 +496,7 @@ def main():
     model.save_pretrained(out, safe_serialization=True)
     (out / "model.safetensors").chmod(0o644)
     write_processor_files(out)  # save_pretrained may rewrite generation_config.json: keep the real one
-    stats = {"mix": args.mix, "aux_weight": args.aux_weight, "weighting": args.weighting, "aux_position": args.aux_position, "long_chains": args.long_chains, "ema": args.ema, "final_val": final_val, "threads": args.threads, "steps": args.steps, "steps_done": step + 1, "batch": args.batch, "lr": args.lr, "warmup": args.warmup, "seed": args.seed,
+    stats = {"mix": args.mix, "aux_weight": args.aux_weight, "weighting": args.weighting, "aux_position": args.aux_position, "aux_cell": args.aux_cell, "long_chains": args.long_chains, "ema": args.ema, "final_val": final_val, "threads": args.threads, "text": dict(TEXT), "vision": dict(VISION), "steps": args.steps, "steps_done": step + 1, "batch": args.batch, "lr": args.lr, "warmup": args.warmup, "seed": args.seed,
              "train_time_s": round(train_time, 1), "final_loss_ema": round(ema, 5), "final_loss": round(lv, 5),
              "parameters": nparams, "history": history}
     if args.init_from and Path(args.stats).exists():  # keep the earlier stage(s) in the record
