@@ -81,11 +81,9 @@ public struct Linear: @unchecked Sendable {
             for s in sliceRange {
                 var first = 0..<0
                 for (i, part) in parts.enumerated() {
-                    let units = (part.outFeatures + panel - 1) / panel
-                    let lo = min(part.outFeatures, units * s / slices * panel)
-                    let hi = min(part.outFeatures, units * (s + 1) / slices * panel)
-                    if i == 0 { first = lo..<hi }
-                    if lo < hi { part.applyOutputs(lo..<hi, x, rows: rows, into: outputs[i], scratch: pool, thread: thread) }
+                    let share = ThreadPool.share(s, of: slices, count: part.outFeatures, granularity: panel)
+                    if i == 0 { first = share }
+                    if !share.isEmpty { part.applyOutputs(share, x, rows: rows, into: outputs[i], scratch: pool, thread: thread) }
                 }
                 if let then, !first.isEmpty { then(first) }
             }

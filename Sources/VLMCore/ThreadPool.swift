@@ -50,7 +50,7 @@ public final class ThreadPool: @unchecked Sendable {
             return
         }
         withoutActuallyEscaping(body) { body in
-            var job = SliceJob(count: count, granularity: g, units: units, slices: slices, body: body)
+            var job = SliceJob(count: count, granularity: g, slices: slices, body: body)
             if let workers {
                 withUnsafeMutablePointer(to: &job) { p in
                     vk_pool_run(workers, slices, { context, slice, thread in
@@ -73,15 +73,25 @@ extension ThreadPool {
     }
 }
 
+extension ThreadPool {
+    /// Slice `slice`'s part of 0..<count when it is cut into `slices` contiguous parts of whole `granularity` units
+    /// (the last unit may be short): the split parallelRanges uses, for callers that split several ranges alike.
+    public static func share(_ slice: Int, of slices: Int, count: Int, granularity: Int) -> Range<Int> {
+        let units = (count + granularity - 1) / granularity
+        let lo = min(count, units * slice / slices * granularity)
+        let hi = min(count, units * (slice + 1) / slices * granularity)
+        return lo..<max(lo, hi)
+    }
+}
+
 /// One parallelRanges call as the pool's C trampoline sees it.
 private struct SliceJob {
-    let count: Int, granularity: Int, units: Int, slices: Int
+    let count: Int, granularity: Int, slices: Int
     let body: (_ slice: Int, _ range: Range<Int>) -> Void
 
     func run(_ s: Int, thread: Int) {
-        let u0 = units * s / slices, u1 = units * (s + 1) / slices
-        let lo = min(count, u0 * granularity), hi = min(count, u1 * granularity)
-        if lo < hi { body(thread, lo..<hi) }
+        let range = ThreadPool.share(s, of: slices, count: count, granularity: granularity)
+        if !range.isEmpty { body(thread, range) }
     }
 }
 
