@@ -116,6 +116,8 @@ def main():
     ap.add_argument("--stats", default=str(HERE / "train_stats.json"))
     ap.add_argument("--limit", type=int, default=None, help="only every n-th item (quick checks)")
     args = ap.parse_args()
+    # the answers are in the style the model was trained with (train_stats.json "answers"; absent: "short")
+    shapes.set_answer_style(json.loads(Path(args.stats).read_text()).get("answers", "short"))
     torch.set_num_threads(2)
     model_dir, out = Path(args.model), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,8 @@ Training samples are generated on the fly from random.Random(seed) (half of the 
 in a worker process (BatchEncoder, --encode-workers). Options tried and not kept (Tools/demo-model/README.md):
 --weighting answer (every answer weighs alike in the loss), --aux-position (the probe also predicts top/bottom and
 left/right for the global image's tokens), --aux-cell (the probe also predicts the object of each token's grid cell),
---long-chains, --ema, and a deeper decoder (--text-layers 8).
+--long-chains, --ema, a deeper decoder (--text-layers 8), and grounded answers (--answers grounded: the scene's
+description before the answer clause).
 Weights are saved as bf16 (model.safetensors).
 """
 import argparse
@@ -363,9 +364,14 @@ def main():
     ap.add_argument("--text-heads", type=int, default=TEXT["num_attention_heads"],
                     help="decoder query heads (head_dim = hidden / heads)")
     ap.add_argument("--vision-layers", type=int, default=VISION["num_hidden_layers"], help="vision encoder layers")
+    ap.add_argument("--answers", choices=shapes.ANSWER_STYLES, default="short",
+                    help="answer style (shapes.set_answer_style): 'short' (the committed model) answers in one clause; "
+                         "'grounded' (tried, not kept) answers a colour, shape or position question after the scene's "
+                         "description")
     ap.add_argument("--out", default=str(REPO / "models" / "smolvlm-shapes"))
     ap.add_argument("--stats", default=str(Path(__file__).resolve().parent / "train_stats.json"))
     args = ap.parse_args()
+    shapes.set_answer_style(args.answers)  # before any item is drawn: training, validation and held-out alike
 
     TEXT["num_hidden_layers"], TEXT["num_attention_heads"] = args.text_layers, args.text_heads
     VISION["num_hidden_layers"] = args.vision_layers
@@ -496,7 +502,7 @@ def main():
     model.save_pretrained(out, safe_serialization=True)
     (out / "model.safetensors").chmod(0o644)
     write_processor_files(out)  # save_pretrained may rewrite generation_config.json: keep the real one
-    stats = {"mix": args.mix, "aux_weight": args.aux_weight, "weighting": args.weighting, "aux_position": args.aux_position, "aux_cell": args.aux_cell, "long_chains": args.long_chains, "ema": args.ema, "final_val": final_val, "threads": args.threads, "text": dict(TEXT), "vision": dict(VISION), "steps": args.steps, "steps_done": step + 1, "batch": args.batch, "lr": args.lr, "warmup": args.warmup, "seed": args.seed,
+    stats = {"answers": args.answers, "mix": args.mix, "aux_weight": args.aux_weight, "weighting": args.weighting, "aux_position": args.aux_position, "aux_cell": args.aux_cell, "long_chains": args.long_chains, "ema": args.ema, "final_val": final_val, "threads": args.threads, "text": dict(TEXT), "vision": dict(VISION), "steps": args.steps, "steps_done": step + 1, "batch": args.batch, "lr": args.lr, "warmup": args.warmup, "seed": args.seed,
              "train_time_s": round(train_time, 1), "final_loss_ema": round(ema, 5), "final_loss": round(lv, 5),
              "parameters": nparams, "history": history}
     if args.init_from and Path(args.stats).exists():  # keep the earlier stage(s) in the record
