@@ -1118,6 +1118,16 @@ VK_AVX2 static void gemv_q_avx2(const float *x, size_t K, const vk_qmatrix *w, s
     }
 }
 
+// The f16 scales of the row blocks after [n, n + 4) (rows n + 4 .. n + 11, inside the slice): each block's scales are
+// one to a few cache lines of another array than the weights, which the weights' prefetch never reaches; without
+// this every 4-row block of int4 decode began with a DRAM miss on its scales (seen in perf as the hottest stores).
+static inline void prefetch_scales(const vk_qmatrix *w, size_t ng, size_t n, size_t n1) {
+    size_t a = n + 4, b = n + 12 < n1 ? n + 12 : n1;
+    if (a >= b) return;
+    const char *p = (const char *)(w->scales + a * ng), *e = (const char *)(w->scales + b * ng);
+    for (; p < e; p += 64) __builtin_prefetch(p, 0, 3);
+}
+
 // Integer-dot decode (see qdot_applies): per 32 columns and row, |w| x sign(x, w) by vpmaddubsw (u8 x s8 pairs to
 // s16, at most 2 x 128 x 127 so never saturating), pairs to s32 by vpmaddwd, summed over the group in s32 lanes; one
 // convert and FMA with scale_w * d_x per group. int4: the 16 bytes of a block split into low nibbles (even columns)
@@ -1168,7 +1178,55 @@ VK_AVX2 static inline __attribute__((always_inline)) void gemv_qdot_rows(const i
     }
 }
 
-// buf: 4 * groups floats (row scales), groups floats (dx), then K + K bytes (qx, and int4's permuted copy).
+// int4 with 32-column groups and K a multiple of 64: two groups per 32-byte load. The nibbles stay unsigned (u = q + 8,
+// 0..15), so vpmaddubsw takes them as they are against x (no sign trick), and sum(q x) = sum(u x) - 8 sum(x): the
+// two groups' -8 sum(x) (`xi`, lanes 0 and 4 of each pair's 8) start the s32 accumulator. The low nibbles' and high
+// nibbles' s16 pair sums are added before vpmaddwd (each at most 2 x 2 x 15 x 127 = 7620); lanes 0-3 hold the first
+// group, 4-7 the second, so one convert and one FMA with both groups' scale_w * d_x cover 64 columns. `qx`: x in
+// pair order (gemv_qdot_avx2). The integers are gemv_qdot_scalar's; only the f32 accumulation order differs.
+VK_AVX2 static inline __attribute__((always_inline)) void gemv_qdot_rows_pair4(const int RR, const int8_t *qx,
+                                                                               const float *dx, const int32_t *xi,
+                                                                               size_t K, const vk_qmatrix *w,
+                                                                               size_t n, const float *bias, float *y,
+                                                                               float *sc) {
+    size_t ng = K / 32, rb = vk_qrow_bytes(4, K);
+    const uint8_t *row[4];
+    for (int r = 0; r < RR; r++) {
+        row[r] = (const uint8_t *)w->data + (n + r) * rb;
+        float *scr = sc + r * ng;
+        to_f32_avx2(w->scales + (n + r) * ng, VK_F16, ng, scr);
+        for (size_t g = 0; g < ng; g++) scr[g] *= dx[g];
+    }
+    size_t lead = gemv_lead((size_t)RR * rb);
+    const __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    const __m256i pair = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+    __m256 acc[4];
+    for (int r = 0; r < RR; r++) acc[r] = _mm256_setzero_ps();
+    for (size_t g = 0; g < ng; g += 2) {
+        size_t k = g * 32, off = k / 2;
+        if ((off & 63) == 0)  // once per 64-byte line of each row
+            for (int r = 0; r < RR; r++) _mm_prefetch((const char *)row[r] + off + lead, _MM_HINT_T0);
+        __m256i xlo = _mm256_loadu_si256((const __m256i *)(qx + k));
+        __m256i xhi = _mm256_loadu_si256((const __m256i *)(qx + k + 32));
+        __m256i s0 = _mm256_loadu_si256((const __m256i *)(xi + g * 4));
+        for (int r = 0; r < RR; r++) {
+            __m256i b = _mm256_loadu_si256((const __m256i *)(row[r] + off));
+            __m256i lo = _mm256_and_si256(b, m4), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), m4);
+            __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xlo), _mm256_maddubs_epi16(hi, xhi));
+            __m256i si = _mm256_add_epi32(s0, _mm256_madd_epi16(p, ones));
+            __m256 d = _mm256_permutevar8x32_ps(
+                _mm256_castps128_ps256(_mm_castpd_ps(_mm_load_sd((const double *)(sc + r * ng + g)))), pair);
+            acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(si), acc[r]);
+        }
+    }
+    for (int r = 0; r < RR; r++) {
+        float v = hsum256(acc[r]);
+        y[n + r] = bias ? v + bias[n + r] : v;
+    }
+}
+
+// buf: 4 * groups floats (row scales), groups floats (dx), then K + K bytes (qx, and int4's permuted copy), then (int4
+// pair path) 4 int32 per group (xi).
 VK_AVX2 static void gemv_qdot_avx2(const float *x, size_t K, const vk_qmatrix *w, size_t n0, size_t n1,
                                    const float *bias, float *y, float *buf) {
     size_t ng = qgroups(K, w->group_size), n = n0;
@@ -1176,11 +1234,39 @@ VK_AVX2 static void gemv_qdot_avx2(const float *x, size_t K, const vk_qmatrix *w
     int8_t *qx = (int8_t *)(dx + ng), *qp = qx + K;
     qdot_quantize_x(x, K, w->group_size, qx, dx);
     if (w->bits == 8) {
-        for (; n + 4 <= n1; n += 4) gemv_qdot_rows(8, 4, qx, dx, K, w, n, bias, y, sc);
+        for (; n + 2 <= n1; n += 2) {
+            prefetch_scales(w, ng, n, n1);
+            gemv_qdot_rows(8, 2, qx, dx, K, w, n, bias, y, sc);
+        }
         for (; n < n1; n++) gemv_qdot_rows(8, 1, qx, dx, K, w, n, bias, y, sc);
     } else {
+        if (w->group_size == 32 && K % 64 == 0) {  // gemv_qdot_rows_pair4
+            // qp: each 64 columns as [even columns of group 0, of group 1, odd columns of group 0, of group 1]
+            int32_t *xi = (int32_t *)(qp + K);
+            for (size_t k = 0; k < K; k += 64)
+                for (int j = 0; j < 2; j++)
+                    for (size_t i = 0; i < 16; i++) {
+                        qp[k + 16 * j + i] = qx[k + 32 * j + 2 * i];
+                        qp[k + 32 + 16 * j + i] = qx[k + 32 * j + 2 * i + 1];
+                    }
+            memset(xi, 0, 4 * ng * sizeof(int32_t));
+            for (size_t g = 0; g < ng; g++) {
+                int32_t t = 0;
+                for (size_t k = g * 32; k < g * 32 + 32; k++) t += qx[k];
+                xi[g / 2 * 8 + g % 2 * 4] = -8 * t;
+            }
+            for (; n + 4 <= n1; n += 4) {
+                prefetch_scales(w, ng, n, n1);
+                gemv_qdot_rows_pair4(4, qp, dx, xi, K, w, n, bias, y, sc);
+            }
+            for (; n < n1; n++) gemv_qdot_rows_pair4(1, qp, dx, xi, K, w, n, bias, y, sc);
+            return;
+        }
         qdot_permute_int4(qx, K, qp);
-        for (; n + 4 <= n1; n += 4) gemv_qdot_rows(4, 4, qp, dx, K, w, n, bias, y, sc);
+        for (; n + 4 <= n1; n += 4) {
+            prefetch_scales(w, ng, n, n1);
+            gemv_qdot_rows(4, 4, qp, dx, K, w, n, bias, y, sc);
+        }
         for (; n < n1; n++) gemv_qdot_rows(4, 1, qp, dx, K, w, n, bias, y, sc);
     }
 }
@@ -1326,10 +1412,16 @@ VK_VNNI static void gemv_qdot_vnni(const float *x, size_t K, const vk_qmatrix *w
     qdot_quantize_x(x, K, G, qx, dx);
     const int zmm = G == 32 && K % 64 == 0;  // two whole groups per 512-bit step (gemv_qdot_rows_zmm)
     if (w->bits == 8 && zmm) {
-        for (; n + 4 <= n1; n += 4) gemv_qdot_rows_zmm(8, 4, qx, dx, xs, xi, K, w, n, bias, y, sc);
+        for (; n + 4 <= n1; n += 4) {
+            prefetch_scales(w, ng, n, n1);
+            gemv_qdot_rows_zmm(8, 4, qx, dx, xs, xi, K, w, n, bias, y, sc);
+        }
         for (; n < n1; n++) gemv_qdot_rows_zmm(8, 1, qx, dx, xs, xi, K, w, n, bias, y, sc);
     } else if (w->bits == 8) {
-        for (; n + 4 <= n1; n += 4) gemv_qdot_rows_vnni(8, 4, qx, dx, xs, K, w, n, bias, y, sc);
+        for (; n + 4 <= n1; n += 4) {
+            prefetch_scales(w, ng, n, n1);
+            gemv_qdot_rows_vnni(8, 4, qx, dx, xs, K, w, n, bias, y, sc);
+        }
         for (; n < n1; n++) gemv_qdot_rows_vnni(8, 1, qx, dx, xs, K, w, n, bias, y, sc);
     } else {
         for (size_t g = 0; g < ng; g++) {
@@ -1351,10 +1443,16 @@ VK_VNNI static void gemv_qdot_vnni(const float *x, size_t K, const vk_qmatrix *w
                     memcpy(qq + b + 64 + 16 * j, qp + b + 32 * j + 16, 16);
                 }
             memcpy(qq + kq, qp + kq, K - kq);
-            for (; n + 4 <= n1; n += 4) gemv_qdot_rows_zmm(4, 4, qq, dx, xs, xi, K, w, n, bias, y, sc);
+            for (; n + 4 <= n1; n += 4) {
+                prefetch_scales(w, ng, n, n1);
+                gemv_qdot_rows_zmm(4, 4, qq, dx, xs, xi, K, w, n, bias, y, sc);
+            }
             for (; n < n1; n++) gemv_qdot_rows_zmm(4, 1, qq, dx, xs, xi, K, w, n, bias, y, sc);
         }
-        for (; n + 4 <= n1; n += 4) gemv_qdot_rows_vnni(4, 4, qp, dx, xs, K, w, n, bias, y, sc);
+        for (; n + 4 <= n1; n += 4) {
+            prefetch_scales(w, ng, n, n1);
+            gemv_qdot_rows_vnni(4, 4, qp, dx, xs, K, w, n, bias, y, sc);
+        }
         for (; n < n1; n++) gemv_qdot_rows_vnni(4, 1, qp, dx, xs, K, w, n, bias, y, sc);
     }
 }
