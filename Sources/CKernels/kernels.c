@@ -1234,6 +1234,7 @@ VK_AVX2 static void gemv_qdot_avx2(const float *x, size_t K, const vk_qmatrix *w
     int8_t *qx = (int8_t *)(dx + ng), *qp = qx + K;
     qdot_quantize_x(x, K, w->group_size, qx, dx);
     if (w->bits == 8) {
+        // 2 rows per block: on a Zen 3 host 4 concurrent row streams decoded 9-10% slower (Benchmarks/README.md)
         for (; n + 2 <= n1; n += 2) {
             prefetch_scales(w, ng, n, n1);
             gemv_qdot_rows(8, 2, qx, dx, K, w, n, bias, y, sc);
