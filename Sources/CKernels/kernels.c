@@ -1256,9 +1256,9 @@ VK_AVX2 static void gemv_qdot_avx2(const float *x, size_t K, const vk_qmatrix *w
                 for (size_t k = g * 32; k < g * 32 + 32; k++) t += qx[k];
                 xi[g / 2 * 8 + g % 2 * 4] = -8 * t;
             }
-            for (; n + 4 <= n1; n += 4) {
+            for (; n + 2 <= n1; n += 2) {  // 2 rows per block, as int8 (Benchmarks/README.md, session 8)
                 prefetch_scales(w, ng, n, n1);
-                gemv_qdot_rows_pair4(4, qp, dx, xi, K, w, n, bias, y, sc);
+                gemv_qdot_rows_pair4(2, qp, dx, xi, K, w, n, bias, y, sc);
             }
             for (; n < n1; n++) gemv_qdot_rows_pair4(1, qp, dx, xi, K, w, n, bias, y, sc);
             return;
