@@ -1118,9 +1118,10 @@ VK_AVX2 static void gemv_q_avx2(const float *x, size_t K, const vk_qmatrix *w, s
     }
 }
 
-// The f16 scales of the row blocks after [n, n + 4) (rows n + 4 .. n + 11, inside the slice): each block's scales are
-// one to a few cache lines of another array than the weights, which the weights' prefetch never reaches; without
-// this every 4-row block of int4 decode began with a DRAM miss on its scales (seen in perf as the hottest stores).
+// The f16 scales of rows n + 4 .. n + 11 (inside the slice), called before each row block starting at n: the next two
+// 4-row blocks, or for the 2-row bodies the blocks after the next one (those rows were covered by the calls before).
+// A block's scales are one to a few cache lines of another array than the weights, which the weights' prefetch never
+// reaches; without this every row block of int4 decode began with a DRAM miss on its scales (perf: the hottest stores).
 static inline void prefetch_scales(const vk_qmatrix *w, size_t ng, size_t n, size_t n1) {
     size_t a = n + 4, b = n + 12 < n1 ? n + 12 : n1;
     if (a >= b) return;
@@ -1178,6 +1179,29 @@ VK_AVX2 static inline __attribute__((always_inline)) void gemv_qdot_rows(const i
     }
 }
 
+// The row pointers of rows n .. n + RR - 1 and their scales times x's group scales (sc + r * ng: scale_w * d_x per
+// group), for the bodies that fold d_x into the row scales once per block (pair4, zmm).
+VK_AVX2 static inline __attribute__((always_inline)) void qdot_rows_setup(const int RR, const vk_qmatrix *w, size_t rb,
+                                                                          size_t ng, size_t n, const float *dx,
+                                                                          const uint8_t **row, float *sc) {
+    for (int r = 0; r < RR; r++) {
+        row[r] = (const uint8_t *)w->data + (n + r) * rb;
+        float *scr = sc + r * ng;
+        to_f32_avx2(w->scales + (n + r) * ng, VK_F16, ng, scr);
+        for (size_t g = 0; g < ng; g++) scr[g] *= dx[g];
+    }
+}
+
+// -8 sum(x) per group of the quantized x: the correction of the int4 bodies that multiply the unsigned nibbles
+// u = q + 8 (sum(q x) = sum(u x) - 8 sum(x)).
+static void qdot_minus8_sums(const int8_t *qx, size_t K, size_t G, int32_t *xs) {
+    for (size_t g = 0; g * G < K; g++) {
+        int32_t t = 0;
+        for (size_t k = g * G; k < (g + 1) * G && k < K; k++) t += qx[k];
+        xs[g] = -8 * t;
+    }
+}
+
 // int4 with 32-column groups and K a multiple of 64: two groups per 32-byte load. The nibbles stay unsigned (u = q + 8,
 // 0..15), so vpmaddubsw takes them as they are against x (no sign trick), and sum(q x) = sum(u x) - 8 sum(x): the
 // two groups' -8 sum(x) (`xi`, lanes 0 and 4 of each pair's 8) start the s32 accumulator. The low nibbles' and high
@@ -1191,12 +1215,7 @@ VK_AVX2 static inline __attribute__((always_inline)) void gemv_qdot_rows_pair4(c
                                                                                float *sc) {
     size_t ng = K / 32, rb = vk_qrow_bytes(4, K);
     const uint8_t *row[4];
-    for (int r = 0; r < RR; r++) {
-        row[r] = (const uint8_t *)w->data + (n + r) * rb;
-        float *scr = sc + r * ng;
-        to_f32_avx2(w->scales + (n + r) * ng, VK_F16, ng, scr);
-        for (size_t g = 0; g < ng; g++) scr[g] *= dx[g];
-    }
+    qdot_rows_setup(RR, w, rb, ng, n, dx, row, sc);
     size_t lead = gemv_lead((size_t)RR * rb);
     const __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
     const __m256i pair = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
@@ -1226,7 +1245,7 @@ VK_AVX2 static inline __attribute__((always_inline)) void gemv_qdot_rows_pair4(c
 }
 
 // buf: 4 * groups floats (row scales), groups floats (dx), then K + K bytes (qx, and int4's permuted copy), then (int4
-// pair path) 4 int32 per group (xi).
+// pair path) groups int32 (xs) and 4 int32 per group (xi), within vk_matmul_q_scratch_floats' gemv_qdot_vnni layout.
 VK_AVX2 static void gemv_qdot_avx2(const float *x, size_t K, const vk_qmatrix *w, size_t n0, size_t n1,
                                    const float *bias, float *y, float *buf) {
     size_t ng = qgroups(K, w->group_size), n = n0;
@@ -1243,19 +1262,16 @@ VK_AVX2 static void gemv_qdot_avx2(const float *x, size_t K, const vk_qmatrix *w
     } else {
         if (w->group_size == 32 && K % 64 == 0) {  // gemv_qdot_rows_pair4
             // qp: each 64 columns as [even columns of group 0, of group 1, odd columns of group 0, of group 1]
-            int32_t *xi = (int32_t *)(qp + K);
+            int32_t *xs = (int32_t *)(qp + K), *xi = xs + ng;
             for (size_t k = 0; k < K; k += 64)
                 for (int j = 0; j < 2; j++)
                     for (size_t i = 0; i < 16; i++) {
                         qp[k + 16 * j + i] = qx[k + 32 * j + 2 * i];
                         qp[k + 32 + 16 * j + i] = qx[k + 32 * j + 2 * i + 1];
                     }
+            qdot_minus8_sums(qx, K, 32, xs);
             memset(xi, 0, 4 * ng * sizeof(int32_t));
-            for (size_t g = 0; g < ng; g++) {
-                int32_t t = 0;
-                for (size_t k = g * 32; k < g * 32 + 32; k++) t += qx[k];
-                xi[g / 2 * 8 + g % 2 * 4] = -8 * t;
-            }
+            for (size_t g = 0; g < ng; g++) xi[g / 2 * 8 + g % 2 * 4] = xs[g];
             for (; n + 2 <= n1; n += 2) {  // 2 rows per block, as int8 (Benchmarks/README.md, session 8)
                 prefetch_scales(w, ng, n, n1);
                 gemv_qdot_rows_pair4(2, qp, dx, xi, K, w, n, bias, y, sc);
@@ -1341,12 +1357,7 @@ VK_VNNI static inline __attribute__((always_inline)) void gemv_qdot_rows_zmm(con
                                                                              const float *bias, float *y, float *sc) {
     size_t ng = K / 32, rb = vk_qrow_bytes(BITS, K);
     const uint8_t *row[4];
-    for (int r = 0; r < RR; r++) {
-        row[r] = (const uint8_t *)w->data + (n + r) * rb;
-        float *scr = sc + r * ng;
-        to_f32_avx2(w->scales + (n + r) * ng, VK_F16, ng, scr);
-        for (size_t g = 0; g < ng; g++) scr[g] *= dx[g];
-    }
+    qdot_rows_setup(RR, w, rb, ng, n, dx, row, sc);
     size_t lead = gemv_lead((size_t)RR * rb);
     const __m256i m4 = _mm256_set1_epi8(0x0f);
     const __m512i halves = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
@@ -1425,11 +1436,7 @@ VK_VNNI static void gemv_qdot_vnni(const float *x, size_t K, const vk_qmatrix *w
         }
         for (; n < n1; n++) gemv_qdot_rows_vnni(8, 1, qx, dx, xs, K, w, n, bias, y, sc);
     } else {
-        for (size_t g = 0; g < ng; g++) {
-            int32_t t = 0;
-            for (size_t k = g * G; k < (g + 1) * G && k < K; k++) t += qx[k];
-            xs[g] = -8 * t;
-        }
+        qdot_minus8_sums(qx, K, G, xs);
         qdot_permute_int4(qx, K, qp);
         if (zmm) {
             memset(xi, 0, 8 * ng * sizeof(int32_t));

@@ -116,8 +116,9 @@ def main():
     ap.add_argument("--stats", default=str(HERE / "train_stats.json"))
     ap.add_argument("--limit", type=int, default=None, help="only every n-th item (quick checks)")
     args = ap.parse_args()
+    stats = json.loads(Path(args.stats).read_text()) if Path(args.stats).exists() else {}
     # the answers are in the style the model was trained with (train_stats.json "answers"; absent: "short")
-    shapes.set_answer_style(json.loads(Path(args.stats).read_text()).get("answers", "short"))
+    shapes.set_answer_style(stats.get("answers", "short"))
     torch.set_num_threads(2)
     model_dir, out = Path(args.model), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -157,7 +158,6 @@ def main():
     gen_time = time.time() - t0
 
     acc = lambda c: round(c[0] / c[1], 4)  # noqa: E731
-    stats = json.loads(Path(args.stats).read_text()) if Path(args.stats).exists() else {}
     summary = {
         "turn_accuracy": acc(per_kind["all"]), "turns": per_kind["all"][1],
         "item_accuracy": round(item_ok / len(records), 4), "items": len(records),
