@@ -36,7 +36,8 @@ Training samples are generated on the fly from random.Random(seed) (half of the 
 in a worker process (BatchEncoder, --encode-workers). Options tried and not kept (Tools/demo-model/README.md):
 --weighting answer (every answer weighs alike in the loss), --aux-position (the probe also predicts top/bottom and
 left/right for the global image's tokens), --aux-cell (the probe also predicts the object of each token's grid cell),
---long-chains, --ema, a deeper decoder (--text-layers 8), and grounded answers (--answers grounded: the scene's
+--long-chains, --ema, a deeper decoder (--text-layers 8), a wider one (--text-width 192 --text-heads 6
+--text-kv-heads 3), and grounded answers (--answers grounded: the scene's
 description before the answer clause).
 Weights are saved as bf16 (model.safetensors).
 """
@@ -363,6 +364,9 @@ def main():
     ap.add_argument("--text-layers", type=int, default=TEXT["num_hidden_layers"], help="decoder layers")
     ap.add_argument("--text-heads", type=int, default=TEXT["num_attention_heads"],
                     help="decoder query heads (head_dim = hidden / heads)")
+    ap.add_argument("--text-width", type=int, default=TEXT["hidden_size"],
+                    help="decoder hidden size (the MLP is 3x as wide; the tied embedding table grows with it)")
+    ap.add_argument("--text-kv-heads", type=int, default=TEXT["num_key_value_heads"], help="decoder key/value heads")
     ap.add_argument("--vision-layers", type=int, default=VISION["num_hidden_layers"], help="vision encoder layers")
     ap.add_argument("--answers", choices=shapes.ANSWER_STYLES, default="short",
                     help="answer style (shapes.set_answer_style): 'short' (the committed model) answers in one clause; "
@@ -374,6 +378,8 @@ def main():
     shapes.set_answer_style(args.answers)  # before any item is drawn: training, validation and held-out alike
 
     TEXT["num_hidden_layers"], TEXT["num_attention_heads"] = args.text_layers, args.text_heads
+    TEXT["hidden_size"], TEXT["intermediate_size"] = args.text_width, 3 * args.text_width
+    TEXT["num_key_value_heads"] = args.text_kv_heads
     VISION["num_hidden_layers"] = args.vision_layers
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
