@@ -37,8 +37,7 @@ in a worker process (BatchEncoder, --encode-workers). Options tried and not kept
 --weighting answer (every answer weighs alike in the loss), --aux-position (the probe also predicts top/bottom and
 left/right for the global image's tokens), --aux-cell (the probe also predicts the object of each token's grid cell),
 --long-chains, --ema, a deeper decoder (--text-layers 8), a wider one (--text-width 192 --text-heads 6
---text-kv-heads 3), and grounded answers (--answers grounded: the scene's
-description before the answer clause).
+--text-kv-heads 3), and grounded answers (--answers grounded: the scene's description before the answer clause).
 Weights are saved as bf16 (model.safetensors).
 """
 import argparse
