@@ -296,6 +296,39 @@ final class KernelTests: XCTestCase {
         }
     }
 
+    /// The vector layer norm (double accumulators in lanes) against the scalar body: widths around the 8-lane step,
+    /// with and without bias, in place, and rows with a large common offset (where a one-pass variance would fail).
+    func testLayerNormMatchesScalar() {
+        var seed: UInt64 = 23
+        for n in [1, 5, 8, 15, 16, 33, 100, 768, 1025] {
+            let w = randoms(n, seed: &seed).map { 1 + $0 }, b = randoms(n, seed: &seed)
+            for offset: Float in [0, 1000] {
+                let x = randoms(n, seed: &seed).map { offset + 3 * $0 }
+                for bias in [true, false] {
+                    func run(scalar: Bool, inPlace: Bool) -> [Float] {
+                        vk_force_scalar(scalar ? 1 : 0)
+                        defer { vk_force_scalar(0) }
+                        var out = inPlace ? x : [Float](repeating: .nan, count: n)
+                        if inPlace {
+                            out.withUnsafeMutableBufferPointer { vk_layernorm($0.baseAddress!, w, bias ? b : nil, n, 1e-6, $0.baseAddress!) }
+                        } else {
+                            vk_layernorm(x, w, bias ? b : nil, n, 1e-6, &out)
+                        }
+                        return out
+                    }
+                    let ref = run(scalar: true, inPlace: false)
+                    for inPlace in [false, true] {
+                        let fast = run(scalar: false, inPlace: inPlace)
+                        for i in 0..<n {
+                            XCTAssertEqual(fast[i], ref[i], accuracy: 2e-6 * abs(ref[i]) + 1e-6,
+                                           "n\(n) offset \(offset) bias \(bias) in place \(inPlace) i\(i)")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     func testCausalAttentionMatchesNaiveSoftmaxAttention() {
         var seed: UInt64 = 11
         let hd = 12, keys = 9, nq = 4, p0 = keys - nq
