@@ -73,8 +73,8 @@ def build_items():
         it = shapes.multiturn_item(rng)
         t3 = it["turns"][2]
         same = [m for m in mts if m["turns"][2]["type"] == t3["type"]]
-        yes = sum(m["turns"][2]["answer"] == "Yes." for m in same)
-        if len(same) >= 7 or (t3["answer"] == "Yes." and yes >= 4) or (t3["answer"] == "No." and len(same) - yes >= 4):
+        yes = sum(m["turns"][2]["answer"].endswith("Yes.") for m in same)
+        if len(same) >= 7 or (t3["answer"].endswith("Yes.") and yes >= 4) or (t3["answer"].endswith("No.") and len(same) - yes >= 4):
             continue
         mts.append(it)
     items += mts

@@ -74,8 +74,22 @@ SINGLE_TYPES = ["describe", "color", "shape", "count", "position"]
 # The idea: the short answers need the decoder to find the object named by the question among the image tokens by
 # content, which the tiny model gets wrong about 1 time in 3 (binding errors), while it describes scenes without a
 # mistake; the final clause would then be a copy from its own description.
+# "echo" (session 10): the answer first repeats the question's subject, then gives the fact, so the token that carries
+# the fact is predicted right after the words that name the object to look up:
+#   "What color is the triangle?"  -> "The triangle is green."
+#   "Where is the red circle?"     -> "The red circle is at the top left."
+#   "What shape is the green object?" -> "The green object is a triangle."
+#   turn 3 same_color              -> "This one is blue, the first one is red. No."
+#          same_shape              -> "This one is a star, the first one is a star. Yes."
+#          same_count              -> "This one has two shapes, the first one has one. No."
+# With the short answers the fact is the first answer token: the position that predicts it must first gather the
+# question's subject from several tokens back and then find that object among the image tokens (two hops in a
+# 4-layer decoder). After the echo the subject is the previous token(s).
 ANSWER_STYLE = "short"
-ANSWER_STYLES = ("grounded", "short")
+# "echo-color" (session 10): the echo for colour questions only ("The triangle is green."), the short answers for
+# the rest. The full echo lifted colour answers (held-out 70% -> 87.5%) but cost shape answers (100% -> 85%: the
+# subject "blue object is a" is three tokens back) and did not help position or turn 3 (Tools/demo-model/README.md).
+ANSWER_STYLES = ("echo", "echo-color", "grounded", "short")
 
 
 def set_answer_style(style):
@@ -280,29 +294,42 @@ def possible_questions(sc, types=SINGLE_TYPES):
             for s in shapes:
                 if kinds.count(s["shape"]) == 1:
                     out.append((t, f"What color is the {s['shape']}?",
-                                grounded(sc, f"The {s['shape']} is {s['color']}.", cap(s["color"]) + ".")))
+                                grounded(sc, f"The {s['shape']} is {s['color']}.", cap(s["color"]) + ".", t)))
         elif t == "shape":
             for s in shapes:
                 if cols.count(s["color"]) == 1:
                     out.append((t, f"What shape is the {s['color']} object?",
-                                grounded(sc, f"The {s['color']} object is a {s['shape']}.", f"A {s['shape']}.")))
+                                grounded(sc, f"The {s['color']} object is a {s['shape']}.", f"A {s['shape']}.", t)))
         elif t == "position":
             for s in shapes:
                 if sum(1 for o in shapes if o["shape"] == s["shape"] and o["color"] == s["color"]) == 1:
                     where = POSITIONS[s["row"]][s["col"]]
                     out.append((t, f"Where is the {s['color']} {s['shape']}?",
-                                grounded(sc, f"The {s['color']} {s['shape']} is {where}.", cap(where) + ".")))
+                                grounded(sc, f"The {s['color']} {s['shape']} is {where}.", cap(where) + ".", t)))
     return out
 
 
-def grounded(sc, clause, short):
-    """The answer in the current ANSWER_STYLE: the scene's description then `clause`, or `short`."""
-    return f"{describe_answer(sc)} {clause}" if ANSWER_STYLE == "grounded" else short
+def grounded(sc, clause, short, qtype):
+    """The answer to a `qtype` question in the current ANSWER_STYLE: the scene's description then `clause`
+    (grounded), `clause` alone (echo; echo-color: for colour questions only), or `short`."""
+    if ANSWER_STYLE == "grounded":
+        return f"{describe_answer(sc)} {clause}"
+    if ANSWER_STYLE == "echo" or (ANSWER_STYLE == "echo-color" and qtype == "color"):
+        return clause
+    return short
 
 
-def same_answer(a, b, same):
-    """Turn 3's answer: both images' shape lists, then Yes/No (grounded), or Yes/No alone (short)."""
+def same_answer(a, b, same, t3):
+    """Turn 3's answer (t3: same_color / same_shape / same_count): both images' shape lists, then Yes/No (grounded);
+    the asked-about property of this image and of the first, then Yes/No (echo); or Yes/No alone (short)."""
     yes = "Yes." if same else "No."
+    if ANSWER_STYLE == "echo":
+        if t3 == "same_color":
+            return f"This one is {b['shapes'][0]['color']}, the first one is {a['shapes'][0]['color']}. {yes}"
+        if t3 == "same_shape":
+            return f"This one is a {b['shapes'][0]['shape']}, the first one is a {a['shapes'][0]['shape']}. {yes}"
+        nb, na = NUMBERS[len(b["shapes"])].lower(), NUMBERS[len(a["shapes"])].lower()
+        return f"This one has {nb} shape{'s' if len(b['shapes']) > 1 else ''}, the first one has {na}. {yes}"
     if ANSWER_STYLE != "grounded":
         return yes
     return (f"The first image has {join([phrase(s, False) for s in a['shapes']])}, "
@@ -410,7 +437,7 @@ def multiturn_item(rng):
     return {"kind": "multiturn", "turns": [
         {"user": "<image>" + x1, "images": [a], "answer": y1, "type": t1},
         {"user": x2, "images": [], "answer": y2, "type": t2},
-        {"user": "<image>" + q3, "images": [b], "answer": same_answer(a, b, same), "type": t3}]}
+        {"user": "<image>" + q3, "images": [b], "answer": same_answer(a, b, same, t3), "type": t3}]}
 
 
 def random_item(rng, mix):

@@ -45,6 +45,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import sys
 import time
@@ -72,6 +73,7 @@ EOU = 49279  # <end_of_utterance>
 TEXT = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, intermediate_size=384)
 VISION = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512, patch_size=8,
               image_size=64)
+TILE_LAYER = 0  # --aux-tile
 IMAGE_SEQ_LEN = 16  # (64 / 8)^2 patches / scale_factor^2
 
 
@@ -159,6 +161,53 @@ def image_token_labels(processor, connector, scene):
     return dist(col), dist(shp), pos, is_global, dist(cell_col), dist(cell_shp)
 
 
+def tile_markers(tokenizer):
+    """{token id: (row, col)} of the processor's <row_R_col_C> tile markers, and the id of <global-img>."""
+    rc = {}
+    for tok, i in tokenizer.get_vocab().items():
+        m = re.fullmatch(r"<row_(\d+)_col_(\d+)>", tok)
+        if m:
+            rc[i] = (int(m.group(1)), int(m.group(2)))
+    return rc, tokenizer.convert_tokens_to_ids("<global-img>")
+
+
+def tile_targets(ids, markers, image_id):
+    """Targets of --aux-tile for the decoder's image-token states: for every image token of a local tile, is its tile
+    in the top row? in the left column? (a tile of a 2-row split: top = row 1; of a 2-column split: left = column 1;
+    other splits and the global image give no target). The answer is the <row_R_col_C> marker before the tile's
+    tokens: with this target the first decoder layers copy the tile's place into its tokens, so that "Where is the
+    red circle?" needs one lookup (the object's tokens) instead of two (the object, then its tile's marker).
+    markers: tile_markers(). Returns (batch index, position, [top, left], [has top, has left]) tensors."""
+    rc, gid = markers
+    bs, ps, tg, mk = [], [], [], []
+    for b in range(ids.shape[0]):
+        row = ids[b].tolist()
+        image_tiles, cur = [], None  # the current split image's tiles: [(r, c, [positions])]
+
+        def flush():
+            if image_tiles:
+                rows, cols = max(t[0] for t in image_tiles), max(t[1] for t in image_tiles)
+                for r, c, pos in image_tiles:
+                    for p in pos:
+                        bs.append(b); ps.append(p)
+                        tg.append([1.0 if r == 1 else 0.0, 1.0 if c == 1 else 0.0])
+                        mk.append([1.0 if rows == 2 else 0.0, 1.0 if cols == 2 else 0.0])
+            image_tiles.clear()
+        for p, t in enumerate(row):
+            if t in rc:
+                if rc[t] == (1, 1):
+                    flush()
+                image_tiles.append((*rc[t], []))
+                cur = image_tiles[-1][2]
+            elif t == gid:
+                flush()
+                cur = None
+            elif t == image_id and cur is not None:
+                cur.append(p)
+        flush()
+    return torch.tensor(bs), torch.tensor(ps), torch.tensor(tg), torch.tensor(mk)
+
+
 def encode_batch(processor, items, jpeg_rng, connector=None):
     """Processor inputs for full conversations and, per sample, the (position, target id, weight) triples of the loss
     (weight 1 / the answer's token count, <end_of_utterance> included: see loss_fn); with a connector, also the
@@ -194,7 +243,7 @@ def encode_batch(processor, items, jpeg_rng, connector=None):
 
 
 def loss_fn(model, inputs, pos_b, pos_t, tgt, weight=None, aux=None, aux_head=None, aux_position=False,
-            aux_cell=False):
+            aux_cell=False, tile_head=None, markers=None):
     """Cross-entropy on the answer tokens, each token weighted by `weight` (None: every token alike; encode_batch's
     weights make every answer count alike, so the one token that carries a colour or "Yes" weighs as much as a
     whole description); with aux targets, plus the auxiliary vision loss: a linear probe (aux_head,
@@ -203,7 +252,9 @@ def loss_fn(model, inputs, pos_b, pos_t, tgt, weight=None, aux=None, aux_head=No
     first step instead of waiting for the language model to start looking at the image."""
     kw = {k: inputs[k] for k in ("input_ids", "attention_mask") if k in inputs}
     img = model.model.get_image_features(inputs["pixel_values"], inputs.get("pixel_attention_mask"), return_dict=True)
-    hidden = model.model(**kw, mm_encoder_outputs={"image": img}, use_cache=False).last_hidden_state  # final norm
+    lm_out = model.model(**kw, mm_encoder_outputs={"image": img}, use_cache=False,
+                         output_hidden_states=tile_head is not None)
+    hidden = lm_out.last_hidden_state  # final norm
     h = hidden[pos_b, pos_t]
     logits = F.linear(h, model.lm_head.weight).float()
     if weight is None:
@@ -224,6 +275,12 @@ def loss_fn(model, inputs, pos_b, pos_t, tgt, weight=None, aux=None, aux_head=No
             c0 = nc + ns + (2 if aux_position else 0)
             aux_loss = aux_loss + F.cross_entropy(out[:, c0:c0 + nc], aux[4]) + \
                 F.cross_entropy(out[:, c0 + nc:c0 + nc + ns], aux[5])
+    if tile_head is not None:  # --aux-tile: the decoder's state of each local-tile image token after TILE_LAYER layers
+        tb, tp, tt, tm = tile_targets(inputs["input_ids"], markers, model.config.image_token_id)
+        if len(tb):
+            z = tile_head(lm_out.hidden_states[TILE_LAYER][tb, tp]).float()
+            bce = F.binary_cross_entropy_with_logits(z, tt, reduction="none")
+            aux_loss = aux_loss + (bce * tm).sum() / tm.sum().clamp(min=1)
     return loss, (logits.argmax(-1) == tgt).float().mean(), aux_loss
 
 
@@ -340,6 +397,9 @@ def main():
     ap.add_argument("--aux-weight", type=float, default=1.0, help="weight of the auxiliary vision loss (0: off)")
     ap.add_argument("--aux-position", action="store_true",
                     help="the auxiliary probe also predicts, for the global image's tokens, top/bottom and left/right")
+    ap.add_argument("--aux-tile", type=int, default=0, metavar="L",
+                    help="a probe on the decoder's state after L layers (0: off) predicts, for every image token of a "
+                         "local tile, whether its tile is in the top row and in the left column (tile_targets)")
     ap.add_argument("--aux-cell", action="store_true",
                     help="the auxiliary probe also predicts, for every image token, the colour and shape kind of the "
                          "object whose grid cell the token lies in (background pixels of the cell included)")
@@ -370,7 +430,7 @@ def main():
     ap.add_argument("--answers", choices=shapes.ANSWER_STYLES, default="short",
                     help="answer style (shapes.set_answer_style): 'short' (the committed model) answers in one clause; "
                          "'grounded' (tried, not kept) answers a colour, shape or position question after the scene's "
-                         "description")
+                         "description; 'echo' repeats the question's subject before the fact ('The triangle is green.')")
     ap.add_argument("--out", default=str(REPO / "models" / "smolvlm-shapes"))
     ap.add_argument("--stats", default=str(Path(__file__).resolve().parent / "train_stats.json"))
     args = ap.parse_args()
@@ -401,8 +461,13 @@ def main():
     aux_head = torch.nn.Linear(TEXT["hidden_size"], 1 + len(shapes.COLOR_NAMES) + 1 + len(shapes.SHAPES) +
                                (2 if args.aux_position else 0) +
                                (1 + len(shapes.COLOR_NAMES) + 1 + len(shapes.SHAPES) if args.aux_cell else 0))
+    global TILE_LAYER
+    TILE_LAYER = args.aux_tile
+    tile_head = torch.nn.Linear(TEXT["hidden_size"], 2) if args.aux_tile else None  # training only, like aux_head
+    markers = tile_markers(load_processor(out).tokenizer) if args.aux_tile else None
+    probes = list(aux_head.named_parameters()) + (list(tile_head.named_parameters()) if tile_head else [])
     decay, no_decay = [], []
-    for n, p in list(model.named_parameters()) + [("aux." + n, p) for n, p in aux_head.named_parameters()]:
+    for n, p in list(model.named_parameters()) + [("aux." + n, p) for n, p in probes]:
         (decay if p.ndim >= 2 and "embed" not in n else no_decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.98), eps=1e-8)
@@ -443,10 +508,10 @@ def main():
         for g in opt.param_groups:
             g["lr"] = lr
         loss, acc, aux_loss = loss_fn(model, inputs, pb, pt, tg, w if args.weighting == "answer" else None,
-                                      aux, aux_head, args.aux_position, args.aux_cell)
+                                      aux, aux_head, args.aux_position, args.aux_cell, tile_head, markers)
         opt.zero_grad(set_to_none=True)
         (loss + args.aux_weight * aux_loss).backward()
-        torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(aux_head.parameters()), 1.0)
+        torch.nn.utils.clip_grad_norm_(list(model.parameters()) + [p for _, p in probes], 1.0)
         opt.step()
         if args.ema > 0 and step >= curriculum_end:
             with torch.no_grad():
@@ -507,7 +572,7 @@ def main():
     model.save_pretrained(out, safe_serialization=True)
     (out / "model.safetensors").chmod(0o644)
     write_processor_files(out)  # save_pretrained may rewrite generation_config.json: keep the real one
-    stats = {"answers": args.answers, "mix": args.mix, "aux_weight": args.aux_weight, "weighting": args.weighting, "aux_position": args.aux_position, "aux_cell": args.aux_cell, "long_chains": args.long_chains, "ema": args.ema, "final_val": final_val, "threads": args.threads, "text": dict(TEXT), "vision": dict(VISION), "steps": args.steps, "steps_done": step + 1, "batch": args.batch, "lr": args.lr, "warmup": args.warmup, "seed": args.seed,
+    stats = {"answers": args.answers, "mix": args.mix, "aux_weight": args.aux_weight, "weighting": args.weighting, "aux_position": args.aux_position, "aux_cell": args.aux_cell, "aux_tile": args.aux_tile, "long_chains": args.long_chains, "ema": args.ema, "final_val": final_val, "threads": args.threads, "text": dict(TEXT), "vision": dict(VISION), "steps": args.steps, "steps_done": step + 1, "batch": args.batch, "lr": args.lr, "warmup": args.warmup, "seed": args.seed,
              "train_time_s": round(train_time, 1), "final_loss_ema": round(ema, 5), "final_loss": round(lv, 5),
              "parameters": nparams, "history": history}
     if args.init_from and Path(args.stats).exists():  # keep the earlier stage(s) in the record
