@@ -1592,11 +1592,8 @@ VK_AVX2 static float exp_sum_avx2(float *x, size_t n, float scale, float m) {
 
 // The 512-bit forms of exp256 / max_avx2 / exp_sum_avx2 for the attention softmax on AVX-512 machines: the same
 // polynomial and range reduction, 16 lanes (vision tiles spend a tenth of their attention time in these exps).
-VK_AVX512 static inline __m512 exp512(__m512 x) {
-    const __m512 hi = _mm512_set1_ps(89.0f), lo = _mm512_set1_ps(-104.0f);
-    __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
-    __m512 xin = x;
-    x = _mm512_max_ps(_mm512_min_ps(x, hi), lo);
+// exp's common part (Cephes expf): x = fx ln2 + r with fx = floor(x log2e + 0.5), returns the polynomial e^r.
+VK_AVX512 static inline __m512 exp512_mantissa(__m512 x, __m512 *fx_out) {
     __m512 fx = _mm512_roundscale_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f)),
                                      _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
     x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(0.693359375f), x);
@@ -1609,7 +1606,16 @@ VK_AVX512 static inline __m512 exp512(__m512 x) {
     y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.6666665459e-1f));
     y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(5.0000001201e-1f));
     y = _mm512_fmadd_ps(y, z, x);
-    y = _mm512_add_ps(y, _mm512_set1_ps(1.0f));
+    *fx_out = fx;
+    return _mm512_add_ps(y, _mm512_set1_ps(1.0f));
+}
+
+VK_AVX512 static inline __m512 exp512(__m512 x) {
+    const __m512 hi = _mm512_set1_ps(89.0f), lo = _mm512_set1_ps(-104.0f);
+    __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+    __m512 xin = x;
+    x = _mm512_max_ps(_mm512_min_ps(x, hi), lo);
+    __m512 fx, y = exp512_mantissa(x, &fx);
     __m512i n = _mm512_cvttps_epi32(fx);                   // in [-150, 128]
     __m512i n1 = _mm512_srai_epi32(n, 1), n2 = _mm512_sub_epi32(n, n1);
     const __m512i bias = _mm512_set1_epi32(127);
@@ -1632,20 +1638,7 @@ VK_AVX512 static float max_avx512(const float *x, size_t n) {
 // one vscalefps instead of two exponent-field multiplies (equal results wherever exp(x) is a normal float), no upper
 // clamp; max(lo, x) keeps a NaN (its second operand), which then propagates. 14 operations per vector instead of 24.
 VK_AVX512 static inline __m512 exp512_nonpos(__m512 x) {
-    x = _mm512_max_ps(_mm512_set1_ps(-104.0f), x);
-    __m512 fx = _mm512_roundscale_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f)),
-                                     _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-    x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(0.693359375f), x);
-    x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(-2.12194440e-4f), x);
-    __m512 z = _mm512_mul_ps(x, x);
-    __m512 y = _mm512_set1_ps(1.9875691500e-4f);
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.3981999507e-3f));
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(8.3334519073e-3f));
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(4.1665795894e-2f));
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.6666665459e-1f));
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(5.0000001201e-1f));
-    y = _mm512_fmadd_ps(y, z, x);
-    y = _mm512_add_ps(y, _mm512_set1_ps(1.0f));
+    __m512 fx, y = exp512_mantissa(_mm512_max_ps(_mm512_set1_ps(-104.0f), x), &fx);
     return _mm512_scalef_ps(y, fx);
 }
 
