@@ -1476,6 +1476,15 @@ VK_VNNI static void gemv_qdot_vnni(const float *x, size_t K, const vk_qmatrix *w
 // exp: Cephes' expf (range reduction by ln 2 in two parts, degree-5 polynomial), about 1 ulp. 2^n is applied as
 // two factors 2^(n/2) so results overflow to +inf and underflow gradually through the subnormals like expf;
 // NaN stays NaN.
+// Cephes expf: exp(x) = 2^fx e^r with fx = floor(x log2e + 0.5), r = x - fx ln2 (ln2 in two parts), e^r = 1 + r +
+// r^2 P(r), P's coefficients highest first. One table for the AVX2 and AVX-512 bodies, which evaluate it in the same
+// order, so their floats agree lane for lane.
+static const float vk_exp_poly[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                                     4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+// erfc(z) ~ t exp(-z^2 + Q(t)), t = 1 / (1 + z / 2) (Numerical Recipes' erfcc), Q's coefficients highest first.
+static const float vk_erfc_poly[10] = {0.17087277f, -0.82215223f, 1.48851587f, -1.13520398f, 0.27886807f,
+                                       -0.18628806f, 0.09678418f,  0.37409196f, 1.00002368f,  -1.26551223f};
+
 VK_AVX2 static inline __m256 exp256(__m256 x) {
     const __m256 hi = _mm256_set1_ps(89.0f), lo = _mm256_set1_ps(-104.0f);
     __m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
@@ -1484,12 +1493,9 @@ VK_AVX2 static inline __m256 exp256(__m256 x) {
     x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
     x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
     __m256 z = _mm256_mul_ps(x, x);
-    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+    __m256 y = _mm256_set1_ps(vk_exp_poly[0]);
+#pragma GCC unroll 5
+    for (int j = 1; j < 6; j++) y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(vk_exp_poly[j]));
     y = _mm256_fmadd_ps(y, z, x);
     y = _mm256_add_ps(y, _mm256_set1_ps(1.0f));
     __m256i n = _mm256_cvttps_epi32(fx);                   // in [-150, 128]
@@ -1542,16 +1548,9 @@ VK_AVX2 static void gelu_erf_avx2(float *x, size_t n) {
         __m256 zs = _mm256_mul_ps(v, _mm256_set1_ps(-0.7071067811865476f));  // erfc argument
         __m256 z = _mm256_and_ps(zs, abs_mask);
         __m256 t = _mm256_div_ps(one, _mm256_fmadd_ps(half, z, one));
-        __m256 p = _mm256_set1_ps(0.17087277f);
-        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-0.82215223f));
-        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.48851587f));
-        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-1.13520398f));
-        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.27886807f));
-        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-0.18628806f));
-        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.09678418f));
-        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.37409196f));
-        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.00002368f));
-        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-1.26551223f));
+        __m256 p = _mm256_set1_ps(vk_erfc_poly[0]);
+#pragma GCC unroll 9
+        for (int j = 1; j < 10; j++) p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(vk_erfc_poly[j]));
         __m256 r = _mm256_mul_ps(t, exp256(_mm256_fnmadd_ps(z, z, p)));  // erfc(|zs|)
         // erfc(zs) = r for zs >= 0, 2 - r for zs < 0.
         __m256 negz = _mm256_cmp_ps(zs, _mm256_setzero_ps(), _CMP_LT_OQ);
@@ -1592,19 +1591,16 @@ VK_AVX2 static float exp_sum_avx2(float *x, size_t n, float scale, float m) {
 
 // The 512-bit forms of exp256 / max_avx2 / exp_sum_avx2 for the attention softmax on AVX-512 machines: the same
 // polynomial and range reduction, 16 lanes (vision tiles spend a tenth of their attention time in these exps).
-// exp's common part (Cephes expf): x = fx ln2 + r with fx = floor(x log2e + 0.5), returns the polynomial e^r.
+// exp's common part: the range reduction and e^r of vk_exp_poly; fx (the power of two) through fx_out.
 VK_AVX512 static inline __m512 exp512_mantissa(__m512 x, __m512 *fx_out) {
     __m512 fx = _mm512_roundscale_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f)),
                                      _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
     x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(0.693359375f), x);
     x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(-2.12194440e-4f), x);
     __m512 z = _mm512_mul_ps(x, x);
-    __m512 y = _mm512_set1_ps(1.9875691500e-4f);
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.3981999507e-3f));
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(8.3334519073e-3f));
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(4.1665795894e-2f));
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.6666665459e-1f));
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(5.0000001201e-1f));
+    __m512 y = _mm512_set1_ps(vk_exp_poly[0]);
+#pragma GCC unroll 5
+    for (int j = 1; j < 6; j++) y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(vk_exp_poly[j]));
     y = _mm512_fmadd_ps(y, z, x);
     *fx_out = fx;
     return _mm512_add_ps(y, _mm512_set1_ps(1.0f));
@@ -1682,16 +1678,9 @@ VK_AVX512 static void gelu_erf_avx512(float *x, size_t n) {
         __m512 zs = _mm512_mul_ps(v, _mm512_set1_ps(-0.7071067811865476f));
         __m512 z = _mm512_abs_ps(zs);
         __m512 t = _mm512_div_ps(one, _mm512_fmadd_ps(half, z, one));
-        __m512 p = _mm512_set1_ps(0.17087277f);
-        p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-0.82215223f));
-        p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.48851587f));
-        p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-1.13520398f));
-        p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.27886807f));
-        p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-0.18628806f));
-        p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.09678418f));
-        p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.37409196f));
-        p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.00002368f));
-        p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-1.26551223f));
+        __m512 p = _mm512_set1_ps(vk_erfc_poly[0]);
+#pragma GCC unroll 9
+        for (int j = 1; j < 10; j++) p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(vk_erfc_poly[j]));
         __m512 r = _mm512_mul_ps(t, exp512(_mm512_fnmadd_ps(z, z, p)));
         __mmask16 negz = _mm512_cmp_ps_mask(zs, _mm512_setzero_ps(), _CMP_LT_OQ);
         r = _mm512_mask_blend_ps(negz, r, _mm512_sub_ps(two, r));

@@ -73,7 +73,6 @@ EOU = 49279  # <end_of_utterance>
 TEXT = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, intermediate_size=384)
 VISION = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512, patch_size=8,
               image_size=64)
-TILE_LAYER = 0  # --aux-tile
 IMAGE_SEQ_LEN = 16  # (64 / 8)^2 patches / scale_factor^2
 
 
@@ -243,7 +242,7 @@ def encode_batch(processor, items, jpeg_rng, connector=None):
 
 
 def loss_fn(model, inputs, pos_b, pos_t, tgt, weight=None, aux=None, aux_head=None, aux_position=False,
-            aux_cell=False, tile_head=None, markers=None):
+            aux_cell=False, tile_head=None, markers=None, tile_layer=0):
     """Cross-entropy on the answer tokens, each token weighted by `weight` (None: every token alike; encode_batch's
     weights make every answer count alike, so the one token that carries a colour or "Yes" weighs as much as a
     whole description); with aux targets, plus the auxiliary vision loss: a linear probe (aux_head,
@@ -275,10 +274,10 @@ def loss_fn(model, inputs, pos_b, pos_t, tgt, weight=None, aux=None, aux_head=No
             c0 = nc + ns + (2 if aux_position else 0)
             aux_loss = aux_loss + F.cross_entropy(out[:, c0:c0 + nc], aux[4]) + \
                 F.cross_entropy(out[:, c0 + nc:c0 + nc + ns], aux[5])
-    if tile_head is not None:  # --aux-tile: the decoder's state of each local-tile image token after TILE_LAYER layers
+    if tile_head is not None:  # --aux-tile: the decoder's state of each local-tile image token after tile_layer layers
         tb, tp, tt, tm = tile_targets(inputs["input_ids"], markers, model.config.image_token_id)
         if len(tb):
-            z = tile_head(lm_out.hidden_states[TILE_LAYER][tb, tp]).float()
+            z = tile_head(lm_out.hidden_states[tile_layer][tb, tp]).float()
             bce = F.binary_cross_entropy_with_logits(z, tt, reduction="none")
             aux_loss = aux_loss + (bce * tm).sum() / tm.sum().clamp(min=1)
     return loss, (logits.argmax(-1) == tgt).float().mean(), aux_loss
@@ -461,8 +460,6 @@ def main():
     aux_head = torch.nn.Linear(TEXT["hidden_size"], 1 + len(shapes.COLOR_NAMES) + 1 + len(shapes.SHAPES) +
                                (2 if args.aux_position else 0) +
                                (1 + len(shapes.COLOR_NAMES) + 1 + len(shapes.SHAPES) if args.aux_cell else 0))
-    global TILE_LAYER
-    TILE_LAYER = args.aux_tile
     tile_head = torch.nn.Linear(TEXT["hidden_size"], 2) if args.aux_tile else None  # training only, like aux_head
     markers = tile_markers(load_processor(out).tokenizer) if args.aux_tile else None
     probes = list(aux_head.named_parameters()) + (list(tile_head.named_parameters()) if tile_head else [])
@@ -508,7 +505,8 @@ def main():
         for g in opt.param_groups:
             g["lr"] = lr
         loss, acc, aux_loss = loss_fn(model, inputs, pb, pt, tg, w if args.weighting == "answer" else None,
-                                      aux, aux_head, args.aux_position, args.aux_cell, tile_head, markers)
+                                      aux, aux_head, args.aux_position, args.aux_cell, tile_head, markers,
+                                      args.aux_tile)
         opt.zero_grad(set_to_none=True)
         (loss + args.aux_weight * aux_loss).backward()
         torch.nn.utils.clip_grad_norm_(list(model.parameters()) + [p for _, p in probes], 1.0)
