@@ -74,6 +74,7 @@ TEXT = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key
 VISION = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512, patch_size=8,
               image_size=64)
 IMAGE_SEQ_LEN = 16  # (64 / 8)^2 patches / scale_factor^2
+IMAGE_TOKEN_ID = 49190  # <image>
 
 
 def read_json(p):
@@ -93,7 +94,7 @@ def make_config():
                 architectures=["LlamaForCausalLM"], **TEXT)
     vision = dict(num_channels=3, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6, initializer_range=0.02,
                   **VISION)
-    return Idefics3Config(text_config=text, vision_config=vision, image_token_id=49190, scale_factor=2,
+    return Idefics3Config(text_config=text, vision_config=vision, image_token_id=IMAGE_TOKEN_ID, scale_factor=2,
                           tie_word_embeddings=True, use_cache=True,
                           architectures=["Idefics3ForConditionalGeneration"])
 
@@ -207,10 +208,47 @@ def tile_targets(ids, markers, image_id):
     return torch.tensor(bs), torch.tensor(ps), torch.tensor(tg), torch.tensor(mk)
 
 
+def question_subjects(item, k):
+    """The objects (image index within the item, shape dict) that turn k's question is about, for --attn-sup: the
+    object a colour / shape / position question names (unique in its scene by construction) and, for turn 3's
+    same_color / same_shape, the one shape of each image. Other questions (describe, count, compare, same_count)
+    name no single object: []."""
+    t = item["turns"][k]
+    scenes = [sc for tt in item["turns"] for sc in tt["images"]]
+    first = scenes[0]["shapes"]
+    q = t["user"].replace("<image>", "")
+    if t["type"] == "color":
+        kind = re.fullmatch(r"What color is the (\w+)\?", q).group(1)
+        return [(0, s) for s in first if s["shape"] == kind]
+    if t["type"] == "shape":
+        col = re.fullmatch(r"What shape is the (\w+) object\?", q).group(1)
+        return [(0, s) for s in first if s["color"] == col]
+    if t["type"] == "position":
+        col, kind = re.fullmatch(r"Where is the (\w+) (\w+)\?", q).groups()
+        return [(0, s) for s in first if s["color"] == col and s["shape"] == kind]
+    if t["type"] in ("same_color", "same_shape"):
+        return [(0, first[0]), (1, scenes[1]["shapes"][0])]
+    return []
+
+
+def object_token_weights(label, shape):
+    """For one image's aux labels (image_token_labels) and one of its shapes: the fraction of each image token's area
+    that the shape covers (non-background coverage inside the shape's quadrant: shapes never leave their grid cell),
+    with the resampling ripple below 0.05 cut off."""
+    col, pos = label[0], label[2]
+    top = pos[:, 0] if shape["row"] == 0 else 1 - pos[:, 0]
+    left = pos[:, 1] if shape["col"] == 0 else 1 - pos[:, 1]
+    w = ((1 - col[:, 0]) * top * left).clamp(min=0)
+    return torch.where(w < 0.05, torch.zeros_like(w), w)
+
+
 def encode_batch(processor, items, jpeg_rng, connector=None):
     """Processor inputs for full conversations and, per sample, the (position, target id, weight) triples of the loss
     (weight 1 / the answer's token count, <end_of_utterance> included: see loss_fn); with a connector, also the
-    auxiliary loss's per-image-token targets (image_token_labels) in image-feature order."""
+    auxiliary loss's per-image-token targets (image_token_labels) in image-feature order, and the targets of the
+    attention supervision (--attn-sup): for every position that predicts a token of an answer about one object
+    (question_subjects), the distribution over image-token positions that the supervised head should attend with
+    (object_token_weights, normalised): (query batch, query position, key position, weight) rows."""
     texts, images, answers, labels = [], [], [], []
     for it in items:
         msgs = shapes.messages_for(it, [t["answer"] for t in it["turns"]])
@@ -222,7 +260,16 @@ def encode_batch(processor, items, jpeg_rng, connector=None):
     inputs = processor(text=texts, images=images, padding=True, return_tensors="pt")
     ids = inputs["input_ids"]
     pos_b, pos_t, tgt, weight = [], [], [], []
+    att = ([], [], [], [])  # attention-supervision rows: query batch, query position, key position, weight
+    label_at = 0  # index of the sample's first image in `labels`
     for b, ans in enumerate(answers):
+        image_pos = (ids[b] == IMAGE_TOKEN_ID).nonzero().flatten()
+        n_images = sum(len(t["images"]) for t in items[b]["turns"])
+        spans, at = [], 0  # per image of the sample: its image-token positions
+        for i in range(n_images if labels else 0):
+            n_tok = labels[label_at + i][0].shape[0]
+            spans.append(image_pos[at:at + n_tok])
+            at += n_tok
         eous = (ids[b] == EOU).nonzero().flatten().tolist()
         assert len(eous) == 2 * len(ans), (len(eous), len(ans))
         for k, a in enumerate(ans):
@@ -235,24 +282,50 @@ def encode_batch(processor, items, jpeg_rng, connector=None):
                 pos_t.append(j - 1)
                 tgt.append(int(ids[b, j]))
                 weight.append(1.0 / (n + 1))
+            subjects = question_subjects(items[b], k) if spans else []
+            keys, kw = [], []
+            for img_i, shape in subjects:
+                w = object_token_weights(labels[label_at + img_i], shape)
+                keys.append(spans[img_i][w > 0])
+                kw.append(w[w > 0] / w.sum() / len(subjects))
+            if keys and all(len(x) for x in keys):
+                keys, kw = torch.cat(keys), torch.cat(kw)
+                for j in range(e - n, e):  # the answer's tokens, not its <end_of_utterance>
+                    att[0].append(torch.full_like(keys, b))
+                    att[1].append(torch.full_like(keys, j - 1))
+                    att[2].append(keys)
+                    att[3].append(kw)
+        label_at += n_images if labels else 0
     aux = None
     if labels:
         aux = tuple(torch.cat([lab[i] for lab in labels]) for i in range(len(labels[0])))
+        aux += tuple(torch.cat(a) if a else torch.zeros(0, dtype=torch.float32 if i == 3 else torch.long)
+                     for i, a in enumerate(att))
     return inputs, torch.tensor(pos_b), torch.tensor(pos_t), torch.tensor(tgt), torch.tensor(weight), aux
 
 
 def loss_fn(model, inputs, pos_b, pos_t, tgt, weight=None, aux=None, aux_head=None, aux_position=False,
-            aux_cell=False, tile_head=None, markers=None, tile_layer=0):
+            aux_cell=False, tile_head=None, markers=None, tile_layer=0, attn_sup=None):
     """Cross-entropy on the answer tokens, each token weighted by `weight` (None: every token alike; encode_batch's
     weights make every answer count alike, so the one token that carries a colour or "Yes" weighs as much as a
     whole description); with aux targets, plus the auxiliary vision loss: a linear probe (aux_head,
     training only, never saved) reads each image token as the language model receives it (the connector's output)
     and predicts the colour and shape kind under it. It gives the from-scratch vision tower a dense signal from the
-    first step instead of waiting for the language model to start looking at the image."""
+    first step instead of waiting for the language model to start looking at the image.
+    attn_sup: (layer, head) of the attention supervision (--attn-sup; the decoder runs eager attention): that head's
+    attention at every answer position of a one-object question is pulled towards the image tokens of the object
+    (encode_batch's targets; cross-entropy against them)."""
     kw = {k: inputs[k] for k in ("input_ids", "attention_mask") if k in inputs}
     img = model.model.get_image_features(inputs["pixel_values"], inputs.get("pixel_attention_mask"), return_dict=True)
+    captured = {}
+    hook = None
+    if attn_sup is not None:  # LlamaAttention returns (output, weights); eager attention fills the weights
+        hook = model.model.text_model.layers[attn_sup[0]].self_attn.register_forward_hook(
+            lambda mod, args, out: captured.__setitem__("w", out[1]))
     lm_out = model.model(**kw, mm_encoder_outputs={"image": img}, use_cache=False,
                          output_hidden_states=tile_head is not None)
+    if hook is not None:
+        hook.remove()
     hidden = lm_out.last_hidden_state  # final norm
     h = hidden[pos_b, pos_t]
     logits = F.linear(h, model.lm_head.weight).float()
@@ -280,6 +353,10 @@ def loss_fn(model, inputs, pos_b, pos_t, tgt, weight=None, aux=None, aux_head=No
             z = tile_head(lm_out.hidden_states[tile_layer][tb, tp]).float()
             bce = F.binary_cross_entropy_with_logits(z, tt, reduction="none")
             aux_loss = aux_loss + (bce * tm).sum() / tm.sum().clamp(min=1)
+    if attn_sup is not None and aux is not None and len(aux[-1]):
+        qb, qp, kp, w = aux[-4:]
+        p = captured["w"][qb, attn_sup[1], qp, kp].float()
+        aux_loss = aux_loss + attn_sup[2] * -(w * torch.log(p + 1e-6)).sum() / w.sum()
     return loss, (logits.argmax(-1) == tgt).float().mean(), aux_loss
 
 
@@ -399,6 +476,10 @@ def main():
     ap.add_argument("--aux-tile", type=int, default=0, metavar="L",
                     help="a probe on the decoder's state after L layers (0: off) predicts, for every image token of a "
                          "local tile, whether its tile is in the top row and in the left column (tile_targets)")
+    ap.add_argument("--attn-sup", default=None, metavar="L:H:W",
+                    help="attention supervision: head H of decoder layer L (0-based) is pulled, with weight W, towards "
+                         "the image tokens of the object that a colour / shape / position question names (and of the "
+                         "two shapes of turn 3's same_color / same_shape), at every position predicting the answer")
     ap.add_argument("--aux-cell", action="store_true",
                     help="the auxiliary probe also predicts, for every image token, the colour and shape kind of the "
                          "object whose grid cell the token lies in (background pixels of the cell included)")
@@ -450,6 +531,11 @@ def main():
     model = Idefics3ForConditionalGeneration(config)
     if args.init_from:  # continue training from a saved folder (its bf16 weights, upcast to f32)
         model = Idefics3ForConditionalGeneration.from_pretrained(args.init_from, dtype=torch.float32)
+    attn_sup = None
+    if args.attn_sup:
+        layer, head, w = args.attn_sup.split(":")
+        attn_sup = (int(layer), int(head), float(w))
+        model.model.text_model.config._attn_implementation = "eager"  # the supervised head's weights are needed
     model.tie_weights()
     assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
     model.train()
@@ -506,7 +592,7 @@ def main():
             g["lr"] = lr
         loss, acc, aux_loss = loss_fn(model, inputs, pb, pt, tg, w if args.weighting == "answer" else None,
                                       aux, aux_head, args.aux_position, args.aux_cell, tile_head, markers,
-                                      args.aux_tile)
+                                      args.aux_tile, attn_sup)
         opt.zero_grad(set_to_none=True)
         (loss + args.aux_weight * aux_loss).backward()
         torch.nn.utils.clip_grad_norm_(list(model.parameters()) + [p for _, p in probes], 1.0)
@@ -570,7 +656,7 @@ def main():
     model.save_pretrained(out, safe_serialization=True)
     (out / "model.safetensors").chmod(0o644)
     write_processor_files(out)  # save_pretrained may rewrite generation_config.json: keep the real one
-    stats = {"answers": args.answers, "mix": args.mix, "aux_weight": args.aux_weight, "weighting": args.weighting, "aux_position": args.aux_position, "aux_cell": args.aux_cell, "aux_tile": args.aux_tile, "long_chains": args.long_chains, "ema": args.ema, "final_val": final_val, "threads": args.threads, "text": dict(TEXT), "vision": dict(VISION), "steps": args.steps, "steps_done": step + 1, "batch": args.batch, "lr": args.lr, "warmup": args.warmup, "seed": args.seed,
+    stats = {"answers": args.answers, "mix": args.mix, "aux_weight": args.aux_weight, "weighting": args.weighting, "aux_position": args.aux_position, "aux_cell": args.aux_cell, "aux_tile": args.aux_tile, "attn_sup": args.attn_sup, "long_chains": args.long_chains, "ema": args.ema, "final_val": final_val, "threads": args.threads, "text": dict(TEXT), "vision": dict(VISION), "steps": args.steps, "steps_done": step + 1, "batch": args.batch, "lr": args.lr, "warmup": args.warmup, "seed": args.seed,
              "train_time_s": round(train_time, 1), "final_loss_ema": round(ema, 5), "final_loss": round(lv, 5),
              "parameters": nparams, "history": history}
     if args.init_from and Path(args.stats).exists():  # keep the earlier stage(s) in the record
