@@ -32,11 +32,14 @@ Auxiliary vision loss (--aux-weight, default 1): a linear probe on each image to
 (the connector's output) predicts the fraction of the token's area covered by each colour and each shape kind, from
 label masks drawn with the scene's own geometry and put through the same image processor (image_token_labels). It
 gives the from-scratch vision tower a dense signal from the first step; the probe is not part of the saved model.
+The committed model also used --aux-position (the probe also predicts top/bottom and left/right for the global
+image's tokens), --aux-tile 2 (a probe on the decoder's state after 2 layers predicts each local tile's row and
+column) and --attn-sup 2:0:0.5 (attention supervision: head 0 of decoder layer 2 is pulled towards the image tokens
+of the object a colour / shape / position question names); Tools/demo-model/README.md has the exact command.
 Training samples are generated on the fly from random.Random(seed) (half of the images JPEG round-tripped) and encoded
 in a worker process (BatchEncoder, --encode-workers). Options tried and not kept (Tools/demo-model/README.md):
---weighting answer (every answer weighs alike in the loss), --aux-position (the probe also predicts top/bottom and
-left/right for the global image's tokens), --aux-cell (the probe also predicts the object of each token's grid cell),
---long-chains, --ema, a deeper decoder (--text-layers 8), a wider one (--text-width 192 --text-heads 6
+--weighting answer (every answer weighs alike in the loss), --aux-cell (the probe also predicts the object of each
+token's grid cell), --long-chains, a deeper decoder (--text-layers 8), a wider one (--text-width 192 --text-heads 6
 --text-kv-heads 3), and grounded answers (--answers grounded: the scene's description before the answer clause).
 Weights are saved as bf16 (model.safetensors).
 """
@@ -312,20 +315,19 @@ def loss_fn(model, inputs, pos_b, pos_t, tgt, weight=None, aux=None, aux_head=No
     training only, never saved) reads each image token as the language model receives it (the connector's output)
     and predicts the colour and shape kind under it. It gives the from-scratch vision tower a dense signal from the
     first step instead of waiting for the language model to start looking at the image.
-    attn_sup: (layer, head) of the attention supervision (--attn-sup; the decoder runs eager attention): that head's
-    attention at every answer position of a one-object question is pulled towards the image tokens of the object
-    (encode_batch's targets; cross-entropy against them)."""
+    attn_sup: the (layer, head, weight) triples of the attention supervision (--attn-sup; the decoder runs eager
+    attention): each such head's attention at every answer position of a one-object question is pulled towards the
+    image tokens of the object (encode_batch's targets; cross-entropy against them)."""
     kw = {k: inputs[k] for k in ("input_ids", "attention_mask") if k in inputs}
     img = model.model.get_image_features(inputs["pixel_values"], inputs.get("pixel_attention_mask"), return_dict=True)
-    captured = {}
-    hook = None
-    if attn_sup is not None:  # LlamaAttention returns (output, weights); eager attention fills the weights
-        hook = model.model.text_model.layers[attn_sup[0]].self_attn.register_forward_hook(
-            lambda mod, args, out: captured.__setitem__("w", out[1]))
+    captured, hooks = {}, []
+    for layer in sorted({l for l, _, _ in attn_sup or []}):  # LlamaAttention returns (output, weights) in eager mode
+        hooks.append(model.model.text_model.layers[layer].self_attn.register_forward_hook(
+            lambda mod, args, out, layer=layer: captured.__setitem__(layer, out[1])))
     lm_out = model.model(**kw, mm_encoder_outputs={"image": img}, use_cache=False,
                          output_hidden_states=tile_head is not None)
-    if hook is not None:
-        hook.remove()
+    for h in hooks:
+        h.remove()
     hidden = lm_out.last_hidden_state  # final norm
     h = hidden[pos_b, pos_t]
     logits = F.linear(h, model.lm_head.weight).float()
@@ -353,10 +355,11 @@ def loss_fn(model, inputs, pos_b, pos_t, tgt, weight=None, aux=None, aux_head=No
             z = tile_head(lm_out.hidden_states[tile_layer][tb, tp]).float()
             bce = F.binary_cross_entropy_with_logits(z, tt, reduction="none")
             aux_loss = aux_loss + (bce * tm).sum() / tm.sum().clamp(min=1)
-    if attn_sup is not None and aux is not None and len(aux[-1]):
+    if attn_sup and aux is not None and len(aux[-1]):
         qb, qp, kp, w = aux[-4:]
-        p = captured["w"][qb, attn_sup[1], qp, kp].float()
-        aux_loss = aux_loss + attn_sup[2] * -(w * torch.log(p + 1e-6)).sum() / w.sum()
+        for layer, head, weight in attn_sup:
+            p = captured[layer][qb, head, qp, kp].float()
+            aux_loss = aux_loss + weight * -(w * torch.log(p + 1e-6)).sum() / w.sum()
     return loss, (logits.argmax(-1) == tgt).float().mean(), aux_loss
 
 
@@ -476,7 +479,7 @@ def main():
     ap.add_argument("--aux-tile", type=int, default=0, metavar="L",
                     help="a probe on the decoder's state after L layers (0: off) predicts, for every image token of a "
                          "local tile, whether its tile is in the top row and in the left column (tile_targets)")
-    ap.add_argument("--attn-sup", default=None, metavar="L:H:W",
+    ap.add_argument("--attn-sup", default=None, metavar="L:H:W[,L:H:W...]",
                     help="attention supervision: head H of decoder layer L (0-based) is pulled, with weight W, towards "
                          "the image tokens of the object that a colour / shape / position question names (and of the "
                          "two shapes of turn 3's same_color / same_shape), at every position predicting the answer")
@@ -531,10 +534,9 @@ def main():
     model = Idefics3ForConditionalGeneration(config)
     if args.init_from:  # continue training from a saved folder (its bf16 weights, upcast to f32)
         model = Idefics3ForConditionalGeneration.from_pretrained(args.init_from, dtype=torch.float32)
-    attn_sup = None
-    if args.attn_sup:
-        layer, head, w = args.attn_sup.split(":")
-        attn_sup = (int(layer), int(head), float(w))
+    attn_sup = [(int(l), int(h), float(w)) for l, h, w in (x.split(":") for x in args.attn_sup.split(","))] \
+        if args.attn_sup else None
+    if attn_sup:
         model.model.text_model.config._attn_implementation = "eager"  # the supervised head's weights are needed
     model.tie_weights()
     assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
