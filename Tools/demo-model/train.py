@@ -245,11 +245,11 @@ def object_token_weights(label, shape):
     return torch.where(w < 0.05, torch.zeros_like(w), w)
 
 
-def encode_batch(processor, items, jpeg_rng, connector=None):
+def encode_batch(processor, items, jpeg_rng, connector=None, attn_targets=False):
     """Processor inputs for full conversations and, per sample, the (position, target id, weight) triples of the loss
     (weight 1 / the answer's token count, <end_of_utterance> included: see loss_fn); with a connector, also the
-    auxiliary loss's per-image-token targets (image_token_labels) in image-feature order, and the targets of the
-    attention supervision (--attn-sup): for every position that predicts a token of an answer about one object
+    auxiliary loss's per-image-token targets (image_token_labels) in image-feature order and, with attn_targets,
+    after them the targets of the attention supervision (--attn-sup): for every position that predicts a token of an answer about one object
     (question_subjects), the distribution over image-token positions that the supervised head should attend with
     (object_token_weights, normalised): (query batch, query position, key position, weight) rows."""
     texts, images, answers, labels = [], [], [], []
@@ -269,7 +269,7 @@ def encode_batch(processor, items, jpeg_rng, connector=None):
         image_pos = (ids[b] == IMAGE_TOKEN_ID).nonzero().flatten()
         n_images = sum(len(t["images"]) for t in items[b]["turns"])
         spans, at = [], 0  # per image of the sample: its image-token positions
-        for i in range(n_images if labels else 0):
+        for i in range(n_images if labels and attn_targets else 0):
             n_tok = labels[label_at + i][0].shape[0]
             spans.append(image_pos[at:at + n_tok])
             at += n_tok
@@ -302,8 +302,9 @@ def encode_batch(processor, items, jpeg_rng, connector=None):
     aux = None
     if labels:
         aux = tuple(torch.cat([lab[i] for lab in labels]) for i in range(len(labels[0])))
-        aux += tuple(torch.cat(a) if a else torch.zeros(0, dtype=torch.float32 if i == 3 else torch.long)
-                     for i, a in enumerate(att))
+        if attn_targets:
+            aux += tuple(torch.cat(a) if a else torch.zeros(0, dtype=torch.float32 if i == 3 else torch.long)
+                         for i, a in enumerate(att))
     return inputs, torch.tensor(pos_b), torch.tensor(pos_t), torch.tensor(tgt), torch.tensor(weight), aux
 
 
@@ -369,8 +370,8 @@ class BatchEncoder:
     batches in order and owns the JPEG-quality random stream, so the batches are the ones encoding in the main
     process would give. workers=0 encodes in the main process."""
 
-    def __init__(self, folder, seed, aux, workers=1, ahead=2):
-        self.args = (str(folder), seed, aux)
+    def __init__(self, folder, seed, aux, workers=1, ahead=2, attn_targets=False):
+        self.args = (str(folder), seed, aux, attn_targets)
         self.ahead = ahead
         self.pending = []
         if workers:
@@ -395,18 +396,19 @@ class BatchEncoder:
 _ENCODER = {}
 
 
-def _encoder_init(folder, seed, aux, threads=1):
+def _encoder_init(folder, seed, aux, attn_targets, threads=1):
     from transformers.models.idefics3.modeling_idefics3 import Idefics3Connector
     if threads:
         torch.set_num_threads(threads)
     _ENCODER["processor"] = load_processor(Path(folder))
     _ENCODER["connector"] = Idefics3Connector(make_config()) if aux else None  # only its pixel_shuffle is used
     _ENCODER["jpeg_rng"] = random.Random(seed + 1)
+    _ENCODER["attn_targets"] = attn_targets
 
 
 def _encode(items):
     inputs, pb, pt, tg, w, aux = encode_batch(_ENCODER["processor"], items, _ENCODER["jpeg_rng"],
-                                              _ENCODER["connector"])
+                                              _ENCODER["connector"], _ENCODER["attn_targets"])
     # plain arrays cross the process boundary (no shared-memory tensor handles)
     return ({k: v.numpy() for k, v in inputs.items()}, pb.numpy(), pt.numpy(), tg.numpy(), w.numpy(),
             None if aux is None else tuple(a.numpy() for a in aux))
@@ -537,6 +539,8 @@ def main():
     attn_sup = [(int(l), int(h), float(w)) for l, h, w in (x.split(":") for x in args.attn_sup.split(","))] \
         if args.attn_sup else None
     if attn_sup:
+        if args.aux_weight <= 0:  # its targets come from the auxiliary loss's label planes
+            ap.error("--attn-sup needs --aux-weight > 0")
         model.model.text_model.config._attn_implementation = "eager"  # the supervised head's weights are needed
     model.tie_weights()
     assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
@@ -578,7 +582,8 @@ def main():
         kind = rng.choices(list(mix), weights=list(mix.values()))[0]  # one kind per batch: little padding
         return [shapes.random_item(rng, {kind: 1.0}) for _ in range(args.batch)]
 
-    encoder = BatchEncoder(out, args.seed, args.aux_weight > 0, args.encode_workers)
+    encoder = BatchEncoder(out, args.seed, args.aux_weight > 0, args.encode_workers,
+                           attn_targets=attn_sup is not None)
     for step in range(min(encoder.ahead, args.steps)):
         encoder.submit(batch_items(step))
     t0 = time.time()
