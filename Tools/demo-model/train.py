@@ -211,6 +211,9 @@ def tile_targets(ids, markers, image_id):
     return torch.tensor(bs), torch.tensor(ps), torch.tensor(tg), torch.tensor(mk)
 
 
+SUPERVISED_TYPES = ["color", "shape", "position", "same_color", "same_shape"]  # the types question_subjects serves
+
+
 def question_subjects(item, k):
     """The objects (image index within the item, shape dict) that turn k's question is about, for --attn-sup: the
     object a colour / shape / position question names (unique in its scene by construction) and, for turn 3's
@@ -263,7 +266,8 @@ def encode_batch(processor, items, jpeg_rng, connector=None, attn_targets=False)
     inputs = processor(text=texts, images=images, padding=True, return_tensors="pt")
     ids = inputs["input_ids"]
     pos_b, pos_t, tgt, weight = [], [], [], []
-    att = ([], [], [], [])  # attention-supervision rows: query batch, query position, key position, weight
+    att = ([], [], [], [], [])  # attention-supervision rows: query batch, query position, key position, weight,
+    # and the question's type (an index into SUPERVISED_TYPES, for a head supervised on some question types only)
     label_at = 0  # index of the sample's first image in `labels`
     for b, ans in enumerate(answers):
         image_pos = (ids[b] == IMAGE_TOKEN_ID).nonzero().flatten()
@@ -298,6 +302,7 @@ def encode_batch(processor, items, jpeg_rng, connector=None, attn_targets=False)
                     att[1].append(torch.full_like(keys, j - 1))
                     att[2].append(keys)
                     att[3].append(kw)
+                    att[4].append(torch.full_like(keys, SUPERVISED_TYPES.index(items[b]["turns"][k]["type"])))
         label_at += n_images if labels else 0
     aux = None
     if labels:
@@ -316,13 +321,13 @@ def loss_fn(model, inputs, pos_b, pos_t, tgt, weight=None, aux=None, aux_head=No
     training only, never saved) reads each image token as the language model receives it (the connector's output)
     and predicts the colour and shape kind under it. It gives the from-scratch vision tower a dense signal from the
     first step instead of waiting for the language model to start looking at the image.
-    attn_sup: the (layer, head, weight) triples of the attention supervision (--attn-sup; the decoder runs eager
+    attn_sup: the (layer, head, weight, question types or None for all) of the attention supervision (--attn-sup; the decoder runs eager
     attention): each such head's attention at every answer position of a one-object question is pulled towards the
     image tokens of the object (encode_batch's targets; cross-entropy against them)."""
     kw = {k: inputs[k] for k in ("input_ids", "attention_mask") if k in inputs}
     img = model.model.get_image_features(inputs["pixel_values"], inputs.get("pixel_attention_mask"), return_dict=True)
     captured, hooks = {}, []
-    for layer in sorted({l for l, _, _ in attn_sup or []}):  # LlamaAttention returns (output, weights) in eager mode
+    for layer in sorted({l for l, _, _, _ in attn_sup or []}):  # LlamaAttention returns (output, weights) in eager mode
         hooks.append(model.model.text_model.layers[layer].self_attn.register_forward_hook(
             lambda mod, args, out, layer=layer: captured.__setitem__(layer, out[1])))
     lm_out = model.model(**kw, mm_encoder_outputs={"image": img}, use_cache=False,
@@ -357,10 +362,13 @@ def loss_fn(model, inputs, pos_b, pos_t, tgt, weight=None, aux=None, aux_head=No
             bce = F.binary_cross_entropy_with_logits(z, tt, reduction="none")
             aux_loss = aux_loss + (bce * tm).sum() / tm.sum().clamp(min=1)
     if attn_sup and aux is not None and len(aux[-1]):
-        qb, qp, kp, w = aux[-4:]
-        for layer, head, weight in attn_sup:
-            p = captured[layer][qb, head, qp, kp].float()
-            aux_loss = aux_loss + weight * -(w * torch.log(p + 1e-6)).sum() / w.sum()
+        qb, qp, kp, w, qt = aux[-5:]
+        for layer, head, weight, types in attn_sup:
+            rows = torch.ones_like(w, dtype=torch.bool) if types is None else \
+                torch.isin(qt, torch.tensor([SUPERVISED_TYPES.index(t) for t in types]))
+            if rows.any():
+                p = captured[layer][qb[rows], head, qp[rows], kp[rows]].float()
+                aux_loss = aux_loss + weight * -(w[rows] * torch.log(p + 1e-6)).sum() / w[rows].sum()
     return loss, (logits.argmax(-1) == tgt).float().mean(), aux_loss
 
 
@@ -462,6 +470,17 @@ def lr_at(step, steps, peak, warmup):
     return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+def parse_attn_sup(spec, ap):
+    """One --attn-sup entry, L:H:W or L:H:W:TYPE+TYPE, as (layer, head, weight, types or None)."""
+    f = spec.split(":")
+    if len(f) not in (3, 4):
+        ap.error(f"--attn-sup entry {spec!r}: expected L:H:W or L:H:W:TYPE+TYPE")
+    types = f[3].split("+") if len(f) == 4 else None
+    if types and any(t not in SUPERVISED_TYPES for t in types):
+        ap.error(f"--attn-sup entry {spec!r}: question types are {', '.join(SUPERVISED_TYPES)}")
+    return int(f[0]), int(f[1]), float(f[2]), types
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=4000)
@@ -481,10 +500,11 @@ def main():
     ap.add_argument("--aux-tile", type=int, default=0, metavar="L",
                     help="a probe on the decoder's state after L layers (0: off) predicts, for every image token of a "
                          "local tile, whether its tile is in the top row and in the left column (tile_targets)")
-    ap.add_argument("--attn-sup", default=None, metavar="L:H:W[,L:H:W...]",
+    ap.add_argument("--attn-sup", default=None, metavar="L:H:W[:TYPE+TYPE...][,...]",
                     help="attention supervision: head H of decoder layer L (0-based) is pulled, with weight W, towards "
                          "the image tokens of the object that a colour / shape / position question names (and of the "
-                         "two shapes of turn 3's same_color / same_shape), at every position predicting the answer")
+                         "two shapes of turn 3's same_color / same_shape), at every position predicting the answer; "
+                         "the optional fourth field limits it to those question types (e.g. 3:1:0.5:position)")
     ap.add_argument("--aux-cell", action="store_true",
                     help="the auxiliary probe also predicts, for every image token, the colour and shape kind of the "
                          "object whose grid cell the token lies in (background pixels of the cell included)")
@@ -536,8 +556,7 @@ def main():
     model = Idefics3ForConditionalGeneration(config)
     if args.init_from:  # continue training from a saved folder (its bf16 weights, upcast to f32)
         model = Idefics3ForConditionalGeneration.from_pretrained(args.init_from, dtype=torch.float32)
-    attn_sup = [(int(l), int(h), float(w)) for l, h, w in (x.split(":") for x in args.attn_sup.split(","))] \
-        if args.attn_sup else None
+    attn_sup = [parse_attn_sup(x, ap) for x in args.attn_sup.split(",")] if args.attn_sup else None
     if attn_sup:
         if args.aux_weight <= 0:  # its targets come from the auxiliary loss's label planes
             ap.error("--attn-sup needs --aux-weight > 0")
