@@ -907,43 +907,24 @@ VK_AVX512 static inline __m512 load16(const void *w, vk_dtype dt, size_t i) {
     }
 }
 
-// gemv_avx2 with 512-bit vectors: four rows, 32 columns per step (eight zmm accumulators), the same prefetch rule;
-// columns past the last multiple of 16 masked, none read past the row.
+// The decode GEMV with 512-bit vectors, one row at a time (two accumulators, 32 columns per step) and no software
+// prefetch: each thread reads one sequential stream, which the hardware prefetcher follows. On a Zen 4 host the
+// four-row interleave of gemv_avx2 (four streams a row apart, prefetched one block ahead) read a SmolVLM-500M decode
+// step's bf16 weights at 17 GB/s, one row at a time at 25 GB/s, against 28 GB/s for vk_sum over the same bytes
+// (Benchmarks/README.md, session 13). Columns past the last multiple of 16 take scalar steps.
 VK_AVX512 static void gemv_avx512(const float *x, size_t K, const void *w, vk_dtype dt, size_t n0, size_t n1,
                                   const float *bias, float *y) {
     size_t K32 = K & ~(size_t)31, K16 = K & ~(size_t)15;
-    size_t es = dt == VK_F32 ? 4 : 2, lead_bytes = gemv_lead(4 * K * es);
-    const size_t pf_every = dt == VK_F32 ? 16 : 32;  // columns per 64-byte line
-    const char *wb = (const char *)w;
     size_t n = n0;
-    for (; n + 4 <= n1; n += 4) {
-        __m512 a[4], b[4];
-        for (int r = 0; r < 4; r++) { a[r] = _mm512_setzero_ps(); b[r] = _mm512_setzero_ps(); }
+    for (; n < n1; n++) {
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
         size_t base = n * K, k = 0;
         for (; k < K32; k += 32) {
-            for (size_t c = 0; c < 32; c += pf_every)
-                for (int r = 0; r < 4; r++) _mm_prefetch(wb + (base + r * K + k + c) * es + lead_bytes, _MM_HINT_T0);
-            __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16);
-            for (int r = 0; r < 4; r++) {
-                a[r] = _mm512_fmadd_ps(x0, load16(w, dt, base + r * K + k), a[r]);
-                b[r] = _mm512_fmadd_ps(x1, load16(w, dt, base + r * K + k + 16), b[r]);
-            }
+            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k), load16(w, dt, base + k), a0);
+            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k + 16), load16(w, dt, base + k + 16), a1);
         }
-        for (; k < K16; k += 16) {
-            __m512 x0 = _mm512_loadu_ps(x + k);
-            for (int r = 0; r < 4; r++) a[r] = _mm512_fmadd_ps(x0, load16(w, dt, base + r * K + k), a[r]);
-        }
-        for (int r = 0; r < 4; r++) {
-            float s0 = _mm512_reduce_add_ps(_mm512_add_ps(a[r], b[r]));
-            for (size_t kk = K16; kk < K; kk++) s0 += x[kk] * load_w(w, dt, base + r * K + kk);
-            y[n + r] = bias ? s0 + bias[n + r] : s0;
-        }
-    }
-    for (; n < n1; n++) {
-        __m512 a0 = _mm512_setzero_ps();
-        size_t base = n * K, k = 0;
         for (; k < K16; k += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k), load16(w, dt, base + k), a0);
-        float s0 = _mm512_reduce_add_ps(a0);
+        float s0 = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
         for (; k < K; k++) s0 += x[k] * load_w(w, dt, base + k);
         y[n] = bias ? s0 + bias[n] : s0;
     }
@@ -1356,6 +1337,24 @@ VK_VNNI static inline __attribute__((always_inline)) void gemv_qdot_rows_vnni(co
 // nibbles of all four, each 128-bit lane one group, against x in the matching order (qq: per 128 columns the even
 // columns of the four groups, then their odd columns), so two vpdpbusd, one convert and one FMA serve 128 weights
 // (half the instructions of the pair step; int4 decode is bound by instructions, not bytes, on two cores).
+// qdot_rows_setup with 512-bit vectors: 16 scales per step, the group tail under a mask (the scalar tail of
+// to_f32_avx2 converts f16 in software, and per row of a 960-column matrix that setup cost more than the row's dot
+// product). The same products scale_w * d_x, bit for bit.
+VK_VNNI static inline __attribute__((always_inline)) void qdot_rows_setup512(const int RR, const vk_qmatrix *w,
+                                                                               size_t rb, size_t ng, size_t n,
+                                                                               const float *dx, const uint8_t **row,
+                                                                               float *sc) {
+    for (int r = 0; r < RR; r++) {
+        row[r] = (const uint8_t *)w->data + (n + r) * rb;
+        const uint16_t *s16 = w->scales + (n + r) * ng;
+        for (size_t g = 0; g < ng; g += 16) {
+            __mmask16 m = ng - g >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (ng - g)) - 1);
+            __m512 v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, s16 + g));
+            _mm512_mask_storeu_ps(sc + r * ng + g, m, _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, dx + g)));
+        }
+    }
+}
+
 VK_VNNI static inline __attribute__((always_inline)) void gemv_qdot_rows_zmm(const int BITS, const int RR,
                                                                              const int8_t *qx, const float *dx,
                                                                              const int32_t *xs,
@@ -1364,7 +1363,7 @@ VK_VNNI static inline __attribute__((always_inline)) void gemv_qdot_rows_zmm(con
                                                                              const float *bias, float *y, float *sc) {
     size_t ng = K / 32, rb = vk_qrow_bytes(BITS, K);
     const uint8_t *row[4];
-    qdot_rows_setup(RR, w, rb, ng, n, dx, row, sc);
+    qdot_rows_setup512(RR, w, rb, ng, n, dx, row, sc);
     size_t lead = gemv_lead((size_t)RR * rb);
     const __m256i m4 = _mm256_set1_epi8(0x0f);
     const __m512i halves = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
@@ -1420,6 +1419,27 @@ VK_VNNI static inline __attribute__((always_inline)) void gemv_qdot_rows_zmm(con
     }
 }
 
+// qdot_quantize_x with 512-bit vectors, the same levels and scales bit for bit: max(|x|, acc) keeps acc when x is
+// NaN (fmaxf's rule), max(v, -127) gives -127 for NaN, and vcvtps2dq rounds to nearest even as nearbyintf does in the
+// default rounding mode. K and G multiples of 32 (qdot_applies). Every decode product quantizes its x once per
+// thread; the scalar loop took about a tenth of an int4 decode step on Zen 4.
+VK_VNNI static void qdot_quantize_x512(const float *x, size_t K, size_t G, int8_t *qx, float *dx) {
+    const __m512 lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
+    for (size_t g = 0; g * G < K; g++) {
+        size_t k0 = g * G, k1 = k0 + G < K ? k0 + G : K;
+        __m512 am = _mm512_setzero_ps();
+        for (size_t k = k0; k < k1; k += 16) am = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(x + k)), am);
+        float amax = _mm512_reduce_max_ps(am);
+        float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        dx[g] = amax / 127.0f;
+        const __m512 idv = _mm512_set1_ps(id);
+        for (size_t k = k0; k < k1; k += 16) {
+            __m512 v = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(_mm512_loadu_ps(x + k), idv), lo), hi);
+            _mm_storeu_si128((__m128i *)(qx + k), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(v)));
+        }
+    }
+}
+
 // buf as gemv_qdot_avx2's, then groups int32 (xs), then 8 int32 per group (xi, gemv_qdot_rows_zmm's int4 starts),
 // then K bytes (qq, int4's x in the four-group order).
 VK_VNNI static void gemv_qdot_vnni(const float *x, size_t K, const vk_qmatrix *w, size_t n0, size_t n1,
@@ -1428,14 +1448,15 @@ VK_VNNI static void gemv_qdot_vnni(const float *x, size_t K, const vk_qmatrix *w
     float *sc = buf, *dx = buf + 4 * ng;
     int8_t *qx = (int8_t *)(dx + ng), *qp = qx + K;
     int32_t *xs = (int32_t *)(qp + K), *xi = xs + ng;
-    qdot_quantize_x(x, K, G, qx, dx);
+    qdot_quantize_x512(x, K, G, qx, dx);
     const int zmm = G == 32 && K % 64 == 0;  // two whole groups per 512-bit step (gemv_qdot_rows_zmm)
     if (w->bits == 8 && zmm) {
-        for (; n + 4 <= n1; n += 4) {
-            prefetch_scales(w, ng, n, n1);
-            gemv_qdot_rows_zmm(8, 4, qx, dx, xs, xi, K, w, n, bias, y, sc);
+        // One row at a time, as gemv_avx512 (a sequential stream per thread: on Zen 4 a decode step's int8 weights
+        // streamed at 21 GB/s, against 13.5 GB/s with four rows interleaved); the scales' prefetch every four rows.
+        for (; n < n1; n++) {
+            if ((n - n0) % 4 == 0) prefetch_scales(w, ng, n, n1);
+            gemv_qdot_rows_zmm(8, 1, qx, dx, xs, xi, K, w, n, bias, y, sc);
         }
-        for (; n < n1; n++) gemv_qdot_rows_zmm(8, 1, qx, dx, xs, xi, K, w, n, bias, y, sc);
     } else if (w->bits == 8) {
         for (; n + 4 <= n1; n += 4) {
             prefetch_scales(w, ng, n, n1);
@@ -1458,11 +1479,10 @@ VK_VNNI static void gemv_qdot_vnni(const float *x, size_t K, const vk_qmatrix *w
                     memcpy(qq + b + 64 + 16 * j, qp + b + 32 * j + 16, 16);
                 }
             memcpy(qq + kq, qp + kq, K - kq);
-            for (; n + 4 <= n1; n += 4) {
-                prefetch_scales(w, ng, n, n1);
-                gemv_qdot_rows_zmm(4, 4, qq, dx, xs, xi, K, w, n, bias, y, sc);
+            for (; n < n1; n++) {
+                if ((n - n0) % 4 == 0) prefetch_scales(w, ng, n, n1);
+                gemv_qdot_rows_zmm(4, 1, qq, dx, xs, xi, K, w, n, bias, y, sc);
             }
-            for (; n < n1; n++) gemv_qdot_rows_zmm(4, 1, qq, dx, xs, xi, K, w, n, bias, y, sc);
         }
         for (; n + 4 <= n1; n += 4) {
             prefetch_scales(w, ng, n, n1);
