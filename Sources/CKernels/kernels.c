@@ -433,9 +433,12 @@ VK_AVX2 static void axpy_avx2(float a, const float *x, float *y, size_t n) {
 }
 
 // ---- Decode path (one token): a streaming matrix-vector product ------------------------------------------------
-// Four weight rows at a time, 16 columns per step (eight independent accumulators), weights converted on the fly so
-// each weight byte is read once from memory. Software prefetch runs ahead in every row stream (gemv_lead): with rows
-// of a few KB, the hardware prefetcher alone leaves the stream short of bandwidth at each row start.
+// One weight row at a time, 16 columns per step (two accumulators), weights converted on the fly so each weight byte
+// is read once from memory, and each thread reads its rows as one sequential stream, which the hardware prefetcher
+// follows. Four rows interleaved (four streams a row apart, software-prefetched one block ahead: gemv_lead, still
+// used by the kernels for other group sizes) were slower everywhere we measured: on Zen 4 a SmolVLM-500M decode
+// step's bf16 matrices took 41.7 ms with four rows against 26.9 ms with one at this AVX2 level (25.9 ms for vk_sum
+// over the same bytes), int8 27.4 -> 21.7 ms, int4 16.7 -> 13.2 ms (Benchmarks/README.md, session 13).
 #define VK_GEMV_PF 512
 
 // Prefetch lead of the decode kernels, in bytes, for blocks of `block_bytes` (the rows a kernel streams at once): each
@@ -456,50 +459,6 @@ VK_AVX2 static void gemv_avx2(const float *x, size_t K, const void *w, vk_dtype 
                               const float *bias, float *y) {
     size_t n = n0;
     size_t K16 = K & ~(size_t)15, K8 = K & ~(size_t)7;
-    // Lines per prefetch step: f32 rows cover 64 bytes per 16 columns, 16-bit rows 32 bytes.
-    const size_t pf_every = dt == VK_F32 ? 16 : 32;
-    size_t es = dt == VK_F32 ? 4 : 2, lead_bytes = gemv_lead(4 * K * es);
-    const char *wb = (const char *)w;
-    for (; n + 4 <= n1; n += 4) {
-        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-        __m256 b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps(), b2 = _mm256_setzero_ps(), b3 = _mm256_setzero_ps();
-        size_t r0 = n * K, r1 = r0 + K, r2 = r1 + K, r3 = r2 + K;
-        size_t k = 0;
-        for (; k < K16; k += 16) {
-            if ((k & (pf_every - 1)) == 0) {
-                _mm_prefetch(wb + (r0 + k) * es + lead_bytes, _MM_HINT_T0);
-                _mm_prefetch(wb + (r1 + k) * es + lead_bytes, _MM_HINT_T0);
-                _mm_prefetch(wb + (r2 + k) * es + lead_bytes, _MM_HINT_T0);
-                _mm_prefetch(wb + (r3 + k) * es + lead_bytes, _MM_HINT_T0);
-            }
-            __m256 x0 = _mm256_loadu_ps(x + k), x1 = _mm256_loadu_ps(x + k + 8);
-            a0 = _mm256_fmadd_ps(x0, load8(w, dt, r0 + k), a0);
-            b0 = _mm256_fmadd_ps(x1, load8(w, dt, r0 + k + 8), b0);
-            a1 = _mm256_fmadd_ps(x0, load8(w, dt, r1 + k), a1);
-            b1 = _mm256_fmadd_ps(x1, load8(w, dt, r1 + k + 8), b1);
-            a2 = _mm256_fmadd_ps(x0, load8(w, dt, r2 + k), a2);
-            b2 = _mm256_fmadd_ps(x1, load8(w, dt, r2 + k + 8), b2);
-            a3 = _mm256_fmadd_ps(x0, load8(w, dt, r3 + k), a3);
-            b3 = _mm256_fmadd_ps(x1, load8(w, dt, r3 + k + 8), b3);
-        }
-        for (; k < K8; k += 8) {
-            __m256 x0 = _mm256_loadu_ps(x + k);
-            a0 = _mm256_fmadd_ps(x0, load8(w, dt, r0 + k), a0);
-            a1 = _mm256_fmadd_ps(x0, load8(w, dt, r1 + k), a1);
-            a2 = _mm256_fmadd_ps(x0, load8(w, dt, r2 + k), a2);
-            a3 = _mm256_fmadd_ps(x0, load8(w, dt, r3 + k), a3);
-        }
-        float s0 = hsum256(_mm256_add_ps(a0, b0)), s1 = hsum256(_mm256_add_ps(a1, b1));
-        float s2 = hsum256(_mm256_add_ps(a2, b2)), s3 = hsum256(_mm256_add_ps(a3, b3));
-        for (; k < K; k++) {
-            s0 += x[k] * load_w(w, dt, r0 + k);
-            s1 += x[k] * load_w(w, dt, r1 + k);
-            s2 += x[k] * load_w(w, dt, r2 + k);
-            s3 += x[k] * load_w(w, dt, r3 + k);
-        }
-        if (bias) { s0 += bias[n]; s1 += bias[n + 1]; s2 += bias[n + 2]; s3 += bias[n + 3]; }
-        y[n] = s0; y[n + 1] = s1; y[n + 2] = s2; y[n + 3] = s3;
-    }
     for (; n < n1; n++) {
         __m256 a0 = _mm256_setzero_ps(), b0 = _mm256_setzero_ps();
         size_t r0 = n * K, k = 0;
@@ -1241,12 +1200,12 @@ VK_AVX2 static void gemv_qdot_avx2(const float *x, size_t K, const vk_qmatrix *w
     int8_t *qx = (int8_t *)(dx + ng), *qp = qx + K;
     qdot_quantize_x(x, K, w->group_size, qx, dx);
     if (w->bits == 8) {
-        // 2 rows per block: on a Zen 3 host 4 concurrent row streams decoded 9-10% slower (Benchmarks/README.md)
-        for (; n + 2 <= n1; n += 2) {
-            prefetch_scales(w, ng, n, n1);
-            gemv_qdot_rows(8, 2, qx, dx, K, w, n, bias, y, sc);
+        // One row at a time (see the decode-path note above gemv_avx2; on a Zen 3 host 2 rows per block had already
+        // beaten 4 by 9-10%, Benchmarks/README.md session 8)
+        for (; n < n1; n++) {
+            if ((n - n0) % 4 == 0) prefetch_scales(w, ng, n, n1);
+            gemv_qdot_rows(8, 1, qx, dx, K, w, n, bias, y, sc);
         }
-        for (; n < n1; n++) gemv_qdot_rows(8, 1, qx, dx, K, w, n, bias, y, sc);
     } else {
         if (w->group_size == 32 && K % 64 == 0) {  // gemv_qdot_rows_pair4
             // qp: each 64 columns as [even columns of group 0, of group 1, odd columns of group 0, of group 1]
@@ -1260,11 +1219,10 @@ VK_AVX2 static void gemv_qdot_avx2(const float *x, size_t K, const vk_qmatrix *w
             qdot_minus8_sums(qx, K, 32, xs);
             memset(xi, 0, 4 * ng * sizeof(int32_t));
             for (size_t g = 0; g < ng; g++) xi[g / 2 * 8 + g % 2 * 4] = xs[g];
-            for (; n + 2 <= n1; n += 2) {  // 2 rows per block, as int8 (Benchmarks/README.md, session 8)
-                prefetch_scales(w, ng, n, n1);
-                gemv_qdot_rows_pair4(2, qp, dx, xi, K, w, n, bias, y, sc);
+            for (; n < n1; n++) {  // one row at a time, as int8
+                if ((n - n0) % 4 == 0) prefetch_scales(w, ng, n, n1);
+                gemv_qdot_rows_pair4(1, qp, dx, xi, K, w, n, bias, y, sc);
             }
-            for (; n < n1; n++) gemv_qdot_rows_pair4(1, qp, dx, xi, K, w, n, bias, y, sc);
             return;
         }
         qdot_permute_int4(qx, K, qp);
