@@ -537,7 +537,10 @@ def main():
                          "'grounded' (tried, not kept) answers a colour, shape or position question after the scene's "
                          "description; 'echo' repeats the question's subject before the fact ('The triangle is green.')")
     ap.add_argument("--out", default=str(REPO / "models" / "smolvlm-shapes"))
-    ap.add_argument("--stats", default=str(Path(__file__).resolve().parent / "train_stats.json"))
+    ap.add_argument("--stats", default=None,
+                    help="where the run's record goes (default: Tools/demo-model/train_stats.json when --out is the "
+                         "committed model's folder, else OUT/train_stats.json, so a trial run never overwrites the "
+                         "committed model's record)")
     args = ap.parse_args()
     shapes.set_answer_style(args.answers)  # before any item is drawn: training, validation and held-out alike
 
@@ -548,6 +551,9 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     out = Path(args.out)
+    if args.stats is None:
+        committed = out.resolve() == (REPO / "models" / "smolvlm-shapes").resolve()
+        args.stats = str(Path(__file__).resolve().parent / "train_stats.json" if committed else out / "train_stats.json")
     write_processor_files(out)
     processor = load_processor(out)
     print("image processor:", type(processor.image_processor).__name__, flush=True)
