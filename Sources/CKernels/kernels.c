@@ -1315,7 +1315,7 @@ VK_VNNI static inline __attribute__((always_inline)) void qdot_rows_setup512(con
 
 VK_VNNI static inline __attribute__((always_inline)) void gemv_qdot_rows_zmm(const int BITS, const int RR,
                                                                              const int8_t *qx, const float *dx,
-                                                                             const int32_t *xs,
+                                                                             const int32_t *x4,
                                                                              const int32_t *xi, size_t K,
                                                                              const vk_qmatrix *w, size_t n,
                                                                              const float *bias, float *y, float *sc) {
@@ -1337,7 +1337,7 @@ VK_VNNI static inline __attribute__((always_inline)) void gemv_qdot_rows_zmm(con
             for (int r = 0; r < RR; r++) _mm_prefetch((const char *)row[r] + off + lead, _MM_HINT_T0);
             __m512i xlo = _mm512_loadu_si512((const void *)(qx + k));
             __m512i xhi = _mm512_loadu_si512((const void *)(qx + k + 64));
-            __m512i s0 = _mm512_maskz_expandloadu_epi32(0x1111, xs + g);  // -8 sum(x) of group g + j at lane 4j
+            __m512i s0 = _mm512_loadu_si512((const void *)(x4 + g * 4));  // -8 sum(x) of group g + j at lane 4j
             for (int r = 0; r < RR; r++) {
                 __m512i b = _mm512_loadu_si512((const void *)(row[r] + off));
                 __m512i s = _mm512_dpbusd_epi32(s0, _mm512_and_si512(b, m4z), xlo);
@@ -1399,7 +1399,7 @@ VK_VNNI static void qdot_quantize_x512(const float *x, size_t K, size_t G, int8_
 }
 
 // buf as gemv_qdot_avx2's, then groups int32 (xs), then 8 int32 per group (xi, gemv_qdot_rows_zmm's int4 starts),
-// then K bytes (qq, int4's x in the four-group order).
+// then K bytes (qq, int4's x in the four-group order), then 4 int32 per group (x4, the four-group step's starts).
 VK_VNNI static void gemv_qdot_vnni(const float *x, size_t K, const vk_qmatrix *w, size_t n0, size_t n1,
                                    const float *bias, float *y, float *buf) {
     size_t G = w->group_size, ng = qgroups(K, G), n = n0;
@@ -1413,7 +1413,7 @@ VK_VNNI static void gemv_qdot_vnni(const float *x, size_t K, const vk_qmatrix *w
         // streamed at 21 GB/s, against 13.5 GB/s with four rows interleaved); the scales' prefetch every four rows.
         for (; n < n1; n++) {
             if ((n - n0) % 4 == 0) prefetch_scales(w, ng, n, n1);
-            gemv_qdot_rows_zmm(8, 1, qx, dx, xs, xi, K, w, n, bias, y, sc);
+            gemv_qdot_rows_zmm(8, 1, qx, dx, NULL, xi, K, w, n, bias, y, sc);
         }
     } else if (w->bits == 8) {
         for (; n + 4 <= n1; n += 4) {
@@ -1437,9 +1437,15 @@ VK_VNNI static void gemv_qdot_vnni(const float *x, size_t K, const vk_qmatrix *w
                     memcpy(qq + b + 64 + 16 * j, qp + b + 32 * j + 16, 16);
                 }
             memcpy(qq + kq, qp + kq, K - kq);
+            // x4: per whole four-group block, the 16 s32 lanes that start its sums (-8 sum(x) of group g + j at lane
+            // 4j), made once per call rather than expanded from xs in every row
+            int32_t *x4 = (int32_t *)(qq + K);
+            memset(x4, 0, 4 * ng * sizeof(int32_t));
+            for (size_t g = 0; g + 4 <= ng; g += 4)
+                for (int j = 0; j < 4; j++) x4[g * 4 + 4 * j] = xs[g + j];
             for (; n < n1; n++) {
                 if ((n - n0) % 4 == 0) prefetch_scales(w, ng, n, n1);
-                gemv_qdot_rows_zmm(4, 1, qq, dx, xs, xi, K, w, n, bias, y, sc);
+                gemv_qdot_rows_zmm(4, 1, qq, dx, x4, xi, K, w, n, bias, y, sc);
             }
         }
         for (; n + 4 <= n1; n += 4) {
@@ -1970,7 +1976,7 @@ void vk_matmul_ws(const float *x, size_t T, size_t K, size_t ldx, const void *w,
 size_t vk_matmul_q_scratch_floats(size_t T, size_t K, size_t group_size, size_t n0, size_t n1) {
     if (n1 <= n0 || T == 0 || K == 0 || group_size == 0) return 0;
 #if VK_X86
-    if (T == 1) return 14 * qgroups(K, group_size) + K + 16;  // scales, dx, qx, its int4 copies qp and qq, xs, xi (gemv_qdot_vnni)
+    if (T == 1) return 18 * qgroups(K, group_size) + K + 16;  // scales, dx, qx, its int4 copies qp and qq, xs, xi, x4 (gemv_qdot_vnni)
     return gemm_scratch_floats(T, K, n1 - n0);
 #else
     return K + 64;
