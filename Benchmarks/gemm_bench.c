@@ -8,9 +8,9 @@
 // of the GEMM panel width), every thread calling vk_matmul on its range. The threads here are persistent and meet at
 // a spin barrier, so what is timed is the kernels, not thread start-up. Figures: median of `runs` timed runs
 // (each run repeats the call until it lasts >= 0.2 s), GFLOP/s and % of the FMA peak measured here with the same
-// threads (vk_fma_loop). Decode: one pass over the weight matrices of a SmolLM2-360M decode step (32 layers of
-// q/k/v/o/gate/up/down plus the tied lm_head, bf16, 723.5 MB) per token, against the read bandwidth measured with
-// vk_sum over a 512 MB buffer.
+// threads (vk_fma_loop). Decode: one pass over the weight matrices of a SmolVLM-500M decode step (32 layers of
+// q/k/v/o/gate/up/down plus the tied lm_head; bf16 723.8 MB, f32, int8 and int4 with 32-column groups) per token,
+// against the read bandwidth measured with vk_sum over a 512 MB buffer and against vk_sum over the same bytes.
 //
 // Builds against an older kernels.c too (no vk_matmul_ws there): compile with -DVK_OLD_API.
 #define _GNU_SOURCE
@@ -223,20 +223,47 @@ static double measure_bandwidth(int runs) {
     return best;
 }
 
-// ---- decode: one SmolLM2-360M token's worth of GEMVs ----------------------------------------------------------
+// ---- decode: one SmolVLM-500M token's worth of GEMVs ------------------------------------------------------
+// bits 8 / 4: the weights quantized (vk_quantize_rows, 32-column groups) and multiplied by vk_matmul_q_ws;
+// stream: each thread runs vk_sum over the bytes its slice of every matrix holds instead (the floor a kernel that
+// only reads its weights would reach with the same slicing and joins).
 typedef struct {
-    int nmats;
+    int nmats, bits, stream;
     size_t K[8 * 32 + 1], N[8 * 32 + 1];
     void *w[8 * 32 + 1];
+    vk_qmatrix q[8 * 32 + 1];
     float *x, *y;
+    float *scratch[64];
     vk_dtype dt;
 } decode_model;
 
+typedef struct { decode_model *m; int i; } gemv_job;
+
+static void gemv_run(void *c, int tid, int n) {
+    gemv_job *j = (gemv_job *)c;
+    decode_model *m = j->m;
+    size_t K = m->K[j->i], N = m->N[j->i], lo, hi;
+    slice_range(N, VK_MATMUL_GRANULARITY, tid, n, &lo, &hi);
+    if (lo >= hi) return;
+    size_t row_bytes = m->bits ? vk_qrow_bytes(m->bits, K) : K * (m->dt == VK_F32 ? 4 : 2);
+    const void *data = m->bits ? m->q[j->i].data : m->w[j->i];
+    if (m->stream) {
+        volatile float s = vk_sum((const float *)((const char *)data + lo * row_bytes), (hi - lo) * row_bytes / 4);
+        (void)s;
+    } else if (m->bits) {
+        vk_matmul_q_ws(m->x, 1, K, K, &m->q[j->i], lo, hi, NULL, m->y, N, m->scratch[tid], 1 << 18);
+    } else {
+#ifdef VK_OLD_API
+        vk_matmul(m->x, 1, K, K, m->w[j->i], m->dt, lo, hi, NULL, m->y, N, m->scratch[tid]);
+#else
+        vk_matmul_ws(m->x, 1, K, K, m->w[j->i], m->dt, lo, hi, NULL, m->y, N, m->scratch[tid], 1 << 18);
+#endif
+    }
+}
+
 static void gemv_one(decode_model *m, int i) {
-    mm_job j;
-    memset(&j, 0, sizeof j);
-    j.x = m->x; j.T = 1; j.K = m->K[i]; j.N = m->N[i]; j.w = m->w[i]; j.dt = m->dt; j.y = m->y;
-    team_run(mm_run, &j);
+    gemv_job j = {m, i};
+    team_run(gemv_run, &j);
 }
 
 static const char *dt_name(vk_dtype dt) { return dt == VK_F32 ? "f32" : dt == VK_F16 ? "f16" : "bf16"; }
@@ -307,43 +334,65 @@ int main(int argc, char **argv) {
     }
 
     if (!only || !strcmp(only, "gemv")) {
-        print_mode("decode GEMV (T = 1): one SmolLM2-360M token = 32 x (q,k,v,o,gate,up,down) + lm_head");
+        print_mode("decode GEMV (T = 1): one SmolVLM-500M token = 32 x (q,k,v,o,gate,up,down) + lm_head");
         double bw = measure_bandwidth(3);
         printf("read bandwidth %.1f GB/s (vk_sum, %d threads, best of %d)\n", bw / 1e9, threads, runs + 2);
-        vk_dtype dts[] = {VK_BF16, VK_F32};
-        for (size_t d = 0; d < 2; d++) {
+        // SmolVLM-500M's decoder (960 wide, 2560 MLP, 5 KV heads of 64, 32 layers, tied 49280-row lm_head): bf16 and
+        // f32 as stored, int8 / int4 quantized from the bf16 weights; each format also as a same-bytes stream.
+        struct { vk_dtype dt; int bits; const char *name; } fmts[] = {
+            {VK_BF16, 0, "bf16"}, {VK_F32, 0, "f32"}, {VK_BF16, 8, "q8"}, {VK_BF16, 4, "q4"}};
+        for (size_t d = 0; d < sizeof fmts / sizeof fmts[0]; d++) {
             decode_model m;
             memset(&m, 0, sizeof m);
-            m.dt = dts[d];
-            size_t D = 960, I = 2560, KV = 320, V = 49152;
+            m.dt = fmts[d].dt; m.bits = fmts[d].bits;
+            size_t D = 960, I = 2560, KV = 320, V = 49280;
             size_t shapes[7][2] = {{D, D}, {D, KV}, {D, KV}, {D, D}, {D, I}, {D, I}, {I, D}};
-            size_t bytes = 0, es = dts[d] == VK_F32 ? 4 : 2;
-            for (int l = 0; l < 32; l++)
-                for (int s = 0; s < 7; s++) {
-                    m.K[m.nmats] = shapes[s][0]; m.N[m.nmats] = shapes[s][1];
-                    m.w[m.nmats] = make_weights(shapes[s][0] * shapes[s][1], m.dt);
-                    bytes += shapes[s][0] * shapes[s][1] * es;
+            size_t bytes = 0, es = m.dt == VK_F32 ? 4 : 2;
+            for (int l = 0; l <= 32; l++)
+                for (int s = 0; s < (l < 32 ? 7 : 1); s++) {
+                    size_t K = l < 32 ? shapes[s][0] : D, N = l < 32 ? shapes[s][1] : V;
+                    m.K[m.nmats] = K; m.N[m.nmats] = N;
+                    m.w[m.nmats] = make_weights(K * N, m.dt);
+                    if (m.bits) {
+                        size_t ng = K / 32;
+                        void *data = malloc(vk_qrow_bytes(m.bits, K) * N);
+                        uint16_t *scales = malloc(N * ng * 2);
+                        vk_quantize_rows(m.w[m.nmats], m.dt, K, m.bits, 32, 0, N, data, scales);
+                        free(m.w[m.nmats]);
+                        m.w[m.nmats] = NULL;
+                        m.q[m.nmats] = (vk_qmatrix){data, scales, 32, m.bits};
+                        bytes += vk_qrow_bytes(m.bits, K) * N + N * ng * 2;
+                    } else {
+                        bytes += K * N * es;
+                    }
                     m.nmats++;
                 }
-            m.K[m.nmats] = D; m.N[m.nmats] = V; m.w[m.nmats] = make_weights(D * V, m.dt);
-            bytes += D * V * es;
-            m.nmats++;
             m.x = malloc(I * 4);
             for (size_t i = 0; i < I; i++) m.x[i] = frand();
             m.y = malloc(V * 4);
-            double v[64];
-            for (int r = 0; r < runs + 1; r++) {
-                double t0 = now();
-                for (int i = 0; i < m.nmats; i++) gemv_one(&m, i);
-                v[r] = now() - t0;
+            for (int t = 0; t < threads; t++) m.scratch[t] = malloc((size_t)4 << 18);
+            double kernel = 0, stream = 0;
+            for (m.stream = 0; m.stream < 2; m.stream++) {
+                double v[64];
+                for (int r = 0; r < runs + 1; r++) {
+                    double t0 = now();
+                    for (int i = 0; i < m.nmats; i++) gemv_one(&m, i);
+                    v[r] = now() - t0;
+                }
+                *(m.stream ? &stream : &kernel) = median(v + 1, runs);
             }
-            double sec = median(v + 1, runs);
             double bound = bw / (double)bytes;
-            printf("%-5s %d calls/token, %.1f MB/token: %.2f ms/token = %.2f tok/s, %.1f GB/s, %.1f%% of bound (%.2f tok/s)\n",
-                   dt_name(m.dt), m.nmats, bytes / 1e6, sec * 1e3, 1 / sec, bytes / sec / 1e9, 100 / sec / bound, bound);
-            // Per-call overhead of the barrier alone.
+            printf("%-5s %d calls/token, %.1f MB/token: %.2f ms/token = %.2f tok/s, %.1f GB/s, %.1f%% of bound (%.2f tok/s); "
+                   "same bytes streamed %.2f ms (kernel at %.0f%% of it)\n",
+                   fmts[d].name, m.nmats, bytes / 1e6, kernel * 1e3, 1 / kernel, bytes / kernel / 1e9,
+                   100 / kernel / bound, bound, stream * 1e3, 100 * stream / kernel);
             fflush(stdout);
-            for (int i = 0; i < m.nmats; i++) free(m.w[i]);
+            for (int i = 0; i < m.nmats; i++) {
+                free(m.w[i]);
+                free((void *)m.q[i].data);
+                free((void *)m.q[i].scales);
+            }
+            for (int t = 0; t < threads; t++) free(m.scratch[t]);
             free(m.x); free(m.y);
         }
     }
