@@ -435,8 +435,8 @@ VK_AVX2 static void axpy_avx2(float a, const float *x, float *y, size_t n) {
 // ---- Decode path (one token): a streaming matrix-vector product ------------------------------------------------
 // One weight row at a time, 16 columns per step (two accumulators), weights converted on the fly so each weight byte
 // is read once from memory, and each thread reads its rows as one sequential stream, which the hardware prefetcher
-// follows. Four rows interleaved (four streams a row apart, software-prefetched one block ahead: gemv_lead, still
-// used by the kernels for other group sizes) were slower everywhere we measured: on Zen 4 a SmolVLM-500M decode
+// follows. Four rows interleaved (four streams a row apart, software-prefetched one block ahead: gemv_lead, which
+// the quantized bodies still use within their row) were slower everywhere we measured: on Zen 4 a SmolVLM-500M decode
 // step's bf16 matrices took 41.7 ms with four rows against 26.9 ms with one at this AVX2 level (25.9 ms for vk_sum
 // over the same bytes), int8 27.4 -> 21.7 ms, int4 16.7 -> 13.2 ms (Benchmarks/README.md, session 13).
 #define VK_GEMV_PF 512
@@ -868,7 +868,7 @@ VK_AVX512 static inline __m512 load16(const void *w, vk_dtype dt, size_t i) {
 
 // The decode GEMV with 512-bit vectors, one row at a time (two accumulators, 32 columns per step) and no software
 // prefetch: each thread reads one sequential stream, which the hardware prefetcher follows. On a Zen 4 host the
-// four-row interleave of gemv_avx2 (four streams a row apart, prefetched one block ahead) read a SmolVLM-500M decode
+// former four-row interleave (four streams a row apart, prefetched one block ahead) read a SmolVLM-500M decode
 // step's bf16 weights at 17 GB/s, one row at a time at 25 GB/s, against 28 GB/s for vk_sum over the same bytes
 // (Benchmarks/README.md, session 13). Columns past the last multiple of 16 take scalar steps.
 VK_AVX512 static void gemv_avx512(const float *x, size_t K, const void *w, vk_dtype dt, size_t n0, size_t n1,
@@ -1284,17 +1284,6 @@ VK_VNNI static inline __attribute__((always_inline)) void gemv_qdot_rows_vnni(co
     }
 }
 
-// Groups of exactly 32 columns (the default scheme, llama.cpp's block) with K a multiple of 64: two groups per zmm.
-// int8: the 64 bytes of two groups, |w| x sign(x, w) (AVX-512 has no vpsignb: x negated under the mask of w < 0);
-// int4: the 32 bytes of two groups as low nibbles then high nibbles of each group (the order `qp` has), the two
-// 128-bit halves interleaved by one vpermt2q. s32 lanes 0-7 then belong to the first group, 8-15 to the second, so
-// one convert and one FMA with [scale_g x 8, scale_g+1 x 8] (sc already holds scale_w * d_x) finish both groups.
-// int4's -8 sum(x) of each group starts its s32 lanes (`xi`: per group pair, lane 0 and lane 8, made once per call),
-// so the sums stay exact integers and a row has no epilogue but the horizontal add.
-// int4 takes four groups (64 bytes) per load while four remain: one vpand / vpsrlw+vpand gives the low and the high
-// nibbles of all four, each 128-bit lane one group, against x in the matching order (qq: per 128 columns the even
-// columns of the four groups, then their odd columns), so two vpdpbusd, one convert and one FMA serve 128 weights
-// (half the instructions of the pair step; int4 decode is bound by instructions, not bytes, on two cores).
 // qdot_rows_setup with 512-bit vectors: 16 scales per step, the group tail under a mask (the scalar tail of
 // to_f32_avx2 converts f16 in software, and per row of a 960-column matrix that setup cost more than the row's dot
 // product). The same products scale_w * d_x, bit for bit.
@@ -1313,6 +1302,17 @@ VK_VNNI static inline __attribute__((always_inline)) void qdot_rows_setup512(con
     }
 }
 
+// Groups of exactly 32 columns (the default scheme, llama.cpp's block) with K a multiple of 64: two groups per zmm.
+// int8: the 64 bytes of two groups, |w| x sign(x, w) (AVX-512 has no vpsignb: x negated under the mask of w < 0);
+// int4: the 32 bytes of two groups as low nibbles then high nibbles of each group (the order `qp` has), the two
+// 128-bit halves interleaved by one vpermt2q. s32 lanes 0-7 then belong to the first group, 8-15 to the second, so
+// one convert and one FMA with [scale_g x 8, scale_g+1 x 8] (sc already holds scale_w * d_x) finish both groups.
+// int4's -8 sum(x) of each group starts its s32 lanes (`xi`: per group pair, lane 0 and lane 8, made once per call),
+// so the sums stay exact integers and a row has no epilogue but the horizontal add.
+// int4 takes four groups (64 bytes) per load while four remain: one vpand / vpsrlw+vpand gives the low and the high
+// nibbles of all four, each 128-bit lane one group, against x in the matching order (qq: per 128 columns the even
+// columns of the four groups, then their odd columns), so two vpdpbusd, one convert and one FMA serve 128 weights
+// (half the instructions of the pair step; int4 decode is bound by instructions, not bytes, on two cores).
 VK_VNNI static inline __attribute__((always_inline)) void gemv_qdot_rows_zmm(const int BITS, const int RR,
                                                                              const int8_t *qx, const float *dx,
                                                                              const int32_t *x4,
