@@ -321,8 +321,8 @@ def loss_fn(model, inputs, pos_b, pos_t, tgt, weight=None, aux=None, aux_head=No
     training only, never saved) reads each image token as the language model receives it (the connector's output)
     and predicts the colour and shape kind under it. It gives the from-scratch vision tower a dense signal from the
     first step instead of waiting for the language model to start looking at the image.
-    attn_sup: the (layer, head, weight, question types or None for all) of the attention supervision (--attn-sup; the decoder runs eager
-    attention): each such head's attention at every answer position of a one-object question is pulled towards the
+    attn_sup: the (layer, head, weight, question types or None for all) of the attention supervision (--attn-sup;
+    the decoder runs eager attention): each such head's attention at every answer position of a one-object question is pulled towards the
     image tokens of the object (encode_batch's targets; cross-entropy against them)."""
     kw = {k: inputs[k] for k in ("input_ids", "attention_mask") if k in inputs}
     img = model.model.get_image_features(inputs["pixel_values"], inputs.get("pixel_attention_mask"), return_dict=True)
