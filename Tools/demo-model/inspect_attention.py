@@ -21,21 +21,14 @@ from pathlib import Path
 
 import torch
 
-for _op in ("nms", "qnms"):  # torchvision 0.28's operators without its C extension (see train.py)
-    try:
-        torch.library.define(f"torchvision::{_op}", "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    except Exception:
-        pass
-
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import make_heldout  # noqa: E402  (first: it defines torchvision's operators before transformers is imported)
+import train  # noqa: E402
 from PIL import Image  # noqa: E402
 from transformers import AutoProcessor, Idefics3ForConditionalGeneration  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import make_heldout  # noqa: E402
-import train  # noqa: E402
-
-REPO = HERE.parents[1]
+REPO = make_heldout.REPO
 FIXTURES = REPO / "Tests" / "Fixtures" / "demo-heldout"
 ANSWER_PREFIX = {"position": " At the", "color": "", "shape": " A"}  # the answer's words before the fact
 
