@@ -85,13 +85,13 @@ final class DemoModelTests: XCTestCase {
         print("demo model held-out: \(turns) turns, agreement with transformers \(agree)/\(turns) = \(agreement), "
               + "correct \(correct)/\(turns) = \(accuracy); per kind \(perKind)")
         XCTAssertGreaterThanOrEqual(agreement, 0.99, "agreement with transformers; first differences:\n" + disagreements.prefix(10).joined(separator: "\n"))
-        // Our accuracy is transformers' accuracy (summary.json, by the same exact-match rule). The issue's target is
-        // 90%; the committed model reaches 87.9% (describe, shape and count 100%, compare 96%; "What color is the X?"
-        // 82.5% and "Where is the X?" 58%, see Tools/demo-model/README.md), so the floor sits just under what it reaches.
+        // Our accuracy is transformers' accuracy (summary.json, by the same exact-match rule), and at least the issue's
+        // target of 90%: the committed model reaches 95.6% (colour, shape, count, describe and compare 100%, "Where is
+        // the X?" 87%, turn 3's yes / no 57-86%; Tools/demo-model/README.md).
         let summary = try Fixtures.json(Self.heldout.appendingPathComponent("summary.json"))
         let reference = try XCTUnwrap(summary["turn_accuracy"] as? Double)
         XCTAssertEqual(accuracy, reference, accuracy: 0.01, "correct answers, ours vs transformers'")
-        XCTAssertGreaterThanOrEqual(accuracy, 0.87, "held-out turns answered correctly")
+        XCTAssertGreaterThanOrEqual(accuracy, 0.90, "held-out turns answered correctly")
         XCTAssertGreaterThan(comparisonsCorrect, 0, "a two-image comparison answered correctly")
         XCTAssertGreaterThan(conversationsAllCorrect, 0, "a three-turn conversation with images in turns 1 and 3 answered correctly throughout")
     }

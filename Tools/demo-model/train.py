@@ -35,7 +35,8 @@ gives the from-scratch vision tower a dense signal from the first step; the prob
 The committed model also used --aux-position (the probe also predicts top/bottom and left/right for the global
 image's tokens), --aux-tile 2 (a probe on the decoder's state after 2 layers predicts each local tile's row and
 column) and --attn-sup 2:0:0.5 (attention supervision: head 0 of decoder layer 2 is pulled towards the image tokens
-of the object a colour / shape / position question names); Tools/demo-model/README.md has the exact command.
+of the object a colour / shape / position question names) and a 6000-step schedule stopped after step 5537
+(--stop-after replays a stop by --max-time); Tools/demo-model/README.md has the exact command.
 Training samples are generated on the fly from random.Random(seed) (half of the images JPEG round-tripped) and encoded
 in a worker process (BatchEncoder, --encode-workers). Options tried and not kept (Tools/demo-model/README.md):
 --weighting answer (every answer weighs alike in the loss), --aux-cell (the probe also predicts the object of each
@@ -525,6 +526,8 @@ def main():
                     help="torch threads (1: with 2 threads a 2-core machine shared with other jobs ran 5x slower)")
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--max-time", type=float, default=3000, help="stop early (and say so) after this many seconds")
+    ap.add_argument("--stop-after", type=int, default=0, metavar="N",
+                    help="stop after N steps of the --steps schedule (replays a run that --max-time stopped)")
     ap.add_argument("--text-layers", type=int, default=TEXT["num_hidden_layers"], help="decoder layers")
     ap.add_argument("--text-heads", type=int, default=TEXT["num_attention_heads"],
                     help="decoder query heads (head_dim = hidden / heads)")
@@ -650,6 +653,10 @@ def main():
         stop = time.time() - t0 > args.max_time
         if stop:
             print(f"STOPPED EARLY at step {step + 1} (--max-time {args.max_time}s)", flush=True)
+        elif args.stop_after and step + 1 >= args.stop_after:
+            stop = True
+            print(f"STOPPED at step {step + 1} (--stop-after; the schedule is that of --steps {args.steps})",
+                  flush=True)
         if (step + 1) % args.eval_every == 0 or step == args.steps - 1 or stop:
             te = time.time()
             acc_all, per = evaluate(model, processor, val)
@@ -688,7 +695,7 @@ def main():
     model.save_pretrained(out, safe_serialization=True)
     (out / "model.safetensors").chmod(0o644)
     write_processor_files(out)  # save_pretrained may rewrite generation_config.json: keep the real one
-    stats = {"answers": args.answers, "mix": args.mix, "aux_weight": args.aux_weight, "weighting": args.weighting, "aux_position": args.aux_position, "aux_cell": args.aux_cell, "aux_tile": args.aux_tile, "attn_sup": args.attn_sup, "long_chains": args.long_chains, "ema": args.ema, "final_val": final_val, "threads": args.threads, "text": dict(TEXT), "vision": dict(VISION), "steps": args.steps, "steps_done": step + 1, "batch": args.batch, "lr": args.lr, "warmup": args.warmup, "seed": args.seed,
+    stats = {"answers": args.answers, "mix": args.mix, "aux_weight": args.aux_weight, "weighting": args.weighting, "aux_position": args.aux_position, "aux_cell": args.aux_cell, "aux_tile": args.aux_tile, "attn_sup": args.attn_sup, "long_chains": args.long_chains, "ema": args.ema, "final_val": final_val, "threads": args.threads, "text": dict(TEXT), "vision": dict(VISION), "steps": args.steps, "stop_after": args.stop_after or None, "steps_done": step + 1, "batch": args.batch, "lr": args.lr, "warmup": args.warmup, "seed": args.seed,
              "train_time_s": round(train_time, 1), "final_loss_ema": round(ema, 5), "final_loss": round(lv, 5),
              "parameters": nparams, "history": history}
     if args.init_from and Path(args.stats).exists():  # keep the earlier stage(s) in the record
