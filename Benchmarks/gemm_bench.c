@@ -3,6 +3,7 @@
 //   bash Benchmarks/kernels.sh                  # builds this against Sources/CKernels/kernels.c and runs it
 //   cc -O2 -I Sources/CKernels/include Benchmarks/gemm_bench.c Sources/CKernels/kernels.c -lpthread -lm -o /tmp/gb
 //   /tmp/gb [--threads N] [--runs R] [--min] [--only gemm|gemv|attn|peak] [--shape SUBSTRING]
+//   (--shape: gemm shapes whose name holds SUBSTRING; decode formats likewise, e.g. --only gemv --shape q4)
 //
 // Threads work as Linear.apply splits them: output rows [0, N) cut into one contiguous range per thread (multiples
 // of the GEMM panel width), every thread calling vk_matmul on its range. The threads here are persistent and meet at
@@ -342,6 +343,7 @@ int main(int argc, char **argv) {
         struct { vk_dtype dt; int bits; const char *name; } fmts[] = {
             {VK_BF16, 0, "bf16"}, {VK_F32, 0, "f32"}, {VK_BF16, 8, "q8"}, {VK_BF16, 4, "q4"}};
         for (size_t d = 0; d < sizeof fmts / sizeof fmts[0]; d++) {
+            if (shape_filter && !strstr(fmts[d].name, shape_filter)) continue;
             decode_model m;
             memset(&m, 0, sizeof m);
             m.dt = fmts[d].dt; m.bits = fmts[d].bits;
