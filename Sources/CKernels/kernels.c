@@ -441,14 +441,24 @@ VK_AVX2 static void axpy_avx2(float a, const float *x, float *y, size_t n) {
 // over the same bytes), int8 27.4 -> 21.7 ms, int4 16.7 -> 13.2 ms (Benchmarks/README.md, session 13).
 #define VK_GEMV_PF 512
 
-// Prefetch lead of the decode kernels, in bytes, for blocks of `block_bytes` (the rows a kernel streams at once): each
-// line is fetched one block ahead, the same offset in the next rows, which follow these in memory; capped at 16 KB,
-// at least VK_GEMV_PF (small-T kernels). A fixed 512-byte lead left every block's start cold: measured from DRAM
+// Software prefetch distance of the one-row decode bodies and of vk_sum (the bandwidth probe): every 64-byte line of
+// a thread's weight stream is requested into L2 this many bytes ahead (prefetches never fault, so the last lines of a
+// slice may reach past it). On an Intel Xeon (Emerald Rapids, 2 cores) the hardware prefetchers alone kept one
+// sequential stream per core at 60-70% of what it reaches with this: a SmolVLM-500M decode step's bf16 matrices
+// 38-39 -> 25-28 ms, int8 16-19 -> 13-14 ms, int4 12 -> 7-8 ms (4-16 KB all about as good, 0.5-2 KB or into L1
+// less so); on Zen 4 a lead of 0.5-8 KB made no difference to int4 (Benchmarks/README.md, sessions 14 and 15).
+#define VK_STREAM_LEAD 8192
+#define VK_STREAM_PREFETCH(p) _mm_prefetch((const char *)(p) + VK_STREAM_LEAD, _MM_HINT_T1)
+
+// Prefetch lead of the decode kernels that stream several rows at once, in bytes, for blocks of `block_bytes` (the
+// rows streamed together): at least VK_STREAM_LEAD, and at least one block ahead (the same offset in the next rows,
+// which follow these in memory) up to 16 KB. A fixed 512-byte lead left every block's start cold: measured from DRAM
 // (single thread, 38 MB of bf16 / int8 / int4 rows of 0.5-9 KB) one block ahead streams 1.3-2x faster.
 static inline size_t gemv_lead(size_t block_bytes) {
     size_t lead = block_bytes < 16384 ? block_bytes : 16384;
-    return lead < VK_GEMV_PF ? VK_GEMV_PF : lead;
+    return lead < VK_STREAM_LEAD ? VK_STREAM_LEAD : lead;
 }
+#define VK_LEAD_PREFETCH(p, lead) _mm_prefetch((const char *)(p) + (lead), _MM_HINT_T1)
 
 VK_AVX2 static inline void prefetch_row(const void *w, vk_dtype dt, size_t i) {
     size_t es = dt == VK_F32 ? 4 : 2;
@@ -458,11 +468,12 @@ VK_AVX2 static inline void prefetch_row(const void *w, vk_dtype dt, size_t i) {
 VK_AVX2 static void gemv_avx2(const float *x, size_t K, const void *w, vk_dtype dt, size_t n0, size_t n1,
                               const float *bias, float *y) {
     size_t n = n0;
-    size_t K16 = K & ~(size_t)15, K8 = K & ~(size_t)7;
+    size_t K16 = K & ~(size_t)15, K8 = K & ~(size_t)7, es = dt == VK_F32 ? 4 : 2;
     for (; n < n1; n++) {
         __m256 a0 = _mm256_setzero_ps(), b0 = _mm256_setzero_ps();
         size_t r0 = n * K, k = 0;
         for (; k < K16; k += 16) {
+            VK_STREAM_PREFETCH((const char *)w + (r0 + k) * es);  // f32: the line of these 16 columns, else half of it
             a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k), load8(w, dt, r0 + k), a0);
             b0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 8), load8(w, dt, r0 + k + 8), b0);
         }
@@ -866,19 +877,21 @@ VK_AVX512 static inline __m512 load16(const void *w, vk_dtype dt, size_t i) {
     }
 }
 
-// The decode GEMV with 512-bit vectors, one row at a time (two accumulators, 32 columns per step) and no software
-// prefetch: each thread reads one sequential stream, which the hardware prefetcher follows. On a Zen 4 host the
+// The decode GEMV with 512-bit vectors, one row at a time (two accumulators, 32 columns per step): each thread reads
+// one sequential stream, prefetched VK_STREAM_LEAD bytes ahead. On a Zen 4 host the
 // former four-row interleave (four streams a row apart, prefetched one block ahead) read a SmolVLM-500M decode
 // step's bf16 weights at 17 GB/s, one row at a time at 25 GB/s, against 28 GB/s for vk_sum over the same bytes
 // (Benchmarks/README.md, session 13). Columns past the last multiple of 16 take scalar steps.
 VK_AVX512 static void gemv_avx512(const float *x, size_t K, const void *w, vk_dtype dt, size_t n0, size_t n1,
                                   const float *bias, float *y) {
-    size_t K32 = K & ~(size_t)31, K16 = K & ~(size_t)15;
+    size_t K32 = K & ~(size_t)31, K16 = K & ~(size_t)15, es = dt == VK_F32 ? 4 : 2;
     size_t n = n0;
     for (; n < n1; n++) {
         __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
         size_t base = n * K, k = 0;
         for (; k < K32; k += 32) {
+            VK_STREAM_PREFETCH((const char *)w + (base + k) * es);  // 32 columns: one line, two for f32
+            if (es == 4) VK_STREAM_PREFETCH((const char *)w + (base + k) * es + 64);
             a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k), load16(w, dt, base + k), a0);
             a1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k + 16), load16(w, dt, base + k + 16), a1);
         }
@@ -1009,7 +1022,7 @@ VK_AVX2 static inline __attribute__((always_inline)) void gemv_q_rows(const int 
         for (; k + step <= ke; k += step) {
             size_t off = k * BITS / 8;
             if ((off & 63) < step_bytes)  // once per 64-byte line of each row
-                for (int r = 0; r < RR; r++) _mm_prefetch((const char *)row[r] + off + lead, _MM_HINT_T0);
+                for (int r = 0; r < RR; r++) VK_LEAD_PREFETCH(row[r] + off, lead);
             if (BITS == 8) {
                 __m256 x0 = _mm256_loadu_ps(x + k), x1 = _mm256_loadu_ps(x + k + 8);
                 for (int r = 0; r < RR; r++) {
@@ -1102,7 +1115,7 @@ VK_AVX2 static inline __attribute__((always_inline)) void gemv_qdot_rows(const i
         for (size_t k = k0; k < k1; k += 32) {
             size_t off = k * BITS / 8;
             if ((off & 63) < (size_t)(32 * BITS / 8))  // once per 64-byte line of each row
-                for (int r = 0; r < RR; r++) _mm_prefetch((const char *)row[r] + off + lead, _MM_HINT_T0);
+                for (int r = 0; r < RR; r++) VK_LEAD_PREFETCH(row[r] + off, lead);
             __m256i xv = _mm256_loadu_si256((const __m256i *)(qx + k));
             for (int r = 0; r < RR; r++) {
                 __m256i wv;
@@ -1171,7 +1184,7 @@ VK_AVX2 static inline __attribute__((always_inline)) void gemv_qdot_rows_pair4(c
     for (size_t g = 0; g < ng; g += 2) {
         size_t k = g * 32, off = k / 2;
         if ((off & 63) == 0)  // once per 64-byte line of each row
-            for (int r = 0; r < RR; r++) _mm_prefetch((const char *)row[r] + off + lead, _MM_HINT_T0);
+            for (int r = 0; r < RR; r++) VK_LEAD_PREFETCH(row[r] + off, lead);
         __m256i xlo = _mm256_loadu_si256((const __m256i *)(qx + k));
         __m256i xhi = _mm256_loadu_si256((const __m256i *)(qx + k + 32));
         __m256i s0 = _mm256_loadu_si256((const __m256i *)(xi + g * 4));
@@ -1262,7 +1275,7 @@ VK_VNNI static inline __attribute__((always_inline)) void gemv_qdot_rows_vnni(co
         for (size_t k = k0; k < k1; k += 32) {
             size_t off = k * BITS / 8;
             if ((off & 63) < (size_t)(32 * BITS / 8))  // once per 64-byte line of each row
-                for (int r = 0; r < RR; r++) _mm_prefetch((const char *)row[r] + off + lead, _MM_HINT_T0);
+                for (int r = 0; r < RR; r++) VK_LEAD_PREFETCH(row[r] + off, lead);
             __m256i xv = _mm256_loadu_si256((const __m256i *)(qx + k));
             for (int r = 0; r < RR; r++) {
                 if (BITS == 8) {
@@ -1322,7 +1335,6 @@ VK_VNNI static inline __attribute__((always_inline)) void gemv_qdot_rows_zmm(con
     size_t ng = K / 32, rb = vk_qrow_bytes(BITS, K);
     const uint8_t *row[4];
     qdot_rows_setup512(RR, w, rb, ng, n, dx, row, sc);
-    size_t lead = gemv_lead((size_t)RR * rb);
     const __m256i m4 = _mm256_set1_epi8(0x0f);
     const __m512i halves = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
     const __m512i pair = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
@@ -1334,7 +1346,7 @@ VK_VNNI static inline __attribute__((always_inline)) void gemv_qdot_rows_zmm(con
         const __m512i quad = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
         for (; g + 4 <= ng; g += 4) {
             size_t k = g * 32, off = k / 2;
-            for (int r = 0; r < RR; r++) _mm_prefetch((const char *)row[r] + off + lead, _MM_HINT_T0);
+            for (int r = 0; r < RR; r++) VK_STREAM_PREFETCH(row[r] + off);
             __m512i xlo = _mm512_loadu_si512((const void *)(qx + k));
             __m512i xhi = _mm512_loadu_si512((const void *)(qx + k + 64));
             __m512i s0 = _mm512_loadu_si512((const void *)(x4 + g * 4));  // -8 sum(x) of group g + j at lane 4j
@@ -1350,7 +1362,7 @@ VK_VNNI static inline __attribute__((always_inline)) void gemv_qdot_rows_zmm(con
     for (; g < ng; g += 2) {
         size_t k = g * 32, off = k * BITS / 8;
         if ((off & 63) == 0)  // once per 64-byte line of each row
-            for (int r = 0; r < RR; r++) _mm_prefetch((const char *)row[r] + off + lead, _MM_HINT_T0);
+            for (int r = 0; r < RR; r++) VK_STREAM_PREFETCH(row[r] + off);
         __m512i xv = _mm512_loadu_si512((const void *)(qx + k));
         __m512i s0 = BITS == 4 ? _mm512_loadu_si512((const void *)(xi + g * 8)) : _mm512_setzero_si512();
         for (int r = 0; r < RR; r++) {
@@ -2140,10 +2152,14 @@ void vk_attention_head(const float *q, size_t nq, size_t q_stride, const float *
 }
 
 #if VK_X86
+// The bandwidth probe's stream: read as the decode bodies read their weights (VK_STREAM_LEAD), so the bound it
+// gives is what such a stream reaches.
 VK_AVX2 static float sum_avx2(const float *x, size_t count) {
     __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
     size_t i = 0;
     for (; i + 32 <= count; i += 32) {
+        VK_STREAM_PREFETCH(x + i);
+        VK_STREAM_PREFETCH(x + i + 16);
         s0 = _mm256_add_ps(s0, _mm256_loadu_ps(x + i));
         s1 = _mm256_add_ps(s1, _mm256_loadu_ps(x + i + 8));
         s2 = _mm256_add_ps(s2, _mm256_loadu_ps(x + i + 16));
