@@ -806,11 +806,14 @@ VK_AVX2 static void gemm_small_avx2(const float *x, size_t T, size_t K, size_t l
 // are packed exactly as for the AVX2 kernel (pack_a, pack_b_panel): panel p + 1 follows panel p, so a pair is one
 // pointer and an offset. Edges: fewer rows (MR_ < 12, a tile may end inside the second A panel), one B panel
 // (NB = 1), and columns masked (nr < 32).
+// A's element (token i, k) is a[k * lda + i] for i < 6 and a1[k * lda + i - 6] for the rest: packed panels (lda = 6, a1
+// the next panel) or, for attention's transposed scores, one row-major matrix (a1 = a + 6).
 VK_AVX512 static inline __attribute__((always_inline)) void ukr512_tile(const int MR_, const int NB, size_t kc,
-                                                                        const float *a, const float *b,
-                                                                        size_t bstride, float *c, size_t ldc,
-                                                                        size_t nr, int accumulate, const float *bias) {
-    const float *a1 = a + VK_MR * kc, *b1 = b + bstride;
+                                                                        const float *a, const float *a1, size_t lda,
+                                                                        const float *b, size_t bstride, float *c,
+                                                                        size_t ldc, size_t nr, int accumulate,
+                                                                        const float *bias) {
+    const float *b1 = b + bstride;
     // The C tile is read (later K blocks) or written (the first) only after the k loop. For large outputs (a
     // 1024-token vision fc1 slice is 6 MB) its lines have left the caches; fetching them now, behind ~kc x 12 FMA
     // cycles of work, takes the misses off the epilogue.
@@ -825,7 +828,7 @@ VK_AVX512 static inline __attribute__((always_inline)) void ukr512_tile(const in
         __m512 b0 = _mm512_load_ps(b + k * VK_NR);
         __m512 bb = NB == 2 ? _mm512_load_ps(b1 + k * VK_NR) : b0;
         for (int i = 0; i < MR_; i++) {
-            __m512 ai = _mm512_set1_ps(i < VK_MR ? a[k * VK_MR + i] : a1[k * VK_MR + i - VK_MR]);
+            __m512 ai = _mm512_set1_ps(i < VK_MR ? a[k * lda + i] : a1[k * lda + i - VK_MR]);
             acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
             if (NB == 2) acc[i][1] = _mm512_fmadd_ps(ai, bb, acc[i][1]);
         }
@@ -850,21 +853,32 @@ VK_AVX512 static inline __attribute__((always_inline)) void ukr512_tile(const in
 }
 
 // c rows: mr (1..12) tokens; b: nb (1, 2) panels, the second `bstride` floats after the first; nr: valid columns
-// of the pair (<= 16 * nb). Called from gemm_avx2 and attention_blocked when AVX-512 is in use.
+// of the pair (<= 16 * nb). ukr512 takes A as packed panels (pack_a), ukr512_strided as rows of a matrix whose k-th
+// row holds the tile's tokens at a + k * lda. Called from gemm_avx2 and the attention bodies when AVX-512 is in use.
+#define VK_UKR512_CASES(A1, LDA)                                                                                      \
+    switch (mr) {                                                                                                     \
+    VK_UKR512_CASE(12, A1, LDA) VK_UKR512_CASE(11, A1, LDA) VK_UKR512_CASE(10, A1, LDA) VK_UKR512_CASE(9, A1, LDA)   \
+    VK_UKR512_CASE(8, A1, LDA) VK_UKR512_CASE(7, A1, LDA) VK_UKR512_CASE(6, A1, LDA) VK_UKR512_CASE(5, A1, LDA)      \
+    VK_UKR512_CASE(4, A1, LDA) VK_UKR512_CASE(3, A1, LDA) VK_UKR512_CASE(2, A1, LDA)                                 \
+    default: VK_UKR512_CASE(1, A1, LDA)                                                                               \
+    }
+#define VK_UKR512_CASE(M, A1, LDA)                                                                                    \
+    case M:                                                                                                           \
+        if (nb == 2) ukr512_tile(M, 2, kc, a, A1, LDA, b, bstride, c, ldc, nr, accumulate, bias);                     \
+        else ukr512_tile(M, 1, kc, a, A1, LDA, b, bstride, c, ldc, nr, accumulate, bias);                             \
+        break;
 VK_AVX512 static void ukr512(size_t mr, int nb, size_t kc, const float *a, const float *b, size_t bstride, float *c,
                              size_t ldc, size_t nr, int accumulate, const float *bias) {
-#define VK_UKR512_CASE(M)                                                                                             \
-    case M:                                                                                                           \
-        if (nb == 2) ukr512_tile(M, 2, kc, a, b, bstride, c, ldc, nr, accumulate, bias);                                \
-        else ukr512_tile(M, 1, kc, a, b, bstride, c, ldc, nr, accumulate, bias);                                        \
-        break;
-    switch (mr) {
-    VK_UKR512_CASE(12) VK_UKR512_CASE(11) VK_UKR512_CASE(10) VK_UKR512_CASE(9) VK_UKR512_CASE(8)
-    VK_UKR512_CASE(7) VK_UKR512_CASE(6) VK_UKR512_CASE(5) VK_UKR512_CASE(4) VK_UKR512_CASE(3) VK_UKR512_CASE(2)
-    default: VK_UKR512_CASE(1)
-    }
-#undef VK_UKR512_CASE
+    VK_UKR512_CASES(a + VK_MR * kc, VK_MR)
 }
+
+VK_AVX512 static void ukr512_strided(size_t mr, int nb, size_t kc, const float *a, size_t lda, const float *b,
+                                     size_t bstride, float *c, size_t ldc, size_t nr, int accumulate) {
+    const float *bias = NULL;
+    VK_UKR512_CASES(a + VK_MR, lda)
+}
+#undef VK_UKR512_CASE
+#undef VK_UKR512_CASES
 
 // 16 weights of `dt` from element i as f32 (bf16: the top halves of f32; f16: vcvtph2ps).
 VK_AVX512 static inline __m512 load16(const void *w, vk_dtype dt, size_t i) {
@@ -1618,39 +1632,12 @@ VK_AVX512 static inline __m512 exp512(__m512 x) {
     return _mm512_mask_mov_ps(y, nan, xin);  // NaN in, NaN out
 }
 
-VK_AVX512 static float max_avx512(const float *x, size_t n) {
-    if (n < 16) return max_avx2(x, n);
-    __m512 mv = _mm512_loadu_ps(x);
-    size_t i = 16;
-    for (; i + 16 <= n; i += 16) mv = _mm512_max_ps(mv, _mm512_loadu_ps(x + i));
-    float m = _mm512_reduce_max_ps(mv);
-    for (; i < n; i++) m = x[i] > m ? x[i] : m;
-    return m;
-}
-
 // exp512 for softmax arguments (x - max <= 0, or NaN): the same reduction and polynomial, the power of two applied by
 // one vscalefps instead of two exponent-field multiplies (equal results wherever exp(x) is a normal float), no upper
 // clamp; max(lo, x) keeps a NaN (its second operand), which then propagates. 14 operations per vector instead of 24.
 VK_AVX512 static inline __m512 exp512_nonpos(__m512 x) {
     __m512 fx, y = exp512_mantissa(_mm512_max_ps(_mm512_set1_ps(-104.0f), x), &fx);
     return _mm512_scalef_ps(y, fx);
-}
-
-VK_AVX512 static float exp_sum_avx512(float *x, size_t n, float scale, float m) {
-    __m512 sv = _mm512_set1_ps(scale), mv = _mm512_set1_ps(m), acc = _mm512_setzero_ps();
-    size_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        __m512 e = exp512_nonpos(_mm512_sub_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), sv), mv));
-        _mm512_storeu_ps(x + i, e);
-        acc = _mm512_add_ps(acc, e);
-    }
-    if (i < n) {  // the tail in one masked step
-        __mmask16 t = (__mmask16)((1u << (n - i)) - 1);
-        __m512 e = exp512_nonpos(_mm512_sub_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(t, x + i), sv), mv));
-        _mm512_mask_storeu_ps(x + i, t, e);
-        acc = _mm512_add_ps(acc, _mm512_maskz_mov_ps(t, e));
-    }
-    return _mm512_reduce_add_ps(acc);
 }
 
 // gelu_tanh_avx2 with 16 lanes: the same operations lane for lane (exp512 is exp256's polynomial), so the values are
@@ -1747,7 +1734,104 @@ VK_AVX2 static void softmax_avx2(float *x, size_t n) {
 
 // ---- Attention over a block of queries ------------------------------------------------------------------------
 // For 1024-token vision tiles the per-query loop (a 64-long dot product per key, then an axpy per key) runs far
-// below peak; here blocks of VK_ATT_MQ queries go through the GEMM micro-kernel instead:
+// below peak; here blocks of queries go through the GEMM micro-kernel instead.
+
+// V as [head_dim / 16 panels][keys][16 dims] (the B operand of O = P V), dims past head_dim zero.
+VK_AVX2 static void pack_v_panels(const float *v, size_t kv_stride, size_t nk, size_t hd, float *vp) {
+    for (size_t p = 0; p < div_up(hd, VK_NR); p++) {
+        size_t d0 = p * VK_NR, dn = hd - d0 < VK_NR ? hd - d0 : VK_NR;
+        float *dst = vp + p * nk * VK_NR;
+        if (dn == VK_NR) {
+            for (size_t j = 0; j < nk; j++) {
+                _mm256_store_ps(dst + j * VK_NR, _mm256_loadu_ps(v + j * kv_stride + d0));
+                _mm256_store_ps(dst + j * VK_NR + 8, _mm256_loadu_ps(v + j * kv_stride + d0 + 8));
+            }
+        } else {
+            for (size_t j = 0; j < nk; j++)
+                for (size_t d = 0; d < VK_NR; d++) dst[j * VK_NR + d] = d < dn ? v[j * kv_stride + d0 + d] : 0.0f;
+        }
+    }
+}
+
+// AVX-512: the scores transposed. For a block of up to VK_ATT512_MQ queries, Sᵀ = K Qᵀ with the keys as the
+// micro-kernel's rows (K packed once per call as 6-key panels, pack_a) and the block's queries as its columns (16-query
+// B panels, pack_b_panel), so each key's scores for the block are one contiguous row. The softmax over keys then runs
+// down the columns in whole vectors (a running max and sum per query lane, no horizontal reductions), and O = P V
+// reads the weights straight from Sᵀ as the micro-kernel's A operand (ukr512_strided), with no transposing pack of a
+// row-major S: its shuffles share a port with the FMAs on Intel cores. Causal: key j is visible to the block's query
+// r when j <= q_pos0 + i0 + r; invisible weights are zeroed before the product with V.
+#define VK_ATT512_MQ 64   // queries per block: Sᵀ of 1024 keys is 256 KB (L2)
+#define VK_ATT512_KC 256  // keys per step of O = P V (the V pair: 32 KB); 128 measured 5% slower, 1024 alike
+VK_AVX512 static void attention_blocked512(const float *q, size_t nq, size_t q_stride, const float *k, const float *v,
+                                           size_t kv_stride, size_t hd, size_t q_pos0, int causal, size_t n_keys,
+                                           size_t nk_all, float scale, float *out, size_t out_stride) {
+    size_t hd_pan = div_up(hd, VK_NR);
+    size_t mq = round_up(nq, VK_NR) < VK_ATT512_MQ ? round_up(nq, VK_NR) : VK_ATT512_MQ, nv = mq / VK_NR;
+    size_t n_kp = round_up(nk_all, VK_MR) * hd + 8, n_vp = hd_pan * VK_NR * nk_all, n_qp = hd * mq, n_s = nk_all * mq;
+    float *buf = align64(tls_scratch(n_kp + n_vp + n_qp + n_s + mq + 4 * 16));
+    float *kp = buf;
+    float *vp = align64(kp + n_kp);
+    float *qp = align64(vp + n_vp);
+    float *st = align64(qp + n_qp);
+    float *inv = align64(st + n_s);
+    pack_a(k, kv_stride, nk_all, hd, kp);
+    pack_v_panels(v, kv_stride, nk_all, hd, vp);
+    const __m512 sv = _mm512_set1_ps(scale);
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+
+    for (size_t i0 = 0; i0 < nq; i0 += mq) {
+        size_t m = nq - i0 < mq ? nq - i0 : mq;
+        size_t nkb = causal ? (q_pos0 + i0 + m < n_keys ? q_pos0 + i0 + m : n_keys) : n_keys;
+        for (size_t p = 0; p < nv; p++) {  // queries past m: zero columns
+            size_t r0 = p * VK_NR, rows = m > r0 ? (m - r0 < VK_NR ? m - r0 : VK_NR) : 0;
+            pack_b_panel(q + i0 * q_stride, VK_F32, q_stride, NULL, 0, r0, rows, 0, hd, qp + p * hd * VK_NR);
+        }
+        for (size_t j = 0; j < nkb; j += 2 * VK_MR) {
+            size_t mr = nkb - j < 2 * VK_MR ? nkb - j : 2 * VK_MR;
+            for (size_t p = 0; p < nv; p += 2) {
+                int nb = p + 1 < nv ? 2 : 1;
+                ukr512(mr, nb, hd, kp + j * hd, qp + p * hd * VK_NR, hd * VK_NR, st + j * mq + p * VK_NR, mq,
+                       (size_t)nb * VK_NR, 0, NULL);
+            }
+        }
+        // Softmax down the columns. Lane r of vector c is query i0 + 16c + r; with causal masking it sees key j when
+        // j - q_pos0 - i0 - 16c <= r.
+        __m512 mx[VK_ATT512_MQ / VK_NR], sum[VK_ATT512_MQ / VK_NR];
+        for (size_t c = 0; c < nv; c++) { mx[c] = _mm512_set1_ps(-INFINITY); sum[c] = _mm512_setzero_ps(); }
+#define VK_VISIBLE(j, c)                                                                                             \
+    (causal ? _mm512_cmp_epi32_mask(lane, _mm512_set1_epi32((int)((long long)(j) - (long long)(q_pos0 + i0 + 16 * (c)))), \
+                                    _MM_CMPINT_NLT)                                                                   \
+            : (__mmask16)0xffff)
+        for (size_t j = 0; j < nkb; j++)
+            for (size_t c = 0; c < nv; c++) {
+                __m512 x = _mm512_mul_ps(_mm512_load_ps(st + j * mq + c * VK_NR), sv);
+                mx[c] = _mm512_mask_max_ps(mx[c], VK_VISIBLE(j, c), x, mx[c]);
+            }
+        for (size_t j = 0; j < nkb; j++)
+            for (size_t c = 0; c < nv; c++) {
+                float *sj = st + j * mq + c * VK_NR;
+                __m512 e = exp512_nonpos(_mm512_sub_ps(_mm512_mul_ps(_mm512_load_ps(sj), sv), mx[c]));
+                e = _mm512_maskz_mov_ps(VK_VISIBLE(j, c), e);
+                _mm512_store_ps(sj, e);
+                sum[c] = _mm512_add_ps(sum[c], e);
+            }
+#undef VK_VISIBLE
+        for (size_t c = 0; c < nv; c++) _mm512_store_ps(inv + c * VK_NR, _mm512_div_ps(_mm512_set1_ps(1.0f), sum[c]));
+        for (size_t kk0 = 0; kk0 < nkb; kk0 += VK_ATT512_KC) {
+            size_t kc = nkb - kk0 < VK_ATT512_KC ? nkb - kk0 : VK_ATT512_KC;
+            for (size_t p = 0; p < hd_pan; p += 2) {
+                size_t nr = hd - p * VK_NR < 2 * VK_NR ? hd - p * VK_NR : 2 * VK_NR;
+                for (size_t ii = 0; ii < m; ii += 2 * VK_MR)
+                    ukr512_strided(m - ii < 2 * VK_MR ? m - ii : 2 * VK_MR, nr > VK_NR ? 2 : 1, kc, st + kk0 * mq + ii,
+                                   mq, vp + p * nk_all * VK_NR + kk0 * VK_NR, nk_all * VK_NR,
+                                   out + (i0 + ii) * out_stride + p * VK_NR, out_stride, nr, kk0 != 0);
+            }
+        }
+        for (size_t r = 0; r < m; r++) scale_avx2(out + (i0 + r) * out_stride, hd, inv[r]);
+    }
+}
+
+// AVX2: blocks of VK_ATT_MQ queries through the 6 x 16 micro-kernel:
 //   K packed once per call as Kᵀ panels ([head_dim][16 keys]) and V as [keys][16 dims] panels,
 //   S = Q Kᵀ for the block (6x16 tiles), row softmax (vector exp) leaving unnormalised weights in S,
 //   O = S V (6x16 tiles, keys blocked by VK_KC), then each output row scaled by 1 / (row sum).
@@ -1758,9 +1842,13 @@ VK_AVX2 static void attention_blocked(const float *q, size_t nq, size_t q_stride
                                       size_t kv_stride, size_t hd, size_t q_pos0, int causal, size_t n_keys,
                                       float scale, float *out, size_t out_stride) {
     size_t nk_all = causal ? (q_pos0 + nq < n_keys ? q_pos0 + nq : n_keys) : n_keys;
-    const int wide = use_avx512();  // 12 x 32 tiles (ukr512) over the same packed panels
     if (nk_all == 0) {  // nothing to attend to: zero rows, as the per-query loop leaves them
         for (size_t i = 0; i < nq; i++) memset(out + i * out_stride, 0, hd * sizeof(float));
+        return;
+    }
+    if (use_avx512()) {
+        attention_blocked512(q, nq, q_stride, k, v, kv_stride, hd, q_pos0, causal, n_keys, nk_all, scale, out,
+                             out_stride);
         return;
     }
     size_t hd_pan = div_up(hd, VK_NR), nk_pad = round_up(nk_all, VK_NR);
@@ -1778,69 +1866,38 @@ VK_AVX2 static void attention_blocked(const float *q, size_t nq, size_t q_stride
 
     for (size_t j = 0; j < nk_all; j += VK_NR)
         pack_b_panel(k, VK_F32, kv_stride, NULL, 0, j, nk_all - j < VK_NR ? nk_all - j : VK_NR, 0, hd, kp + j * hd);
-    for (size_t p = 0; p < hd_pan; p++) {
-        size_t d0 = p * VK_NR, dn = hd - d0 < VK_NR ? hd - d0 : VK_NR;
-        float *dst = vp + p * nk_all * VK_NR;
-        if (dn == VK_NR) {
-            for (size_t j = 0; j < nk_all; j++) {
-                _mm256_store_ps(dst + j * VK_NR, _mm256_loadu_ps(v + j * kv_stride + d0));
-                _mm256_store_ps(dst + j * VK_NR + 8, _mm256_loadu_ps(v + j * kv_stride + d0 + 8));
-            }
-        } else {
-            for (size_t j = 0; j < nk_all; j++)
-                for (size_t d = 0; d < VK_NR; d++) dst[j * VK_NR + d] = d < dn ? v[j * kv_stride + d0 + d] : 0.0f;
-        }
-    }
+    pack_v_panels(v, kv_stride, nk_all, hd, vp);
 
     for (size_t i0 = 0; i0 < nq; i0 += mq) {
         size_t m = nq - i0 < mq ? nq - i0 : mq;
         size_t nkb = causal ? (q_pos0 + i0 + m < n_keys ? q_pos0 + i0 + m : n_keys) : n_keys;
         pack_a(q + i0 * q_stride, q_stride, m, hd, qp);
-        if (wide) {
-            for (size_t j = 0; j < nkb; j += 2 * VK_NR) {
-                size_t nr = nkb - j < 2 * VK_NR ? nkb - j : 2 * VK_NR;
-                for (size_t ii = 0; ii < m; ii += 2 * VK_MR)
-                    ukr512(m - ii < 2 * VK_MR ? m - ii : 2 * VK_MR, nr > VK_NR ? 2 : 1, hd, qp + ii * hd, kp + j * hd,
-                           VK_NR * hd, s + ii * nk_pad + j, nk_pad, nr, 0, NULL);
-            }
-        } else {
-            for (size_t j = 0; j < nkb; j += VK_NR) {
-                size_t nr = nkb - j < VK_NR ? nkb - j : VK_NR;
-                for (size_t ii = 0; ii < m; ii += VK_MR)
-                    ukr(m - ii < VK_MR ? m - ii : VK_MR, hd, qp + ii * hd, kp + j * hd, VK_NR, s + ii * nk_pad + j,
-                        nk_pad, nr, 0, NULL);
-            }
+        for (size_t j = 0; j < nkb; j += VK_NR) {
+            size_t nr = nkb - j < VK_NR ? nkb - j : VK_NR;
+            for (size_t ii = 0; ii < m; ii += VK_MR)
+                ukr(m - ii < VK_MR ? m - ii : VK_MR, hd, qp + ii * hd, kp + j * hd, VK_NR, s + ii * nk_pad + j,
+                    nk_pad, nr, 0, NULL);
         }
         for (size_t r = 0; r < m; r++) {
             float *row = s + r * nk_pad;
             size_t nki = causal ? (q_pos0 + i0 + r + 1 < n_keys ? q_pos0 + i0 + r + 1 : n_keys) : n_keys;
             // scale > 0: max(x * scale) = max(x) * scale, bit for bit
-            float mx = (wide ? max_avx512(row, nki) : max_avx2(row, nki)) * scale;
+            float mx = max_avx2(row, nki) * scale;
             if (scale < 0) {
                 mx = row[0] * scale;
                 for (size_t j = 1; j < nki; j++) mx = row[j] * scale > mx ? row[j] * scale : mx;
             }
-            inv[r] = 1.0f / (wide ? exp_sum_avx512(row, nki, scale, mx) : exp_sum_avx2(row, nki, scale, mx));
+            inv[r] = 1.0f / exp_sum_avx2(row, nki, scale, mx);
             for (size_t j = nki; j < nkb; j++) row[j] = 0.0f;
         }
         for (size_t kk0 = 0; kk0 < nkb; kk0 += kcb) {
             size_t kc = nkb - kk0 < kcb ? nkb - kk0 : kcb;
             pack_a(s + kk0, nk_pad, m, kc, pp);
-            if (wide) {
-                for (size_t p = 0; p < hd_pan; p += 2) {
-                    size_t nr = hd - p * VK_NR < 2 * VK_NR ? hd - p * VK_NR : 2 * VK_NR;
-                    for (size_t ii = 0; ii < m; ii += 2 * VK_MR)
-                        ukr512(m - ii < 2 * VK_MR ? m - ii : 2 * VK_MR, nr > VK_NR ? 2 : 1, kc, pp + ii * kc,
-                               vp + p * nk_all * VK_NR + kk0 * VK_NR, nk_all * VK_NR,
-                               out + (i0 + ii) * out_stride + p * VK_NR, out_stride, nr, kk0 != 0, NULL);
-                }
-            } else {
-                for (size_t p = 0; p < hd_pan; p++) {
-                    size_t nr = hd - p * VK_NR < VK_NR ? hd - p * VK_NR : VK_NR;
-                    for (size_t ii = 0; ii < m; ii += VK_MR)
-                        ukr(m - ii < VK_MR ? m - ii : VK_MR, kc, pp + ii * kc, vp + p * nk_all * VK_NR + kk0 * VK_NR,
-                            VK_NR, out + (i0 + ii) * out_stride + p * VK_NR, out_stride, nr, kk0 != 0, NULL);
-                }
+            for (size_t p = 0; p < hd_pan; p++) {
+                size_t nr = hd - p * VK_NR < VK_NR ? hd - p * VK_NR : VK_NR;
+                for (size_t ii = 0; ii < m; ii += VK_MR)
+                    ukr(m - ii < VK_MR ? m - ii : VK_MR, kc, pp + ii * kc, vp + p * nk_all * VK_NR + kk0 * VK_NR,
+                        VK_NR, out + (i0 + ii) * out_stride + p * VK_NR, out_stride, nr, kk0 != 0, NULL);
             }
         }
         for (size_t r = 0; r < m; r++) scale_avx2(out + (i0 + r) * out_stride, hd, inv[r]);
