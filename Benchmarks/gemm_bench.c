@@ -306,7 +306,15 @@ int main(int argc, char **argv) {
             {1024, 3072, 768, "vision fc2 (3072 -> 768)"},
             {1024, 768, 768, "vision q/k/v/o"},
             {5, 960, 2560, "5 tokens"},
+            {8, 960, 2560, "8 tokens"},
             {16, 960, 2560, "16 tokens"},
+            {24, 960, 2560, "24 tokens"},
+            {32, 960, 2560, "32 tokens"},
+            {48, 960, 2560, "48 tokens"},
+            {64, 960, 2560, "64 tokens"},
+            {16, 2560, 960, "down, 16 tokens"},
+            {48, 2560, 960, "down, 48 tokens"},
+            {48, 960, 320, "k/v, 48 tokens"},
         };
         vk_dtype dts[] = {VK_F32, VK_BF16, VK_F16};
         printf("%-28s %5s %5s %5s %5s %9s %9s %7s\n", "shape", "T", "K", "N", "dtype", "ms", "GFLOP/s", "%peak");

@@ -891,6 +891,70 @@ VK_AVX512 static inline __m512 load16(const void *w, vk_dtype dt, size_t i) {
     }
 }
 
+// ---- Few tokens with AVX-512 (2..VK_SMALL_T512): dot products against unpacked weights --------------------------
+// Up to two dozen tokens (a follow-up turn's prompt) the packed GEMM spends most of its time converting and
+// packing weights it then uses a handful of times. Here each weight vector is loaded and converted once per group of
+// up to 8 tokens and multiplied into 8 x 2 zmm accumulators (two rows), x's group staying in L1 (so K <=
+// VK_SMALL_K512: 8 x 1024 floats, 32 KB); rows go in blocks of VK_SMALL_ROWS, which stay in L2 while every token
+// group passes over them, so the weights are read from memory once (the first group prefetches them, as the decode
+// bodies do). Intel Xeon (Emerald Rapids), 2 threads, bf16 960 -> 2560 with the weights in cache, packed GEMM -> this:
+// 5 tokens 0.55 -> 0.145 ms, 8 0.61 -> 0.205, 16 0.75 -> 0.41, 32 1.01 -> 0.80, 48 1.27 -> 1.20; with K = 2560 (x's
+// group 80 KB) no faster at 16 tokens, half as fast at 48. In the model (weights from memory, SmolVLM-500M dims) the
+// first token after an 8 / 16 / 24-token prompt came 1.5 / 1.3 / 1.1x sooner, after 32 as soon, after 48 10% later:
+// hence up to 24 tokens (Benchmarks/README.md, session 15).
+#define VK_SMALL_T512 24
+#define VK_SMALL_K512 1024
+#define VK_SMALL_ROWS 32
+VK_AVX512 static inline __attribute__((always_inline)) void small_tile512(const int TT, const int RR, const float *x,
+                                                                          size_t ldx, size_t K, const void *w,
+                                                                          vk_dtype dt, size_t n, const float *bias,
+                                                                          float *y, size_t ldy, int first) {
+    __m512 acc[8][2];
+    for (int t = 0; t < TT; t++)
+        for (int r = 0; r < RR; r++) acc[t][r] = _mm512_setzero_ps();
+    size_t K16 = K & ~(size_t)15;
+    size_t es = dt == VK_F32 ? 4 : 2;
+    for (size_t k = 0; k < K16; k += 16) {
+        __m512 wv[2];
+        for (int r = 0; r < RR; r++) {
+            // the first token group streams the rows from memory (later ones find them in L2)
+            if (first) VK_STREAM_PREFETCH((const char *)w + ((n + r) * K + k) * es);
+            wv[r] = load16(w, dt, (n + r) * K + k);
+        }
+        for (int t = 0; t < TT; t++) {
+            __m512 xv = _mm512_loadu_ps(x + t * ldx + k);
+            for (int r = 0; r < RR; r++) acc[t][r] = _mm512_fmadd_ps(xv, wv[r], acc[t][r]);
+        }
+    }
+    for (int t = 0; t < TT; t++)
+        for (int r = 0; r < RR; r++) {
+            float s = _mm512_reduce_add_ps(acc[t][r]);
+            for (size_t k = K16; k < K; k++) s += x[t * ldx + k] * load_w(w, dt, (n + r) * K + k);
+            y[t * ldy + n + r] = bias ? s + bias[n + r] : s;
+        }
+}
+
+VK_AVX512 static void gemm_small512(const float *x, size_t T, size_t K, size_t ldx, const void *w, vk_dtype dt,
+                                    size_t n0, size_t n1, const float *bias, float *y, size_t ldy) {
+#define VK_SMALL512_CASE(TT)                                                                                          \
+    case TT:                                                                                                          \
+        for (n = nb; n + 2 <= ne; n += 2) small_tile512(TT, 2, xt, ldx, K, w, dt, n, bias, yt, ldy, t0 == 0);         \
+        if (n < ne) small_tile512(TT, 1, xt, ldx, K, w, dt, n, bias, yt, ldy, t0 == 0);                               \
+        break;
+    for (size_t nb = n0; nb < n1; nb += VK_SMALL_ROWS) {
+        size_t ne = nb + VK_SMALL_ROWS < n1 ? nb + VK_SMALL_ROWS : n1, n;
+        for (size_t t0 = 0; t0 < T; t0 += 8) {
+            const float *xt = x + t0 * ldx;
+            float *yt = y + t0 * ldy;
+            switch (T - t0 < 8 ? T - t0 : 8) {
+            VK_SMALL512_CASE(1) VK_SMALL512_CASE(2) VK_SMALL512_CASE(3) VK_SMALL512_CASE(4)
+            VK_SMALL512_CASE(5) VK_SMALL512_CASE(6) VK_SMALL512_CASE(7) default: VK_SMALL512_CASE(8)
+            }
+        }
+    }
+#undef VK_SMALL512_CASE
+}
+
 // The decode GEMV with 512-bit vectors, one row at a time (two accumulators, 32 columns per step): each thread reads
 // one sequential stream, prefetched VK_STREAM_LEAD bytes ahead. On a Zen 4 host the
 // former four-row interleave (four streams a row apart, prefetched one block ahead) read a SmolVLM-500M decode
@@ -2024,6 +2088,8 @@ void vk_matmul_ws(const float *x, size_t T, size_t K, size_t ldx, const void *w,
         if (T == 1) {
             if (use_avx512()) gemv_avx512(x, K, w, dtype, n0, n1, bias, y);
             else gemv_avx2(x, K, w, dtype, n0, n1, bias, y);
+        } else if (use_avx512() && T <= VK_SMALL_T512 && K <= VK_SMALL_K512) {
+            gemm_small512(x, T, K, ldx, w, dtype, n0, n1, bias, y, ldy);
         } else if (T <= VK_SMALL_T) {
             gemm_small_avx2(x, T, K, ldx, w, dtype, n0, n1, bias, y, ldy);
         } else {

@@ -60,7 +60,7 @@ final class KernelTests: XCTestCase {
 
     // Token counts, input and output sizes that are not multiples of any block of the kernels (GEMV rows of 4,
     // few-token tiles, the GEMM's 6x16 tile, its K and token blocks).
-    static let oddT = [1, 2, 3, 4, 5, 7, 13, 33, 130]
+    static let oddT = [1, 2, 3, 4, 5, 7, 13, 24, 25, 33, 130]  // 24 / 25: either side of VK_SMALL_T512
     static let oddK = [1, 7, 63, 257, 960]
     static let oddN = [1, 5, 17, 100]
 
