@@ -46,7 +46,8 @@ size_t vk_matmul_scratch_floats(size_t T, size_t K, size_t n0, size_t n1);
 /// vk_matmul with the size of `scratch` given: when `scratch_floats` is below vk_matmul_scratch_floats(...),
 /// the kernel falls back to a buffer of its own (one per thread, kept for the thread's lifetime).
 /// T == 1: a streaming matrix-vector product (weights read once, converted on the fly).
-/// T >= 2: a cache-blocked GEMM (weights converted to f32 once per call into packed panels, 6x16 register tile).
+/// T >= 2: a cache-blocked GEMM (weights converted to f32 once per call into packed panels, 6x16 register tile);
+/// a few tokens (2..4, with AVX-512 2..24 when K <= 1024) take dot products against the unpacked weights instead.
 void vk_matmul_ws(const float *x, size_t T, size_t K, size_t ldx,
                   const void *w, vk_dtype dtype,
                   size_t n0, size_t n1,
