@@ -448,7 +448,8 @@ VK_AVX2 static void axpy_avx2(float a, const float *x, float *y, size_t n) {
 // 38-39 -> 25-28 ms, int8 16-19 -> 13-14 ms, int4 12 -> 7-8 ms (4-16 KB all about as good, 0.5-2 KB or into L1
 // less so); on Zen 4 a lead of 0.5-8 KB made no difference to int4 (Benchmarks/README.md, sessions 14 and 15).
 #define VK_STREAM_LEAD 8192
-#define VK_STREAM_PREFETCH(p) _mm_prefetch((const char *)(p) + VK_STREAM_LEAD, _MM_HINT_T1)
+#define VK_LEAD_PREFETCH(p, lead) _mm_prefetch((const char *)(p) + (lead), _MM_HINT_T1)  // into L2
+#define VK_STREAM_PREFETCH(p) VK_LEAD_PREFETCH(p, VK_STREAM_LEAD)
 
 // Prefetch lead of the decode kernels that stream several rows at once, in bytes, for blocks of `block_bytes` (the
 // rows streamed together): at least VK_STREAM_LEAD, and at least one block ahead (the same offset in the next rows,
@@ -458,7 +459,6 @@ static inline size_t gemv_lead(size_t block_bytes) {
     size_t lead = block_bytes < 16384 ? block_bytes : 16384;
     return lead < VK_STREAM_LEAD ? VK_STREAM_LEAD : lead;
 }
-#define VK_LEAD_PREFETCH(p, lead) _mm_prefetch((const char *)(p) + (lead), _MM_HINT_T1)
 
 VK_AVX2 static inline void prefetch_row(const void *w, vk_dtype dt, size_t i) {
     size_t es = dt == VK_F32 ? 4 : 2;
