@@ -451,6 +451,22 @@ VK_AVX2 static void axpy_avx2(float a, const float *x, float *y, size_t n) {
 #define VK_LEAD_PREFETCH(p, lead) _mm_prefetch((const char *)(p) + (lead), _MM_HINT_T1)  // into L2
 #define VK_STREAM_PREFETCH(p) VK_LEAD_PREFETCH(p, VK_STREAM_LEAD)
 
+// Whether the f32 decode bodies (and the bandwidth probe, which streams f32 as they do) prefetch their stream in
+// software: on Intel, yes; on AMD, no. The bf16 / f16 and quantized bodies prefetch on every vendor. On a Zen 4 host
+// (family 25 model 17; shapes timed alone, 8 alternated rounds, medians) the prefetch made a SmolVLM-500M decode
+// step's f32 matrices slower, 23.8 -> 31.0 ms (vk_sum over the same bytes 22.7 -> 29.0), and its bf16 ones faster,
+// 18.5 -> 13.5 ms; on the Intel Xeon both gained (Benchmarks/README.md, sessions 15 and 16). VLM_STREAM_PREFETCH=0|1
+// overrides it, for A/B runs of one binary.
+static int g_f32_pf = -1;
+static int f32_stream_prefetch(void) {
+    if (g_f32_pf < 0) {
+        const char *e = getenv("VLM_STREAM_PREFETCH");
+        __builtin_cpu_init();
+        g_f32_pf = e && (e[0] == '0' || e[0] == '1') ? e[0] == '1' : __builtin_cpu_is("intel") ? 1 : 0;
+    }
+    return g_f32_pf;
+}
+
 // Prefetch lead of the decode kernels that stream several rows at once, in bytes, for blocks of `block_bytes` (the
 // rows streamed together): at least VK_STREAM_LEAD, and at least one block ahead (the same offset in the next rows,
 // which follow these in memory) up to 16 KB. A fixed 512-byte lead left every block's start cold: measured from DRAM
@@ -465,15 +481,17 @@ VK_AVX2 static inline void prefetch_row(const void *w, vk_dtype dt, size_t i) {
     _mm_prefetch((const char *)w + i * es + VK_GEMV_PF, _MM_HINT_T0);
 }
 
-VK_AVX2 static void gemv_avx2(const float *x, size_t K, const void *w, vk_dtype dt, size_t n0, size_t n1,
-                              const float *bias, float *y) {
+// `pf`, a constant at each call of the inlined body: whether to prefetch the stream (see f32_stream_prefetch).
+VK_AVX2 static inline __attribute__((always_inline)) void gemv_avx2_body(const float *x, size_t K, const void *w,
+                                                                          vk_dtype dt, size_t n0, size_t n1,
+                                                                          const float *bias, float *y, const int pf) {
     size_t n = n0;
     size_t K16 = K & ~(size_t)15, K8 = K & ~(size_t)7, es = dt == VK_F32 ? 4 : 2;
     for (; n < n1; n++) {
         __m256 a0 = _mm256_setzero_ps(), b0 = _mm256_setzero_ps();
         size_t r0 = n * K, k = 0;
         for (; k < K16; k += 16) {
-            VK_STREAM_PREFETCH((const char *)w + (r0 + k) * es);  // f32: the line of these 16 columns, else half of it
+            if (pf) VK_STREAM_PREFETCH((const char *)w + (r0 + k) * es);  // f32: the line of these 16 columns, else half
             a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k), load8(w, dt, r0 + k), a0);
             b0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 8), load8(w, dt, r0 + k + 8), b0);
         }
@@ -482,6 +500,12 @@ VK_AVX2 static void gemv_avx2(const float *x, size_t K, const void *w, vk_dtype 
         for (; k < K; k++) s0 += x[k] * load_w(w, dt, r0 + k);
         y[n] = bias ? s0 + bias[n] : s0;
     }
+}
+
+VK_AVX2 static void gemv_avx2(const float *x, size_t K, const void *w, vk_dtype dt, size_t n0, size_t n1,
+                              const float *bias, float *y) {
+    if (dt != VK_F32 || f32_stream_prefetch()) gemv_avx2_body(x, K, w, dt, n0, n1, bias, y, 1);
+    else gemv_avx2_body(x, K, w, dt, n0, n1, bias, y, 0);
 }
 
 // ---- Prefill path: cache-blocked GEMM ------------------------------------------------------------------------
@@ -956,20 +980,22 @@ VK_AVX512 static void gemm_small512(const float *x, size_t T, size_t K, size_t l
 }
 
 // The decode GEMV with 512-bit vectors, one row at a time (two accumulators, 32 columns per step): each thread reads
-// one sequential stream, prefetched VK_STREAM_LEAD bytes ahead. On a Zen 4 host the
-// former four-row interleave (four streams a row apart, prefetched one block ahead) read a SmolVLM-500M decode
+// one sequential stream, prefetched VK_STREAM_LEAD bytes ahead (f32 on Intel only: f32_stream_prefetch). On a Zen 4
+// host the former four-row interleave (four streams a row apart, prefetched one block ahead) read a SmolVLM-500M decode
 // step's bf16 weights at 17 GB/s, one row at a time at 25 GB/s, against 28 GB/s for vk_sum over the same bytes
 // (Benchmarks/README.md, session 13). Columns past the last multiple of 16 take scalar steps.
-VK_AVX512 static void gemv_avx512(const float *x, size_t K, const void *w, vk_dtype dt, size_t n0, size_t n1,
-                                  const float *bias, float *y) {
+VK_AVX512 static inline __attribute__((always_inline)) void gemv_avx512_body(const float *x, size_t K, const void *w,
+                                                                              vk_dtype dt, size_t n0, size_t n1,
+                                                                              const float *bias, float *y,
+                                                                              const int pf) {
     size_t K32 = K & ~(size_t)31, K16 = K & ~(size_t)15, es = dt == VK_F32 ? 4 : 2;
     size_t n = n0;
     for (; n < n1; n++) {
         __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
         size_t base = n * K, k = 0;
         for (; k < K32; k += 32) {
-            VK_STREAM_PREFETCH((const char *)w + (base + k) * es);  // 32 columns: one line, two for f32
-            if (es == 4) VK_STREAM_PREFETCH((const char *)w + (base + k) * es + 64);
+            if (pf) VK_STREAM_PREFETCH((const char *)w + (base + k) * es);  // 32 columns: one line, two for f32
+            if (pf && es == 4) VK_STREAM_PREFETCH((const char *)w + (base + k) * es + 64);
             a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k), load16(w, dt, base + k), a0);
             a1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k + 16), load16(w, dt, base + k + 16), a1);
         }
@@ -978,6 +1004,12 @@ VK_AVX512 static void gemv_avx512(const float *x, size_t K, const void *w, vk_dt
         for (; k < K; k++) s0 += x[k] * load_w(w, dt, base + k);
         y[n] = bias ? s0 + bias[n] : s0;
     }
+}
+
+VK_AVX512 static void gemv_avx512(const float *x, size_t K, const void *w, vk_dtype dt, size_t n0, size_t n1,
+                                  const float *bias, float *y) {
+    if (dt != VK_F32 || f32_stream_prefetch()) gemv_avx512_body(x, K, w, dt, n0, n1, bias, y, 1);
+    else gemv_avx512_body(x, K, w, dt, n0, n1, bias, y, 0);
 }
 
 // ---- Quantizing (vk_quantize_rows), bit for bit the scalar body --------------------------------------------------
@@ -2275,14 +2307,17 @@ void vk_attention_head(const float *q, size_t nq, size_t q_stride, const float *
 }
 
 #if VK_X86
-// The bandwidth probe's stream: read as the decode bodies read their weights (VK_STREAM_LEAD), so the bound it
+// The bandwidth probe's stream: read as the f32 decode body reads its weights (f32_stream_prefetch), so the bound it
 // gives is what such a stream reaches.
 VK_AVX2 static float sum_avx2(const float *x, size_t count) {
     __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
     size_t i = 0;
+    const int pf = f32_stream_prefetch();
     for (; i + 32 <= count; i += 32) {
-        VK_STREAM_PREFETCH(x + i);
-        VK_STREAM_PREFETCH(x + i + 16);
+        if (pf) {
+            VK_STREAM_PREFETCH(x + i);
+            VK_STREAM_PREFETCH(x + i + 16);
+        }
         s0 = _mm256_add_ps(s0, _mm256_loadu_ps(x + i));
         s1 = _mm256_add_ps(s1, _mm256_loadu_ps(x + i + 8));
         s2 = _mm256_add_ps(s2, _mm256_loadu_ps(x + i + 16));
