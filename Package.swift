@@ -30,7 +30,7 @@ let package = Package(
         // Image decoding (libjpeg-turbo/libpng, ImageIO on Apple) and each model family's preprocessing.
         // libjpeg-turbo and libpng (Debian: libjpeg62-turbo-dev, libpng-dev) behind setjmp-safe C wrappers.
         .target(name: "CImageCodecs", linkerSettings: [.linkedLibrary("jpeg"), .linkedLibrary("png16")]),
-        .target(name: "VLMMedia", dependencies: [.target(name: "CImageCodecs", condition: .when(platforms: [.linux]))]),
+        .target(name: "VLMMedia", dependencies: ["CKernels", .target(name: "CImageCodecs", condition: .when(platforms: [.linux]))]),
         .target(name: "VLMRuntime", dependencies: ["VLMCore", "VLMTokenizers", "VLMMedia", "VLMModels"]),
         // `vlm serve`: an OpenAI-compatible HTTP server over one runner (Hummingbird).
         .target(name: "VLMServer", dependencies: [
@@ -44,7 +44,7 @@ let package = Package(
         ]),
         .testTarget(name: "VLMCoreTests", dependencies: ["VLMCore"]),
         .testTarget(name: "VLMTokenizersTests", dependencies: ["VLMTokenizers"]),
-        .testTarget(name: "VLMMediaTests", dependencies: ["VLMMedia"]),
+        .testTarget(name: "VLMMediaTests", dependencies: ["VLMMedia", "CKernels"]),
         .testTarget(name: "VLMModelsTests", dependencies: ["VLMModels", "VLMRuntime"]),
         .testTarget(name: "VLMRuntimeTests", dependencies: ["VLMRuntime"]),
         // Runs the built `vlm` binary as a user would.

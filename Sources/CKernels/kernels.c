@@ -845,7 +845,10 @@ VK_AVX512 static inline __attribute__((always_inline)) void ukr512_tile(const in
         __builtin_prefetch(c + i * ldc, 1, 3);
         if (NB == 2) __builtin_prefetch(c + i * ldc + 16, 1, 3);
     }
+    // Every loop over the tile's rows is unrolled so acc stays in registers: a rolled one indexes acc at run time,
+    // which puts it on the stack (zeroed by memset, loaded before and stored after the k loop, ~2% of a GEMM).
     __m512 acc[12][2];
+#pragma GCC unroll 12
     for (int i = 0; i < MR_; i++) { acc[i][0] = _mm512_setzero_ps(); acc[i][1] = _mm512_setzero_ps(); }
 #pragma GCC unroll 2
     for (size_t k = 0; k < kc; k++) {
@@ -861,6 +864,7 @@ VK_AVX512 static inline __attribute__((always_inline)) void ukr512_tile(const in
     __mmask16 m1 = NB == 1 || nr <= 16 ? 0 : nr >= 32 ? (__mmask16)0xffff : (__mmask16)((1u << (nr - 16)) - 1);
     __m512 bias0 = _mm512_setzero_ps(), bias1 = _mm512_setzero_ps();
     if (!accumulate && bias) { bias0 = _mm512_maskz_loadu_ps(m0, bias); bias1 = _mm512_maskz_loadu_ps(m1, bias + 16); }
+#pragma GCC unroll 12
     for (int i = 0; i < MR_; i++) {
         float *ci = c + i * ldc;
         __m512 r0 = acc[i][0], r1 = acc[i][1];

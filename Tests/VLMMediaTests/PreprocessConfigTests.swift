@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 import VLMMedia
 import XCTest
@@ -248,6 +249,39 @@ final class PreprocessConfigTests: XCTestCase {
                 let plane = out.tiles.height * out.tiles.width
                 for (c, level) in [Float(17), 128, 250].enumerated() {
                     XCTAssertTrue(out.tiles.values[c * plane ..< (c + 1) * plane].allSatisfy { $0 == level }, "\(filter) \(side) channel \(c)")
+                }
+            }
+        }
+    }
+
+    func testSIMDResamplingMatchesTheScalarBodies() throws {
+        // The integer passes run in CKernels (resample.c); the AVX2 / NEON bodies must give the scalar bodies'
+        // bytes exactly. Odd sizes put row tails outside the 32-byte vertical steps and first/last pixels on the
+        // scalar horizontal path; a 0/255 checkerboard makes Lanczos and bicubic overshoot, so clamping is exercised.
+        guard vk_simd_level() != 0 else { throw XCTSkip("no SIMD bodies on this CPU") }
+        defer { vk_force_scalar(0) }
+        let checker = (0..<(61 * 19)).flatMap { i -> [UInt8] in (i % 61 + i / 61) % 2 == 0 ? [0, 255, 0] : [255, 0, 255] }
+        let cases: [(String, Int, Int, [UInt8])] = [
+            ("noise 37x23", 37, 23, PreprocessSyntheticImage.make(kind: "noise", width: 37, height: 23, seed: 5)),
+            ("noise 333x101", 333, 101, PreprocessSyntheticImage.make(kind: "noise", width: 333, height: 101, seed: 6)),
+            ("checker 61x19", 61, 19, checker),
+            ("1x1", 1, 1, [9, 200, 77]),
+        ]
+        for (name, w, h, pixels) in cases {
+            let image = try XCTUnwrap(RGBImage(width: w, height: h, pixels: pixels))
+            for filter in [ResampleFilter.lanczos, .bicubic, .bilinear] {
+                for (longest, side) in [(97, 31), (300, 512), (2048, 512), (13, 45)] {
+                    let config = Idefics3ProcessorConfig(longestEdge: longest, maxImageSize: side, imageSeqLen: 1,
+                                                         doImageSplitting: false, resample: filter,
+                                                         doRescale: false, doNormalize: false)
+                    let processor = Idefics3ImageProcessor(config: config)
+                    vk_force_scalar(1)
+                    let scalar = try processor.preprocess(image).tiles.values
+                    vk_force_scalar(0)
+                    let simd = try processor.preprocess(image).tiles.values
+                    XCTAssertEqual(simd.count, scalar.count)
+                    let mismatch = simd.indices.first { simd[$0] != scalar[$0] }
+                    XCTAssertNil(mismatch, "\(name) \(filter) longest \(longest) side \(side): first differing value at \(mismatch ?? -1)")
                 }
             }
         }

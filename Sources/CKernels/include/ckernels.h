@@ -163,6 +163,19 @@ float vk_sum(const float *x, size_t count);
 /// for measuring the FMA peak of one core.
 double vk_fma_loop(size_t iterations);
 
+// Anti-aliased uint8 resampling (resample.c): the two integer passes behind VLMMedia's resizer, exact in any body.
+/// Vertical pass, one output row: out[x] = clamp8((2^(precision-1) + sum_j rows[j * row_stride + x] * w[j])
+/// >> precision) for x in [0, n), over `taps` input rows starting at `rows`.
+void vk_resample_vertical_u8(const uint8_t *rows, size_t row_stride, size_t taps, const int16_t *w, int precision,
+                             uint8_t *out, size_t n);
+/// Horizontal pass over rows [y0, y1) of an interleaved RGB image `in` (`image_rows` rows of `in_width` pixels):
+/// out pixel x of a row = clamp8((2^(precision-1) + sum_{j < counts[x]} in pixel (starts[x] + j) * w[x * wstride
+/// + j]) >> precision) per channel. `wstride` must be a multiple of 4, at least every counts[x] rounded up to one,
+/// with zero weights past counts[x] (the SIMD bodies read taps in groups of four).
+void vk_resample_horizontal_rgb8(const uint8_t *in, size_t in_width, size_t y0, size_t y1, uint8_t *out,
+                                 size_t out_width, const int32_t *starts, const int32_t *counts, const int16_t *w,
+                                 size_t wstride, int precision, size_t image_rows);
+
 #ifdef __cplusplus
 }
 #endif

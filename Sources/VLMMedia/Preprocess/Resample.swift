@@ -17,7 +17,10 @@
 //   float-path −0.75), Lanczos = sinc(x)·sinc(x/3) on |x| < 3 (6 taps).
 // Verified bit-exact against torch 2.13 / torchvision 0.28 (see Tools/fixtures/preprocess_goldens.py).
 // PIL's own resize (transformers' "pil" backend) differs by at most about one level: it uses 22-bit int32 weights.
+// The weights are computed here; the two integer passes run in CKernels (resample.c: AVX2 / NEON / scalar, exact
+// in every body), split by rows across the cores.
 
+import CKernels
 import Foundation
 
 /// The resampling filters transformers' image processors name with PIL codes.
@@ -98,12 +101,13 @@ struct RGB8Raster: Sendable {
 }
 
 /// Fixed-point weights of one axis: output i reads `counts[i]` inputs from `starts[i]` with
-/// `weights[i * stride ..< i * stride + counts[i]]`.
+/// `weights[i * stride ..< i * stride + counts[i]]`; the rest of each row of `weights` is zero. `stride` is a
+/// multiple of 4 because the SIMD horizontal pass reads taps in groups of four.
 struct AxisWeights {
-    let starts: [Int]
-    let counts: [Int]
+    let starts: [Int32]
+    let counts: [Int32]
     let stride: Int
-    let weights: [Int32]
+    let weights: [Int16]
     let precision: Int32
 
     init(inputSize: Int, outputSize: Int, filter: ResampleFilter) {
@@ -111,17 +115,18 @@ struct AxisWeights {
         let halfTaps = Double(filter.taps) * 0.5
         let support = scale >= 1 ? halfTaps * scale : halfTaps
         let invScale = scale >= 1 ? 1 / scale : 1
-        let stride = Int(support.rounded(.up)) * 2 + 1
-        var starts = [Int](repeating: 0, count: outputSize)
-        var counts = [Int](repeating: 0, count: outputSize)
+        let maxTaps = Int(support.rounded(.up)) * 2 + 1
+        let stride = (maxTaps + 3) / 4 * 4
+        var starts = [Int32](repeating: 0, count: outputSize)
+        var counts = [Int32](repeating: 0, count: outputSize)
         var real = [Double](repeating: 0, count: outputSize * stride)
         var maxWeight = 0.0
         for i in 0..<outputSize {
             let center = scale * (Double(i) + 0.5)
             let first = max(Int(center - support + 0.5), 0)
-            let count = min(max(min(Int(center + support + 0.5), inputSize) - first, 0), stride)
-            starts[i] = first
-            counts[i] = count
+            let count = min(max(min(Int(center + support + 0.5), inputSize) - first, 0), maxTaps)
+            starts[i] = Int32(first)
+            counts[i] = Int32(count)
             var total = 0.0
             for j in 0..<count {
                 let w = filter.weight((Double(j + first) - center + 0.5) * invScale)
@@ -140,10 +145,12 @@ struct AxisWeights {
             if Int(0.5 + maxWeight * Double(1 << (precision + 1))) >= (1 << 15) { break }
             precision += 1
         }
+        // The precision keeps round(maxWeight · 2^(p+1)) below 2^15, so every weight (|w| ≤ maxWeight for the
+        // normalised filters) fits int16; clamping only documents that.
         let unit = Double(1 << precision)
         self.weights = real.map { w in
             let v = w * unit
-            return Int32(v < 0 ? Int(-0.5 + v) : Int(0.5 + v))
+            return Int16(clamping: v < 0 ? Int(-0.5 + v) : Int(0.5 + v))
         }
         self.starts = starts
         self.counts = counts
@@ -168,29 +175,19 @@ enum AntialiasResampler {
 
     /// Horizontal pass: each output pixel is a weighted sum along its row.
     private static func horizontal(_ src: RGB8Raster, width outWidth: Int, weights: AxisWeights) -> RGB8Raster {
-        let inRow = src.width * 3, outRow = outWidth * 3, rows = src.height
-        var out = [UInt8](repeating: 0, count: rows * outRow)
-        let shift = weights.precision
-        let bias: Int32 = 1 << (shift - 1)
+        let rows = src.height
+        var out = [UInt8](repeating: 0, count: rows * outWidth * 3)
+        let work = rows * outWidth * weights.stride
         src.pixels.withUnsafeBufferPointer { inp in
             out.withUnsafeMutableBufferPointer { outp in
-                weights.weights.withUnsafeBufferPointer { w in
-                    for y in 0..<rows {
-                        let rowIn = y * inRow, rowOut = y * outRow
-                        for x in 0..<outWidth {
-                            let k = x * weights.stride
-                            var p = rowIn + weights.starts[x] * 3
-                            var r = bias, g = bias, b = bias
-                            for j in 0..<weights.counts[x] {
-                                let kj = w[k + j]
-                                r &+= Int32(inp[p]) &* kj
-                                g &+= Int32(inp[p + 1]) &* kj
-                                b &+= Int32(inp[p + 2]) &* kj
-                                p += 3
+                weights.starts.withUnsafeBufferPointer { starts in
+                    weights.counts.withUnsafeBufferPointer { counts in
+                        weights.weights.withUnsafeBufferPointer { w in
+                            forEachRowRange(rows, work: work) { y0, y1 in
+                                vk_resample_horizontal_rgb8(inp.baseAddress, src.width, y0, y1, outp.baseAddress,
+                                                            outWidth, starts.baseAddress, counts.baseAddress,
+                                                            w.baseAddress, weights.stride, weights.precision, rows)
                             }
-                            outp[rowOut + x * 3] = clamp8(r >> shift)
-                            outp[rowOut + x * 3 + 1] = clamp8(g >> shift)
-                            outp[rowOut + x * 3 + 2] = clamp8(b >> shift)
                         }
                     }
                 }
@@ -203,22 +200,17 @@ enum AntialiasResampler {
     private static func vertical(_ src: RGB8Raster, height outHeight: Int, weights: AxisWeights) -> RGB8Raster {
         let row = src.width * 3
         var out = [UInt8](repeating: 0, count: outHeight * row)
-        let shift = weights.precision
-        let bias: Int32 = 1 << (shift - 1)
-        var acc = [Int32](repeating: 0, count: row)
+        let work = outHeight * row * weights.stride
         src.pixels.withUnsafeBufferPointer { inp in
             out.withUnsafeMutableBufferPointer { outp in
-                acc.withUnsafeMutableBufferPointer { a in
-                    for y in 0..<outHeight {
-                        for i in 0..<row { a[i] = bias }
-                        let first = weights.starts[y]
-                        for j in 0..<weights.counts[y] {
-                            let kj = weights.weights[y * weights.stride + j]
-                            let rowIn = (first + j) * row
-                            for i in 0..<row { a[i] &+= Int32(inp[rowIn + i]) &* kj }
+                weights.weights.withUnsafeBufferPointer { w in
+                    forEachRowRange(outHeight, work: work) { y0, y1 in
+                        for y in y0..<y1 {
+                            let first = Int(weights.starts[y])
+                            vk_resample_vertical_u8(inp.baseAddress.map { $0 + first * row }, row,
+                                                    Int(weights.counts[y]), w.baseAddress.map { $0 + y * weights.stride },
+                                                    weights.precision, outp.baseAddress.map { $0 + y * row }, row)
                         }
-                        let rowOut = y * row
-                        for i in 0..<row { outp[rowOut + i] = clamp8(a[i] >> shift) }
                     }
                 }
             }
@@ -226,8 +218,16 @@ enum AntialiasResampler {
         return RGB8Raster(width: src.width, height: outHeight, pixels: out)
     }
 
-    @inline(__always)
-    private static func clamp8(_ v: Int32) -> UInt8 {
-        UInt8(truncatingIfNeeded: min(max(v, 0), 255))
+    /// Splits output rows [0, rows) into one contiguous range per core when the pass is big enough to be worth
+    /// the threads (a few million multiply-adds); each range writes only its own output rows.
+    private static func forEachRowRange(_ rows: Int, work: Int, _ body: (Int, Int) -> Void) {
+        let parts = min(ProcessInfo.processInfo.activeProcessorCount, rows, max(work / 2_000_000, 1))
+        guard parts > 1 else {
+            body(0, rows)
+            return
+        }
+        DispatchQueue.concurrentPerform(iterations: parts) { part in
+            body(rows * part / parts, rows * (part + 1) / parts)
+        }
     }
 }
