@@ -1016,6 +1016,195 @@ VK_AVX512 static void gemv_avx512(const float *x, size_t K, const void *w, vk_dt
     else gemv_avx512_body(x, K, w, dt, n0, n1, bias, y, 0);
 }
 
+// ---- bf16 products (AVX-512 BF16: vdpbf16ps), opt-in: vk_matmul_bf16_ws ------------------------------------------
+// Both operands are rounded to bf16 (round to nearest even) and multiplied with vdpbf16ps, which adds two bf16
+// products into each f32 lane: twice the multiply-adds per instruction of the f32 FMA path, at the numerics of a
+// model run in bf16 (transformers with torch_dtype=bfloat16, llama.cpp's BF16 on the same CPUs), not of the f32
+// reference. Blocking as gemm_avx2 with AVX-512; the packed panels hold bf16 pairs (k, k + 1) as 32-bit words:
+//   B panel (16 weight rows): bp[p * 16 + j] = (w[n + j, k0 + 2p], w[n + j, k0 + 2p + 1])
+//   A tile (12 tokens):       ap[p * 12 + i] = (x[t + i, k0 + 2p], x[t + i, k0 + 2p + 1])
+// Bf16 weights are pairs already, so B packing is a transpose of 32-bit words; missing k (odd K) and rows are 0.
+#define VK_BF16_T 12  // tokens per register tile
+
+static int g_bf16dot = -1;
+
+int vk_bf16_products_available(void) {
+    if (g_bf16dot < 0) {
+        __builtin_cpu_init();
+        g_bf16dot = __builtin_cpu_supports("avx512bf16") ? 1 : 0;
+    }
+    return use_avx512() && g_bf16dot;
+}
+
+#define VK_BF16DOT __attribute__((target("avx512bf16,avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
+
+// Eight bf16 pairs (16 values from element i of a row) as 32-bit words, rounded from f32 / f16 when needed.
+VK_BF16DOT static inline __m256 load8_pairs(const void *w, vk_dtype dt, size_t i) {
+    switch (dt) {
+    case VK_BF16: return _mm256_loadu_ps((const float *)((const uint16_t *)w + i));
+    case VK_F16: return (__m256)_mm512_cvtneps_pbh(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)w + i))));
+    default: return (__m256)_mm512_cvtneps_pbh(_mm512_loadu_ps((const float *)w + i));
+    }
+}
+
+static inline uint32_t bf16_bits(float f) {
+    uint16_t h;
+    vk_f32_to_bf16(&f, 1, &h);
+    return h;
+}
+
+// One pair as a word, for the edges: element k of the row and k + 1 when k + 1 < kend (else 0).
+static inline uint32_t pair_scalar(const void *w, vk_dtype dt, size_t row_base, size_t k, size_t kend) {
+    uint32_t lo = dt == VK_BF16 ? ((const uint16_t *)w)[row_base + k] : bf16_bits(load_w(w, dt, row_base + k));
+    uint32_t hi = 0;
+    if (k + 1 < kend) hi = dt == VK_BF16 ? ((const uint16_t *)w)[row_base + k + 1] : bf16_bits(load_w(w, dt, row_base + k + 1));
+    return lo | hi << 16;
+}
+
+// Panel of rows [n, n + nr) (nr <= 16), columns [k0, k0 + kc), as kp = ceil(kc / 2) rows of 16 words.
+VK_BF16DOT static void pack_b_bf16(const void *w, vk_dtype dt, size_t ldw, size_t n, size_t nr, size_t k0, size_t kc,
+                                   uint32_t *bp) {
+    size_t kp = div_up(kc, 2);
+    for (size_t j0 = 0; j0 < 16; j0 += 8) {
+        size_t rows = nr > j0 ? (nr - j0 < 8 ? nr - j0 : 8) : 0;
+        size_t p = 0;
+        if (rows == 8)
+            for (; 2 * p + 16 <= kc; p += 8) {
+                __m256 r[8];
+                for (size_t i = 0; i < 8; i++) r[i] = load8_pairs(w, dt, (n + j0 + i) * ldw + k0 + 2 * p);
+                transpose8(r);
+                for (size_t i = 0; i < 8; i++) _mm256_store_ps((float *)bp + (p + i) * 16 + j0, r[i]);
+            }
+        for (; p < kp; p++)
+            for (size_t i = 0; i < 8; i++)
+                bp[p * 16 + j0 + i] = i < rows ? pair_scalar(w, dt, (n + j0 + i) * ldw, k0 + 2 * p, k0 + kc) : 0;
+    }
+}
+
+// Tokens [0, mc) of x (row stride ldx), columns [k0, k0 + kc), into tiles of 12 (rows past mc are 0).
+VK_BF16DOT static void pack_a_bf16(const float *x, size_t ldx, size_t mc, size_t kc, uint32_t *ap) {
+    size_t kp = div_up(kc, 2);
+    uint32_t pairs[8];
+    for (size_t i0 = 0; i0 < mc; i0 += VK_BF16_T) {
+        uint32_t *dst = ap + i0 * kp;
+        for (size_t i = 0; i < VK_BF16_T; i++) {
+            if (i0 + i >= mc) {
+                for (size_t p = 0; p < kp; p++) dst[p * VK_BF16_T + i] = 0;
+                continue;
+            }
+            const float *row = x + (i0 + i) * ldx;
+            size_t p = 0;
+            for (; 2 * p + 16 <= kc; p += 8) {
+                _mm256_storeu_ps((float *)pairs, (__m256)_mm512_cvtneps_pbh(_mm512_loadu_ps(row + 2 * p)));
+                for (size_t q = 0; q < 8; q++) dst[(p + q) * VK_BF16_T + i] = pairs[q];
+            }
+            for (; p < kp; p++) dst[p * VK_BF16_T + i] = pair_scalar(row, VK_F32, 0, 2 * p, kc);
+        }
+    }
+}
+
+// C[MR_ x 16 NB] (+)= A tile x B panels over kp pairs; edges as ukr512_tile.
+VK_BF16DOT static inline __attribute__((always_inline)) void ukr_bf16_tile(const int MR_, const int NB, size_t kp,
+                                                                          const uint32_t *a, const uint32_t *b,
+                                                                          size_t bstride, float *c, size_t ldc,
+                                                                          size_t nr, int accumulate, const float *bias) {
+    const uint32_t *b1 = b + bstride;
+#pragma GCC unroll 12
+    for (int i = 0; i < MR_; i++) {
+        __builtin_prefetch(c + i * ldc, 1, 3);
+        if (NB == 2) __builtin_prefetch(c + i * ldc + 16, 1, 3);
+    }
+    __m512 acc[12][2];
+#pragma GCC unroll 12
+    for (int i = 0; i < MR_; i++) { acc[i][0] = _mm512_setzero_ps(); acc[i][1] = _mm512_setzero_ps(); }
+#pragma GCC unroll 2
+    for (size_t p = 0; p < kp; p++) {
+        __m512bh b0 = (__m512bh)_mm512_load_si512((const void *)(b + p * 16));
+        __m512bh bb = NB == 2 ? (__m512bh)_mm512_load_si512((const void *)(b1 + p * 16)) : b0;
+#pragma GCC unroll 12
+        for (int i = 0; i < MR_; i++) {
+            __m512bh ai = (__m512bh)_mm512_set1_epi32((int)a[p * VK_BF16_T + i]);
+            acc[i][0] = _mm512_dpbf16_ps(acc[i][0], ai, b0);
+            if (NB == 2) acc[i][1] = _mm512_dpbf16_ps(acc[i][1], ai, bb);
+        }
+    }
+    __mmask16 m0 = nr >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << nr) - 1);
+    __mmask16 m1 = NB == 1 || nr <= 16 ? 0 : nr >= 32 ? (__mmask16)0xffff : (__mmask16)((1u << (nr - 16)) - 1);
+    __m512 bias0 = _mm512_setzero_ps(), bias1 = _mm512_setzero_ps();
+    if (!accumulate && bias) { bias0 = _mm512_maskz_loadu_ps(m0, bias); bias1 = _mm512_maskz_loadu_ps(m1, bias + 16); }
+#pragma GCC unroll 12
+    for (int i = 0; i < MR_; i++) {
+        float *ci = c + i * ldc;
+        __m512 r0 = acc[i][0], r1 = acc[i][1];
+        if (accumulate) {
+            r0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, ci), r0);
+            if (NB == 2) r1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, ci + 16), r1);
+        } else {
+            r0 = _mm512_add_ps(r0, bias0);
+            r1 = _mm512_add_ps(r1, bias1);
+        }
+        _mm512_mask_storeu_ps(ci, m0, r0);
+        if (NB == 2) _mm512_mask_storeu_ps(ci + 16, m1, r1);
+    }
+}
+
+#define VK_UKRBF16_CASE(M)                                                                                            \
+    case M:                                                                                                           \
+        if (nb == 2) ukr_bf16_tile(M, 2, kp, a, b, bstride, c, ldc, nr, accumulate, bias);                            \
+        else ukr_bf16_tile(M, 1, kp, a, b, bstride, c, ldc, nr, accumulate, bias);                                    \
+        break;
+VK_BF16DOT static void ukr_bf16(size_t mr, int nb, size_t kp, const uint32_t *a, const uint32_t *b, size_t bstride,
+                                float *c, size_t ldc, size_t nr, int accumulate, const float *bias) {
+    switch (mr) {
+    VK_UKRBF16_CASE(12) VK_UKRBF16_CASE(11) VK_UKRBF16_CASE(10) VK_UKRBF16_CASE(9) VK_UKRBF16_CASE(8)
+    VK_UKRBF16_CASE(7) VK_UKRBF16_CASE(6) VK_UKRBF16_CASE(5) VK_UKRBF16_CASE(4) VK_UKRBF16_CASE(3)
+    VK_UKRBF16_CASE(2)
+    default: VK_UKRBF16_CASE(1)
+    }
+}
+#undef VK_UKRBF16_CASE
+
+// Words of scratch gemm_bf16 uses: B panels of one K block, one token block of A tiles, alignment. Never more than
+// gemm_scratch_floats (bf16 halves both), so callers size scratch with vk_matmul_scratch_floats.
+static size_t gemm_bf16_scratch_words(size_t T, size_t K, size_t N) {
+    size_t kp = div_up(gemm_kc(K), 2), mc = gemm_mc(T);
+    return kp * round_up(N, VK_NR) + round_up(mc, VK_BF16_T) * kp + 16 + 16;
+}
+
+VK_BF16DOT static void gemm_bf16(const float *x, size_t T, size_t K, size_t ldx, const void *w, vk_dtype dt,
+                                 size_t n0, size_t n1, const float *bias, float *y, size_t ldy, float *buf) {
+    size_t N = n1 - n0, npan = div_up(N, VK_NR);
+    size_t kcb = gemm_kc(K), mcb = gemm_mc(T);
+    uint32_t *bp = (uint32_t *)align64(buf);
+    uint32_t *ap = bp + div_up(kcb, 2) * npan * VK_NR;
+    size_t es = dt == VK_F32 ? 4 : 2;
+    for (size_t k0 = 0; k0 < K; k0 += kcb) {
+        size_t kc = K - k0 < kcb ? K - k0 : kcb, kp = div_up(kc, 2);
+        for (size_t t0 = 0; t0 < T; t0 += mcb) {
+            size_t mc = T - t0 < mcb ? T - t0 : mcb;
+            pack_a_bf16(x + t0 * ldx + k0, ldx, mc, kc, ap);
+            size_t ntile = div_up(mc, VK_BF16_T);
+            for (size_t j = 0; j < npan; j += 2) {
+                size_t n = n0 + j * VK_NR, nr = n1 - n < 2 * VK_NR ? n1 - n : 2 * VK_NR;
+                uint32_t *bj = bp + j * kp * VK_NR;
+                int first_pass = t0 == 0;
+                if (first_pass)
+                    for (size_t h = 0; h * VK_NR < nr; h++) {
+                        size_t left = nr - h * VK_NR;
+                        pack_b_bf16(w, dt, K, n + h * VK_NR, left < VK_NR ? left : VK_NR, k0, kc, bj + h * kp * VK_NR);
+                    }
+                size_t nn = n + 2 * VK_NR, nnr = nn < n1 ? (n1 - nn < 2 * VK_NR ? n1 - nn : 2 * VK_NR) : 0;
+                for (size_t i = 0, p = 0; i < mc; i += VK_BF16_T, p++) {
+                    if (first_pass && nnr) prefetch_panel_part(w, K * es, k0 * es, kc * es, nn, nnr, p, ntile);
+                    size_t mr = mc - i < VK_BF16_T ? mc - i : VK_BF16_T;
+                    ukr_bf16(mr, nr > VK_NR ? 2 : 1, kp, ap + i * kp, bj, kp * VK_NR, y + (t0 + i) * ldy + n, ldy, nr,
+                             k0 != 0, bias ? bias + n : NULL);
+                }
+            }
+        }
+    }
+}
+
 // ---- Quantizing (vk_quantize_rows), bit for bit the scalar body --------------------------------------------------
 // Each row is converted to f32 once; per group the largest magnitude is a vector max (max(|v|, acc) keeps acc when
 // v is NaN, as the scalar `>` test skips NaN), int4's signed extreme is the first value of that magnitude (what the
@@ -2144,6 +2333,20 @@ void vk_matmul_ws(const float *x, size_t T, size_t K, size_t ldx, const void *w,
 #endif
     (void)scratch; (void)scratch_floats;
     matmul_scalar(x, T, K, ldx, w, dtype, n0, n1, bias, y, ldy);
+}
+
+void vk_matmul_bf16_ws(const float *x, size_t T, size_t K, size_t ldx, const void *w, vk_dtype dtype, size_t n0,
+                       size_t n1, const float *bias, float *y, size_t ldy, float *scratch, size_t scratch_floats) {
+#if VK_X86
+    // Fewer tokens are bound by reading the weights (the few-token and GEMV paths), where bf16 products gain nothing.
+    if (T > VK_SMALL_T512 && K > 0 && n1 > n0 && vk_bf16_products_available()) {
+        size_t need = gemm_bf16_scratch_words(T, K, n1 - n0);
+        float *buf = scratch && scratch_floats >= need ? scratch : tls_scratch(need);
+        gemm_bf16(x, T, K, ldx, w, dtype, n0, n1, bias, y, ldy, buf);
+        return;
+    }
+#endif
+    vk_matmul_ws(x, T, K, ldx, w, dtype, n0, n1, bias, y, ldy, scratch, scratch_floats);
 }
 
 size_t vk_matmul_q_scratch_floats(size_t T, size_t K, size_t group_size, size_t n0, size_t n1) {

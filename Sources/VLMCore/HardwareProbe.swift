@@ -6,6 +6,9 @@ public enum HardwareProbe {
     /// The kernel bodies in use ("avx512-vnni", "avx512", "avx2", "neon", "scalar"); VLM_SIMD=avx2 caps it.
     public static var simd: String { String(cString: vk_simd_name()) }
 
+    /// Whether `QuantizationOptions.bf16Products` takes effect here (AVX-512 BF16 and the AVX-512 bodies in use).
+    public static var bf16Products: Bool { vk_bf16_products_available() != 0 }
+
     /// Main-memory read bandwidth in bytes per second with `threads` threads: best of `repeats` passes over a
     /// buffer far larger than the caches.
     public static func readBandwidth(threads: Int, megabytes: Int = 512, repeats: Int = 5) -> Double {

@@ -11,15 +11,19 @@ public struct Linear: @unchecked Sendable {
 
     public let weights: Weights
     public let bias: [Float]?
+    /// Products of many rows (prefill, vision) in bf16 where the CPU has AVX-512 BF16 (`QuantizationOptions`).
+    public let bf16Products: Bool
 
-    public init(weight: Tensor, bias: [Float]? = nil) {
+    public init(weight: Tensor, bias: [Float]? = nil, bf16Products: Bool = false) {
         weights = .dense(weight)
         self.bias = bias
+        self.bf16Products = bf16Products
     }
 
     public init(quantized: QuantizedMatrix, bias: [Float]? = nil) {
         weights = .quantized(quantized)
         self.bias = bias
+        self.bf16Products = false
     }
 
     public var inFeatures: Int {
@@ -101,7 +105,11 @@ public struct Linear: @unchecked Sendable {
             let floats = max(vk_matmul_scratch_floats(rows, k, lo, hi), 16)
             let scratch = pool.scratch(thread, floats: floats)
             bias.withOptionalPointer { b in
-                vk_matmul_ws(x, rows, k, k, weight.data, dtype, lo, hi, b, y, n, scratch, floats)
+                if bf16Products {
+                    vk_matmul_bf16_ws(x, rows, k, k, weight.data, dtype, lo, hi, b, y, n, scratch, floats)
+                } else {
+                    vk_matmul_ws(x, rows, k, k, weight.data, dtype, lo, hi, b, y, n, scratch, floats)
+                }
             }
         case .quantized(let q):
             let floats = max(vk_matmul_q_scratch_floats(rows, k, q.scheme.groupSize, lo, hi), 16)

@@ -109,9 +109,11 @@ struct Bench: AsyncParsableCommand {
         let tiles = samples.first?.tiles ?? 0
         let visionPerTile = samples.map { $0.tiles > 0 ? $0.visionMs / Double($0.tiles) : 0 }
         let visionBoundMs = (info.visionFLOPs ?? 0) / max(peak, 1) * 1000
+        // "bf16" when --bf16-compute takes effect (prefill and vision products in bf16), else "f32".
+        let products = quantizationOptions.bf16Products && HardwareProbe.bf16Products ? "bf16" : "f32"
         var fields: [(String, Any)] = [
             ("model", directory.path), ("dtype", info.dtype), ("hidden_size", info.hidden), ("vocab_size", info.vocab),
-            ("weight_bytes_per_token", info.bytesPerToken), ("threads", threadCount), ("simd", HardwareProbe.simd), ("prompt_tokens", promptTokens),
+            ("weight_bytes_per_token", info.bytesPerToken), ("threads", threadCount), ("simd", HardwareProbe.simd), ("products", products), ("prompt_tokens", promptTokens),
             ("gen_tokens", genTokens), ("runs", runs), ("image_tiles", tiles),
             ("load_ms", summary(samples.map(\.loadMs))),
             ("image_preprocess_ms", image == nil ? NSNull() : summary(samples.map(\.preprocessMs)) as Any),
@@ -134,7 +136,7 @@ struct Bench: AsyncParsableCommand {
             return
         }
         let decode = median(samples.map(\.decodeTokensPerSecond))
-        var lines = ["model        \(directory.lastPathComponent)  \(info.dtype)  threads \(threadCount)  \(HardwareProbe.simd)"]
+        var lines = ["model        \(directory.lastPathComponent)  \(info.dtype)  threads \(threadCount)  \(HardwareProbe.simd)\(products == "bf16" ? "  bf16 products" : "")"]
         lines.append(String(format: "load         %.1f ms (median of %d runs)", median(samples.map(\.loadMs)), runs))
         if image != nil {
             lines.append(String(format: "image        %.1f ms decode+preprocess, %d tiles", median(samples.map(\.preprocessMs)), tiles))

@@ -96,6 +96,78 @@ final class KernelTests: XCTestCase {
         }
     }
 
+    /// vk_matmul_bf16_ws: with AVX-512 BF16, x and w rounded to bf16 and the products summed in f32, so against a
+    /// double-precision sum of the rounded operands the error is f32 summation error only (measured ~1e-7 of the
+    /// sum of |products|); below 25 tokens, or without the instructions, it is vk_matmul_ws bit for bit. Odd K
+    /// leaves half a pair, odd N and sub-ranges partial panels, 25..250 tokens partial 12-token tiles and several
+    /// token blocks. Linear with bf16Products gives the same bits for every thread count.
+    func testBF16ProductsMatchTheirDefinition() {
+        var seed: UInt64 = 2026
+        let available = vk_bf16_products_available() != 0
+        for dtype in DType.allCases {
+            for T in [1, 24, 25, 26, 37, 250] {
+                for K in [1, 7, 63, 257, 960] {
+                    for (N, n0, n1) in [(1, 0, 1), (5, 0, 5), (17, 3, 17), (100, 16, 90)] {
+                        let x = randoms(T * K, seed: &seed), wf = randoms(N * K, seed: &seed), bias = randoms(N, seed: &seed)
+                        let weight = weightTensor(wf, rows: N, cols: K, dtype: dtype)
+                        let dt = vk_dtype(rawValue: UInt32(dtype.rawValue))
+                        let floats = vk_matmul_scratch_floats(T, K, n0, n1)
+                        var scratch = [Float](repeating: 0, count: max(floats, 1))
+                        var got = [Float](repeating: -777, count: T * N), f32 = got
+                        vk_matmul_bf16_ws(x, T, K, K, weight.data, dt, n0, n1, bias, &got, N, &scratch, floats)
+                        vk_matmul_ws(x, T, K, K, weight.data, dt, n0, n1, bias, &f32, N, &scratch, floats)
+                        let label = "\(dtype) T\(T) K\(K) N\(N) [\(n0), \(n1))"
+                        guard available && T > 24 else {
+                            XCTAssertEqual(got, f32, label)
+                            continue
+                        }
+                        // The stored weight values (already rounded to the dtype), then to bf16, as the kernel sees them.
+                        var stored = [Float](repeating: 0, count: N * K)
+                        vk_to_f32(weight.data, dt, N * K, &stored)
+                        let xb = roundedToBF16(x), wb = roundedToBF16(stored)
+                        for t in 0..<T {
+                            for n in 0..<N {
+                                let y = got[t * N + n]
+                                guard n >= n0 && n < n1 else {
+                                    XCTAssertEqual(y, -777, "\(label): wrote outside its rows at [\(t), \(n)]")
+                                    continue
+                                }
+                                var sum = Double(bias[n]), magnitude = abs(Double(bias[n]))
+                                for k in 0..<K {
+                                    let p = Double(xb[t * K + k]) * Double(wb[n * K + k])
+                                    sum += p
+                                    magnitude += abs(p)
+                                }
+                                XCTAssertLessThanOrEqual(abs(Double(y) - sum), 1e-6 * magnitude + 1e-30, "\(label) y[\(t), \(n)]")
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // Through Linear and the pool: the same bits whatever the split (each output's sum does not depend on it).
+        let (T, K, N) = (130, 960, 100)
+        let x = randoms(T * K, seed: &seed), weight = weightTensor(randoms(N * K, seed: &seed), rows: N, cols: K, dtype: .bfloat16)
+        let linear = Linear(weight: weight, bias: nil, bf16Products: true)
+        var outputs: [[Float]] = []
+        for threads in [1, 2, 3] {
+            var y = [Float](repeating: -777, count: T * N)
+            x.withUnsafeBufferPointer { xb in
+                y.withUnsafeMutableBufferPointer { linear.apply(xb.baseAddress!, rows: T, into: $0.baseAddress!, pool: ThreadPool(threadCount: threads)) }
+            }
+            outputs.append(y)
+        }
+        XCTAssertEqual(outputs[0], outputs[1])
+        XCTAssertEqual(outputs[0], outputs[2])
+        if !available {
+            XCTAssertEqual(outputs[0], matmul(x, T: T, K: K, w: weight.data, dtype: .bfloat16, N: N, bias: nil, scalar: false))
+        }
+    }
+
+    func roundedToBF16(_ values: [Float]) -> [Float] {
+        bits(values, as: .bfloat16).map { Float(bitPattern: UInt32($0) << 16) }
+    }
+
     /// Linear.apply splits output rows across the pool; every thread count must give the scalar result, and the
     /// kernel's own scratch fallback (vk_matmul with only 4*K floats) must agree with the sized entry point.
     func testLinearApplyMatchesScalarForThreadCounts() {

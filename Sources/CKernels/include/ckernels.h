@@ -55,6 +55,20 @@ void vk_matmul_ws(const float *x, size_t T, size_t K, size_t ldx,
                   float *y, size_t ldy,
                   float *scratch, size_t scratch_floats);
 
+/// 1 when vk_matmul_bf16_ws multiplies in bf16: AVX-512 BF16 (vdpbf16ps; Zen 4 and later, Intel Cooper Lake,
+/// Sapphire Rapids and later) and the AVX-512 bodies in use.
+int vk_bf16_products_available(void);
+/// vk_matmul_ws with both operands rounded to bf16 (round to nearest even) and their products summed in f32, where
+/// vk_bf16_products_available() and T > 24 (the compute-bound products: prefill chunks, vision tiles); otherwise
+/// exactly vk_matmul_ws. Twice the FMA path's multiply-adds per instruction, at the numerics of a bf16 model run.
+/// Scratch as for vk_matmul_ws (vk_matmul_scratch_floats is enough).
+void vk_matmul_bf16_ws(const float *x, size_t T, size_t K, size_t ldx,
+                       const void *w, vk_dtype dtype,
+                       size_t n0, size_t n1,
+                       const float *bias,
+                       float *y, size_t ldy,
+                       float *scratch, size_t scratch_floats);
+
 /// Output-row granularity that keeps the GEMM's 16-wide panels whole when a caller splits [0, N) across threads.
 #define VK_MATMUL_GRANULARITY 16
 
