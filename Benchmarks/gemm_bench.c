@@ -2,7 +2,7 @@
 //
 //   bash Benchmarks/kernels.sh                  # builds this against Sources/CKernels/kernels.c and runs it
 //   cc -O2 -I Sources/CKernels/include Benchmarks/gemm_bench.c Sources/CKernels/kernels.c -lpthread -lm -o /tmp/gb
-//   /tmp/gb [--threads N] [--runs R] [--min] [--only gemm|gemv|attn|peak] [--shape SUBSTRING]
+//   /tmp/gb [--threads N] [--runs R] [--min] [--only gemm|gemv|attn|peak] [--shape SUBSTRING] [--products f32|bf16]
 //   (--shape: gemm shapes whose name holds SUBSTRING; decode formats likewise, e.g. --only gemv --shape q4)
 //
 // Threads work as Linear.apply splits them: output rows [0, N) cut into one contiguous range per thread (multiples
@@ -99,6 +99,8 @@ typedef struct {
     size_t scratch_floats[64];
 } mm_job;
 
+static int g_bf16_products = 0;  // --products bf16: vk_matmul_bf16_ws (VLM_AMX=0 keeps it off the AMX tiles)
+
 static void mm_run(void *c, int tid, int n) {
     mm_job *j = (mm_job *)c;
     size_t lo, hi;
@@ -107,7 +109,10 @@ static void mm_run(void *c, int tid, int n) {
 #ifdef VK_OLD_API
     vk_matmul(j->x, j->T, j->K, j->K, j->w, j->dt, lo, hi, NULL, j->y, j->N, j->scratch[tid]);
 #else
-    vk_matmul_ws(j->x, j->T, j->K, j->K, j->w, j->dt, lo, hi, NULL, j->y, j->N, j->scratch[tid], j->scratch_floats[tid]);
+    if (g_bf16_products)
+        vk_matmul_bf16_ws(j->x, j->T, j->K, j->K, j->w, j->dt, lo, hi, NULL, j->y, j->N, j->scratch[tid], j->scratch_floats[tid]);
+    else
+        vk_matmul_ws(j->x, j->T, j->K, j->K, j->w, j->dt, lo, hi, NULL, j->y, j->N, j->scratch[tid], j->scratch_floats[tid]);
 #endif
 }
 
@@ -278,9 +283,10 @@ int main(int argc, char **argv) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
+        else if (!strcmp(argv[i], "--products") && i + 1 < argc) g_bf16_products = !strcmp(argv[++i], "bf16");
         else if (!strcmp(argv[i], "--min")) use_min = 1;
         else if (!strcmp(argv[i], "--shape") && i + 1 < argc) shape_filter = argv[++i];
-        else { fprintf(stderr, "usage: %s [--threads N] [--runs R] [--min] [--only gemm|gemv|attn|peak] [--shape SUBSTRING]\n", argv[0]); return 2; }
+        else { fprintf(stderr, "usage: %s [--threads N] [--runs R] [--min] [--only gemm|gemv|attn|peak] [--shape SUBSTRING] [--products f32|bf16]\n", argv[0]); return 2; }
     }
     if (runs > 64) runs = 64;
     team_start(threads);
@@ -295,6 +301,11 @@ int main(int argc, char **argv) {
 
     if (!only || !strcmp(only, "gemm")) {
         print_mode("prefill GEMM: y[T, N] = x[T, K] W[N, K]^T");
+#ifndef VK_OLD_API
+        if (g_bf16_products)
+            printf("products in bf16 (vk_matmul_bf16_ws), engine %d (2 AMX tiles, 1 vdpbf16ps, 0 none: f32 FMA)\n",
+                   vk_bf16_products_engine());
+#endif
         struct { size_t T, K, N; const char *what; } shapes[] = {
             {128, 960, 2560, "SmolLM2-360M gate/up"},
             {128, 2560, 960, "SmolLM2-360M down"},
@@ -438,7 +449,12 @@ void attn_run(void *cc, int tid, int n) {
     slice_range(c->H, 1, tid, n, &lo, &hi);
     float *scores = malloc(c->rows * 4);
     for (size_t h = lo; h < hi; h++)
+#ifndef VK_OLD_API
+        (g_bf16_products ? vk_attention_head_bf16 : vk_attention_head)(c->q + h * c->hd, c->rows, c->width, c->k + h * c->hd, c->v + h * c->hd, c->width, c->hd,
+                          0, c->causal, c->rows, 1.0f / sqrtf((float)c->hd), c->o + h * c->hd, c->width, scores);
+#else
         vk_attention_head(c->q + h * c->hd, c->rows, c->width, c->k + h * c->hd, c->v + h * c->hd, c->width, c->hd,
                           0, c->causal, c->rows, 1.0f / sqrtf((float)c->hd), c->o + h * c->hd, c->width, scores);
+#endif
     free(scores);
 }

@@ -1205,6 +1205,166 @@ VK_BF16DOT static void gemm_bf16(const float *x, size_t T, size_t K, size_t ldx,
     }
 }
 
+// ---- bf16 products on AMX (TDPBF16PS): Sapphire Rapids and later Xeons ------------------------------------------
+// The same products as gemm_bf16 (both operands rounded to bf16, f32 sums), on the tile unit: one TDPBF16PS
+// multiplies a 16 x 32 bf16 tile of tokens by a 32 x 16 tile of weights into 16 x 16 f32 sums, 8192 multiply-adds,
+// about 16 times what one vdpbf16ps issue does. The B panels of gemm_bf16 are already AMX's B layout (row p of a
+// panel = the pairs (k0 + 2p, k0 + 2p + 1) of 16 weight rows, 64 bytes), so they are packed by pack_b_bf16 and
+// padded with zero pairs to whole 16-pair steps; the tokens are plain bf16 rows (A tiles load with a row stride).
+// Blocking: K in blocks of up to VK_AMX_KC, tokens in blocks of up to VK_AMX_MC (A block <= 512 KB, in L2); per
+// block, each pair of weight panels (32 outputs, <= 64 KB) is packed once and swept over all the block's tokens
+// with a 32 x 32 register block of four C tiles (tmm0-3; A in tmm4-5, B in tmm6-7). The C tiles go through a
+// 4 KB buffer into y (bias on the first K block, accumulation after), so edges need no other tile shapes: rows past
+// the tokens and outputs past the panel are zeros in A and B.
+// Linux hands out the tile state per process on request (arch_prctl ARCH_REQ_XCOMP_PERM); without the grant, or
+// with VLM_AMX=0 in the environment, the vdpbf16ps body runs.
+#define VK_AMX_KC 512
+#define VK_AMX_MC 1024
+
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+static int g_amx = -1;         // hardware + OS grant (once)
+static int g_amx_enabled = 1;  // vk_bf16_products_use_amx
+
+static int amx_granted(void) {
+    if (g_amx < 0) {
+        int ok = 0;
+#if defined(__linux__)
+        __builtin_cpu_init();
+        const char *e = getenv("VLM_AMX");
+        if (__builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16") && !(e && strcmp(e, "0") == 0))
+            ok = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
+#endif
+        g_amx = ok;
+    }
+    return g_amx;
+}
+
+int vk_bf16_products_engine(void) {
+    if (!vk_bf16_products_available()) return 0;
+    return g_amx_enabled && amx_granted() ? 2 : 1;
+}
+
+void vk_bf16_products_use_amx(int enabled) { g_amx_enabled = enabled != 0; }
+
+#define VK_AMX __attribute__((target("amx-tile,amx-bf16,avx512bf16,avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
+
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} __attribute__((packed)) vk_tilecfg;
+
+static size_t amx_kc(size_t K) {
+    size_t nb = div_up(K, VK_AMX_KC);
+    return round_up(div_up(K, nb), 32);
+}
+static size_t amx_mc(size_t T) {
+    size_t nb = div_up(T, VK_AMX_MC);
+    return round_up(div_up(T, nb), 32);
+}
+
+static size_t gemm_amx_scratch_words(size_t T, size_t K) {
+    size_t kp = amx_kc(K) / 2;
+    return amx_mc(T) * kp + 2 * kp * 16 + 32 * 32 + 16;
+}
+
+// Tokens [0, mc) of x, columns [k0, k0 + kc), as bf16 rows of kp16 pairs (row stride 4 * kp16 bytes); rows up to
+// mpad and columns past kc are zeros.
+VK_AMX static void pack_a_amx(const float *x, size_t ldx, size_t mc, size_t mpad, size_t kc, size_t kp16, uint32_t *ap) {
+    for (size_t i = 0; i < mpad; i++) {
+        uint16_t *dst = (uint16_t *)(ap + i * kp16);
+        if (i >= mc) {
+            memset(dst, 0, kp16 * 4);
+            continue;
+        }
+        const float *row = x + i * ldx;
+        size_t k = 0;
+        for (; k + 16 <= kc; k += 16) _mm256_storeu_si256((__m256i *)(dst + k), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(row + k)));
+        if (k < kc) {
+            __mmask16 m = (__mmask16)((1u << (kc - k)) - 1);
+            _mm256_storeu_si256((__m256i *)(dst + k), (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, row + k)));
+            k += 16;
+        }
+        for (; k < 2 * kp16; k += 16) _mm256_storeu_si256((__m256i *)(dst + k), _mm256_setzero_si256());
+    }
+}
+
+// C tiles (in cb, 32 x 32 f32) into y rows [0, mr), outputs [0, nr): plus bias (first K block) or plus y.
+VK_AMX static inline void amx_merge(const float *cb, size_t mr, size_t nr, float *y, size_t ldy, int accumulate,
+                                    const float *bias) {
+    __mmask16 m0 = nr >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << nr) - 1);
+    __mmask16 m1 = nr <= 16 ? 0 : nr >= 32 ? (__mmask16)0xffff : (__mmask16)((1u << (nr - 16)) - 1);
+    __m512 b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps();
+    if (!accumulate && bias) { b0 = _mm512_maskz_loadu_ps(m0, bias); b1 = _mm512_maskz_loadu_ps(m1, bias + 16); }
+    for (size_t i = 0; i < mr; i++) {
+        float *yi = y + i * ldy;
+        __m512 r0 = _mm512_load_ps(cb + i * 32), r1 = _mm512_load_ps(cb + i * 32 + 16);
+        r0 = _mm512_add_ps(r0, accumulate ? _mm512_maskz_loadu_ps(m0, yi) : b0);
+        _mm512_mask_storeu_ps(yi, m0, r0);
+        if (m1) {
+            r1 = _mm512_add_ps(r1, accumulate ? _mm512_maskz_loadu_ps(m1, yi + 16) : b1);
+            _mm512_mask_storeu_ps(yi + 16, m1, r1);
+        }
+    }
+}
+
+VK_AMX static void gemm_amx(const float *x, size_t T, size_t K, size_t ldx, const void *w, vk_dtype dt, size_t n0,
+                            size_t n1, const float *bias, float *y, size_t ldy, float *buf) {
+    vk_tilecfg cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) { cfg.rows[t] = 16; cfg.colsb[t] = 64; }
+    _tile_loadconfig(&cfg);
+    size_t kcb = amx_kc(K), mcb = amx_mc(T), kpb = kcb / 2;
+    uint32_t *ap = (uint32_t *)align64(buf);
+    uint32_t *bp = ap + mcb * kpb;  // two panels of kpb x 16 words (64-byte multiples: kpb is a multiple of 16)
+    float *cb = (float *)(bp + 2 * kpb * 16);
+    for (size_t k0 = 0; k0 < K; k0 += kcb) {
+        size_t kc = K - k0 < kcb ? K - k0 : kcb, kp = div_up(kc, 2), kp16 = round_up(kp, 16);
+        size_t astride = kp16 * 4;
+        for (size_t t0 = 0; t0 < T; t0 += mcb) {
+            size_t mc = T - t0 < mcb ? T - t0 : mcb, mpad = round_up(mc, 32);
+            pack_a_amx(x + t0 * ldx + k0, ldx, mc, mpad, kc, kp16, ap);
+            for (size_t n = n0; n < n1; n += 32) {
+                size_t nr = n1 - n < 32 ? n1 - n : 32;
+                for (size_t h = 0; h < 2; h++) {
+                    uint32_t *bh = bp + h * kp16 * 16;
+                    size_t left = nr > 16 * h ? nr - 16 * h : 0;
+                    if (left) pack_b_bf16(w, dt, K, n + 16 * h, left < 16 ? left : 16, k0, kc, bh);
+                    else memset(bh, 0, kp * 64);
+                    memset(bh + kp * 16, 0, (kp16 - kp) * 64);
+                }
+                const uint32_t *b1 = bp + kp16 * 16;
+                for (size_t i = 0; i < mc; i += 32) {
+                    const uint32_t *a0 = ap + i * kp16, *a1 = a0 + 16 * kp16;
+                    _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+                    for (size_t p = 0; p < kp16; p += 16) {
+                        _tile_loadd(4, a0 + p, astride);
+                        _tile_loadd(6, bp + p * 16, 64);
+                        _tile_loadd(7, b1 + p * 16, 64);
+                        _tile_dpbf16ps(0, 4, 6);
+                        _tile_dpbf16ps(1, 4, 7);
+                        _tile_loadd(5, a1 + p, astride);
+                        _tile_dpbf16ps(2, 5, 6);
+                        _tile_dpbf16ps(3, 5, 7);
+                    }
+                    _tile_stored(0, cb, 128);
+                    _tile_stored(1, cb + 16, 128);
+                    _tile_stored(2, cb + 512, 128);
+                    _tile_stored(3, cb + 528, 128);
+                    size_t mr = mc - i < 32 ? mc - i : 32;
+                    amx_merge(cb, mr, nr, y + (t0 + i) * ldy + n, ldy, k0 != 0, bias ? bias + n : NULL);
+                }
+            }
+        }
+    }
+    _tile_release();
+}
+
 // ---- Quantizing (vk_quantize_rows), bit for bit the scalar body --------------------------------------------------
 // Each row is converted to f32 once; per group the largest magnitude is a vector max (max(|v|, acc) keeps acc when
 // v is NaN, as the scalar `>` test skips NaN), int4's signed extreme is the first value of that magnitude (what the
@@ -2195,6 +2355,13 @@ VK_AVX2 static void attention_blocked(const float *q, size_t nq, size_t q_stride
 
 #endif  // VK_X86
 
+#if !VK_X86
+// bf16 products are an x86 option (AVX-512 BF16, AMX); elsewhere vk_matmul_bf16_ws is vk_matmul_ws.
+int vk_bf16_products_available(void) { return 0; }
+int vk_bf16_products_engine(void) { return 0; }
+void vk_bf16_products_use_amx(int enabled) { (void)enabled; }
+#endif
+
 // ---------------------------------------------------------------------------------------------------------------
 // NEON bodies (arm64): dot and axpy; matmul goes through them row by row.
 // ---------------------------------------------------------------------------------------------------------------
@@ -2340,6 +2507,12 @@ void vk_matmul_bf16_ws(const float *x, size_t T, size_t K, size_t ldx, const voi
 #if VK_X86
     // Fewer tokens are bound by reading the weights (the few-token and GEMV paths), where bf16 products gain nothing.
     if (T > VK_SMALL_T512 && K > 0 && n1 > n0 && vk_bf16_products_available()) {
+        if (g_amx_enabled && amx_granted()) {
+            size_t need = gemm_amx_scratch_words(T, K);
+            float *buf = scratch && scratch_floats >= need ? scratch : tls_scratch(need);
+            gemm_amx(x, T, K, ldx, w, dtype, n0, n1, bias, y, ldy, buf);
+            return;
+        }
         size_t need = gemm_bf16_scratch_words(T, K, n1 - n0);
         float *buf = scratch && scratch_floats >= need ? scratch : tls_scratch(need);
         gemm_bf16(x, T, K, ldx, w, dtype, n0, n1, bias, y, ldy, buf);
@@ -2487,6 +2660,172 @@ void vk_softmax(float *x, size_t n) {
     for (size_t i = 0; i < n; i++) { x[i] = expf(x[i] - m); s += x[i]; }
     float inv = 1.0f / s;
     for (size_t i = 0; i < n; i++) x[i] *= inv;
+}
+
+#if VK_X86
+// ---- Attention with bf16 products on AMX (vk_attention_head_bf16) -------------------------------------------------
+// For 32 queries at a time: S = Q Kᵀ on tiles (Q rows and K pairs in bf16, f32 sums), a row softmax in f32 (scaled
+// scores, row max, exp, f32 row sums), the unnormalised weights P rounded to bf16, O = P V on tiles (V packed as
+// pairs of consecutive keys) and each output row times 1 / (row sum). K and V are packed once per call:
+//   K: panels of 16 keys, kp16 rows of 16 words, word (p, j) = (k[j, 2p], k[j, 2p + 1])   (pack_b_bf16's layout)
+//   V: panels of 16 dims, one row per key pair, word (p, d) = (v[2p, d], v[2p + 1, d])
+// Dims past head_dim, keys past the last visible one and query rows past nq are zeros, so every tile is 16 x 16.
+// Tiles: C in tmm0-3 (2 query tiles x 2 key or dim panels), A in tmm4-5, B in tmm6-7.
+#define VK_AMX_ATT_MAX_HD 256
+
+// Two f32 rows of 16 as (a, b) bf16 pairs: word d = (bf16(a[d]), bf16(b[d])).
+VK_AMX static inline __m512i bf16_pair_words(__m512 a, __m512 b) {
+    __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(a));
+    __m512i hi = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(b));
+    return _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));
+}
+
+VK_AMX static void attention_amx(const float *q, size_t nq, size_t q_stride, const float *k, const float *v,
+                                 size_t kv_stride, size_t hd, size_t q_pos0, int causal, size_t n_keys, size_t nk_all,
+                                 float scale, float *out, size_t out_stride) {
+    size_t kp16 = round_up(div_up(hd, 2), 16);            // pairs of dims per Q row / K panel, whole 16-pair steps
+    size_t nk32 = round_up(nk_all, 32), npairs = nk32 / 2;  // keys, padded to whole 32-key steps
+    size_t dpan = div_up(hd, 32) * 2;                       // 16-dim V panels, an even count
+    size_t n_kp = nk32 * kp16, n_vp = dpan * npairs * 16, n_q = 32 * kp16, n_s = 32 * nk32, n_p = 32 * nk32 / 2;
+    float *buf = align64(tls_scratch(n_kp + n_vp + n_q + n_s + n_p + 32 * 32 + 32 + 6 * 16));
+    uint32_t *kp = (uint32_t *)buf;
+    uint32_t *vp = (uint32_t *)align64((float *)(kp + n_kp));
+    uint32_t *qb = (uint32_t *)align64((float *)(vp + n_vp));
+    float *st = align64((float *)(qb + n_q));
+    uint16_t *pb = (uint16_t *)align64(st + n_s);
+    float *cb = align64((float *)(pb + 2 * n_p));
+    float *inv = align64(cb + 32 * 32);
+
+    for (size_t j = 0; j < nk32; j += 16) {
+        uint32_t *panel = kp + j * kp16;
+        size_t rows = nk_all > j ? (nk_all - j < 16 ? nk_all - j : 16) : 0;
+        if (rows) pack_b_bf16(k, VK_F32, kv_stride, j, rows, 0, hd, panel);
+        else memset(panel, 0, div_up(hd, 2) * 64);
+        memset(panel + div_up(hd, 2) * 16, 0, (kp16 - div_up(hd, 2)) * 64);
+    }
+    for (size_t d0 = 0; d0 < dpan * 16; d0 += 16) {
+        __mmask16 dm = d0 >= hd ? 0 : hd - d0 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (hd - d0)) - 1);
+        uint32_t *panel = vp + (d0 / 16) * npairs * 16;
+        for (size_t p = 0; p < npairs; p++) {
+            size_t j = 2 * p;
+            __m512 a = j < nk_all ? _mm512_maskz_loadu_ps(dm, v + j * kv_stride + d0) : _mm512_setzero_ps();
+            __m512 b = j + 1 < nk_all ? _mm512_maskz_loadu_ps(dm, v + (j + 1) * kv_stride + d0) : _mm512_setzero_ps();
+            _mm512_store_si512((void *)(panel + p * 16), bf16_pair_words(a, b));
+        }
+    }
+
+    vk_tilecfg cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) { cfg.rows[t] = 16; cfg.colsb[t] = 64; }
+    _tile_loadconfig(&cfg);
+    const __m512 sv = _mm512_set1_ps(scale);
+    for (size_t i0 = 0; i0 < nq; i0 += 32) {
+        size_t m = nq - i0 < 32 ? nq - i0 : 32;
+        size_t nkb = causal ? (q_pos0 + i0 + m < n_keys ? q_pos0 + i0 + m : n_keys) : n_keys;  // keys any row sees
+        size_t nkb32 = round_up(nkb, 32);
+        for (size_t i = 0; i < 32; i++) {  // Q block as bf16 rows of kp16 pairs
+            uint16_t *dst = (uint16_t *)(qb + i * kp16);
+            memset(dst, 0, kp16 * 4);
+            if (i >= m) continue;
+            const float *row = q + (i0 + i) * q_stride;
+            for (size_t d = 0; d < hd; d += 16) {
+                __mmask16 dm = hd - d >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (hd - d)) - 1);
+                _mm256_storeu_si256((__m256i *)(dst + d), (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(dm, row + d)));
+            }
+        }
+        // S[32, nkb32] = Q Kᵀ, stored row-major (row stride nk32).
+        for (size_t j = 0; j < nkb32; j += 32) {
+            _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+            const uint32_t *k0 = kp + j * kp16, *k1 = k0 + 16 * kp16;
+            for (size_t p = 0; p < kp16; p += 16) {
+                _tile_loadd(4, qb + p, kp16 * 4);
+                _tile_loadd(5, qb + 16 * kp16 + p, kp16 * 4);
+                _tile_loadd(6, k0 + p * 16, 64);
+                _tile_loadd(7, k1 + p * 16, 64);
+                _tile_dpbf16ps(0, 4, 6);
+                _tile_dpbf16ps(1, 4, 7);
+                _tile_dpbf16ps(2, 5, 6);
+                _tile_dpbf16ps(3, 5, 7);
+            }
+            _tile_stored(0, st + j, nk32 * 4);
+            _tile_stored(1, st + j + 16, nk32 * 4);
+            _tile_stored(2, st + 16 * nk32 + j, nk32 * 4);
+            _tile_stored(3, st + 16 * nk32 + j + 16, nk32 * 4);
+        }
+        // Row softmax: row i sees keys [0, vis); P = exp(scale * s - max) in bf16, zero past vis.
+        for (size_t i = 0; i < 32; i++) {
+            const float *si = st + i * nk32;
+            uint16_t *pi = pb + i * nk32;
+            size_t vis = i >= m ? 0 : causal ? (q_pos0 + i0 + i + 1 < n_keys ? q_pos0 + i0 + i + 1 : n_keys) : n_keys;
+            __m512 mx = _mm512_set1_ps(-INFINITY), sum = _mm512_setzero_ps();
+            for (size_t j = 0; j < vis; j += 16) {
+                __mmask16 km = vis - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (vis - j)) - 1);
+                mx = _mm512_mask_max_ps(mx, km, _mm512_mul_ps(_mm512_maskz_loadu_ps(km, si + j), sv), mx);
+            }
+            __m512 mv = _mm512_set1_ps(vis ? _mm512_reduce_max_ps(mx) : 0.0f);
+            for (size_t j = 0; j < nkb32; j += 16) {
+                __mmask16 km = j >= vis ? 0 : vis - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (vis - j)) - 1);
+                __m512 e = exp512_nonpos(_mm512_sub_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(km, si + j), sv), mv));
+                e = _mm512_maskz_mov_ps(km, e);
+                sum = _mm512_add_ps(sum, e);
+                _mm256_storeu_si256((__m256i *)(pi + j), (__m256i)_mm512_cvtneps_pbh(e));
+            }
+            float total = _mm512_reduce_add_ps(sum);
+            inv[i] = total > 0 ? 1.0f / total : 0.0f;
+        }
+        // O[32, hd] = P V / row sums, 32 dims at a time.
+        for (size_t d0 = 0; d0 < dpan * 16; d0 += 32) {
+            const uint32_t *v0 = vp + (d0 / 16) * npairs * 16, *v1 = v0 + npairs * 16;
+            _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+            for (size_t j = 0; j < nkb32; j += 32) {
+                _tile_loadd(4, pb + j, nk32 * 2);
+                _tile_loadd(5, pb + 16 * nk32 + j, nk32 * 2);
+                _tile_loadd(6, v0 + (j / 2) * 16, 64);
+                _tile_loadd(7, v1 + (j / 2) * 16, 64);
+                _tile_dpbf16ps(0, 4, 6);
+                _tile_dpbf16ps(1, 4, 7);
+                _tile_dpbf16ps(2, 5, 6);
+                _tile_dpbf16ps(3, 5, 7);
+            }
+            _tile_stored(0, cb, 128);
+            _tile_stored(1, cb + 16, 128);
+            _tile_stored(2, cb + 512, 128);
+            _tile_stored(3, cb + 528, 128);
+            size_t dn = hd - d0 < 32 ? hd - d0 : 32;
+            __mmask16 m0 = dn >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << dn) - 1);
+            __mmask16 m1 = dn <= 16 ? 0 : dn >= 32 ? (__mmask16)0xffff : (__mmask16)((1u << (dn - 16)) - 1);
+            for (size_t i = 0; i < m; i++) {
+                __m512 f = _mm512_set1_ps(inv[i]);
+                float *oi = out + (i0 + i) * out_stride + d0;
+                _mm512_mask_storeu_ps(oi, m0, _mm512_mul_ps(_mm512_load_ps(cb + i * 32), f));
+                if (m1) _mm512_mask_storeu_ps(oi + 16, m1, _mm512_mul_ps(_mm512_load_ps(cb + i * 32 + 16), f));
+            }
+        }
+    }
+    _tile_release();
+}
+
+#endif  // VK_X86
+
+void vk_attention_head_bf16(const float *q, size_t nq, size_t q_stride, const float *k, const float *v,
+                            size_t kv_stride, size_t head_dim, size_t q_pos0, int causal, size_t n_keys, float scale,
+                            float *out, size_t out_stride, float *scores) {
+#if VK_X86
+    // Fewer than 16 queries leave most of a tile empty (decode and short chunks: the f32 kernels are as fast).
+    if (nq >= 16 && head_dim > 0 && head_dim <= VK_AMX_ATT_MAX_HD && vk_bf16_products_engine() == 2) {
+        size_t nk_all = causal ? (q_pos0 + nq < n_keys ? q_pos0 + nq : n_keys) : n_keys;
+        if (nk_all == 0) {
+            for (size_t i = 0; i < nq; i++) memset(out + i * out_stride, 0, head_dim * sizeof(float));
+            return;
+        }
+        attention_amx(q, nq, q_stride, k, v, kv_stride, head_dim, q_pos0, causal, n_keys, nk_all, scale, out,
+                      out_stride);
+        return;
+    }
+#endif
+    vk_attention_head(q, nq, q_stride, k, v, kv_stride, head_dim, q_pos0, causal, n_keys, scale, out, out_stride,
+                      scores);
 }
 
 // Queries from this many on go through the blocked kernel (below it, packing K and V costs more than it saves).

@@ -9,6 +9,15 @@ public enum HardwareProbe {
     /// Whether `QuantizationOptions.bf16Products` takes effect here (AVX-512 BF16 and the AVX-512 bodies in use).
     public static var bf16Products: Bool { vk_bf16_products_available() != 0 }
 
+    /// The unit that multiplies bf16 products: "amx" (TDPBF16PS tiles), "avx512-bf16" (vdpbf16ps) or "none".
+    public static var bf16Engine: String {
+        switch vk_bf16_products_engine() {
+        case 2: return "amx"
+        case 1: return "avx512-bf16"
+        default: return "none"
+        }
+    }
+
     /// Main-memory read bandwidth in bytes per second with `threads` threads: best of `repeats` passes over a
     /// buffer far larger than the caches.
     public static func readBandwidth(threads: Int, megabytes: Int = 512, repeats: Int = 5) -> Double {

@@ -266,11 +266,13 @@ public final class LlamaModel: LanguageModel, @unchecked Sendable {
                              position0: p0 + rr.lowerBound)
             }
             let keys = cache.keys(layer: l), values = cache.values(layer: l)
+            // --bf16-compute (the projections' flag) takes the attention products to bf16 too (AMX, 16+ queries).
+            let attention = layer.q.bf16Products ? vk_attention_head_bf16 : vk_attention_head
             pool.parallelRanges(heads) { thread, range in
                 let scores = ws.scores(thread)
                 for h in range {
                     let g = h / groups  // grouped-query attention: query head h reads KV head h / groups
-                    vk_attention_head(q + h * hd, rows, qWidth, keys + g * hd, values + g * hd, kvWidth, hd,
+                    attention(q + h * hd, rows, qWidth, keys + g * hd, values + g * hd, kvWidth, hd,
                                       p0, 1, p0 + rows, scale, att + h * hd, qWidth, scores)
                 }
             }

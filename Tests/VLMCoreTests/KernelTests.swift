@@ -101,13 +101,24 @@ final class KernelTests: XCTestCase {
     /// sum of |products|); below 25 tokens, or without the instructions, it is vk_matmul_ws bit for bit. Odd K
     /// leaves half a pair, odd N and sub-ranges partial panels, 25..250 tokens partial 12-token tiles and several
     /// token blocks. Linear with bf16Products gives the same bits for every thread count.
+    /// Where the CPU has AMX, both bodies (tiles and vdpbf16ps) are checked.
     func testBF16ProductsMatchTheirDefinition() {
+        let engines = vk_bf16_products_engine() == 2 ? [1, 0] : [1]
+        print("bf16 products: engine \(vk_bf16_products_engine()) (2 = AMX, 1 = vdpbf16ps, 0 = none)")
+        defer { vk_bf16_products_use_amx(1) }
+        for amx in engines {
+            vk_bf16_products_use_amx(Int32(amx))
+            checkBF16Products(engine: vk_bf16_products_engine())
+        }
+    }
+
+    func checkBF16Products(engine: Int32) {
         var seed: UInt64 = 2026
         let available = vk_bf16_products_available() != 0
         for dtype in DType.allCases {
-            for T in [1, 24, 25, 26, 37, 250] {
+            for T in [1, 24, 25, 26, 37, 250, 600] {
                 for K in [1, 7, 63, 257, 960] {
-                    for (N, n0, n1) in [(1, 0, 1), (5, 0, 5), (17, 3, 17), (100, 16, 90)] {
+                    for (N, n0, n1) in [(1, 0, 1), (5, 0, 5), (17, 3, 17), (50, 0, 50), (100, 16, 90)] {
                         let x = randoms(T * K, seed: &seed), wf = randoms(N * K, seed: &seed), bias = randoms(N, seed: &seed)
                         let weight = weightTensor(wf, rows: N, cols: K, dtype: dtype)
                         let dt = vk_dtype(rawValue: UInt32(dtype.rawValue))
@@ -116,7 +127,7 @@ final class KernelTests: XCTestCase {
                         var got = [Float](repeating: -777, count: T * N), f32 = got
                         vk_matmul_bf16_ws(x, T, K, K, weight.data, dt, n0, n1, bias, &got, N, &scratch, floats)
                         vk_matmul_ws(x, T, K, K, weight.data, dt, n0, n1, bias, &f32, N, &scratch, floats)
-                        let label = "\(dtype) T\(T) K\(K) N\(N) [\(n0), \(n1))"
+                        let label = "engine \(engine) \(dtype) T\(T) K\(K) N\(N) [\(n0), \(n1))"
                         guard available && T > 24 else {
                             XCTAssertEqual(got, f32, label)
                             continue
@@ -272,6 +283,76 @@ final class KernelTests: XCTestCase {
                             let fast = run(scalar: false), ref = run(scalar: true)
                             let (ratio, i) = worst(fast, ref) { 2e-6 + 2e-5 * abs(ref[$0]) }
                             XCTAssertLessThanOrEqual(ratio, 1, "\(level) hd\(hd) nq\(nq) causal \(causal) cached \(cached): out[\(i)]")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// vk_attention_head_bf16 against its definition, in double: q, k, v rounded to bf16; scores exact; weights
+    /// e_j = exp(scale s_j - max) over the visible keys, rounded to bf16 for the product with v and summed unrounded
+    /// for the divisor. The tolerance covers f32 sums (1e-5 of the sum of |e v|) and the weights that lie so near a
+    /// bf16 rounding midpoint that the kernel's exp, a few f32 ulps off, may round them the other way (one bf16 ulp
+    /// of each such weight times |v|). Causal and
+    /// bidirectional, cached keys, head sizes off the 32-dim step, queries off the 32-query block. Where there are
+    /// no AMX tiles it must equal vk_attention_head bit for bit; below 16 queries always.
+    func testBF16AttentionMatchesItsDefinition() {
+        let amx = vk_bf16_products_engine() == 2
+        var seed: UInt64 = 77
+        for hd in [8, 40, 64, 72] {
+            for nq in [5, 16, 33, 100] {
+                for causal in [false, true] {
+                    for cached in [0, 19] {
+                        let nKeys = causal ? cached + nq : nq + cached
+                        let qs = 3 * hd + 1, kvs = 2 * hd + 3, os = hd + 5
+                        let q = randoms(nq * qs, seed: &seed).map { 3 * $0 }
+                        let k = randoms(nKeys * kvs, seed: &seed).map { 3 * $0 }
+                        let v = randoms(nKeys * kvs, seed: &seed)
+                        let scale = 1 / Float(hd).squareRoot()
+                        var got = [Float](repeating: -777, count: nq * os), f32 = got
+                        var scores = [Float](repeating: 0, count: nKeys + 1)
+                        let p0 = causal ? cached : 0
+                        vk_attention_head_bf16(q, nq, qs, k, v, kvs, hd, p0, causal ? 1 : 0, nKeys, scale, &got, os, &scores)
+                        vk_attention_head(q, nq, qs, k, v, kvs, hd, p0, causal ? 1 : 0, nKeys, scale, &f32, os, &scores)
+                        let label = "hd\(hd) nq\(nq) causal \(causal) cached \(cached)"
+                        guard amx && nq >= 16 else {
+                            XCTAssertEqual(got, f32, label)
+                            continue
+                        }
+                        let qb = roundedToBF16(q), kb = roundedToBF16(k), vb = roundedToBF16(v)
+                        for i in 0..<nq {
+                            let visible = causal ? min(p0 + i + 1, nKeys) : nKeys
+                            var x = [Double](repeating: 0, count: visible)
+                            for j in 0..<visible {
+                                var d = 0.0
+                                for c in 0..<hd { d += Double(qb[i * qs + c]) * Double(kb[j * kvs + c]) }
+                                x[j] = Double(Float(Float(d) * scale))
+                            }
+                            let mx = x.max() ?? 0
+                            let e = x.map { exp($0 - mx) }
+                            let eb = roundedToBF16(e.map { Float($0) }).map(Double.init)
+                            // Weights within ~3e-5 (relative) of a bf16 rounding midpoint may round either way in the
+                            // kernel (its exp and f32 score sums are a few ulps off): one bf16 ulp of doubt each.
+                            let doubt = e.map { w -> Double in
+                                let bits = Float(w).bitPattern
+                                guard abs(Int(bits & 0xffff) - 0x8000) < 256 else { return 0 }
+                                return Double(Float(bitPattern: bits & 0xff80_0000)) / 128
+                            }
+                            let total = e.reduce(0, +)
+                            for c in 0..<hd {
+                                var o = 0.0, magnitude = 0.0, flips = 0.0
+                                for j in 0..<visible {
+                                    let t = eb[j] * Double(vb[j * kvs + c])
+                                    o += t
+                                    magnitude += abs(t)
+                                    flips += doubt[j] * abs(Double(vb[j * kvs + c]))
+                                }
+                                let y = Double(got[i * os + c])
+                                XCTAssertLessThanOrEqual(abs(y - o / total), (1e-5 * magnitude + flips) / total + 1e-7,
+                                                         "\(label) out[\(i), \(c)]")
+                            }
+                            for c in hd..<os { XCTAssertEqual(got[i * os + c], -777, "\(label): wrote past the head at [\(i), \(c)]") }
                         }
                     }
                 }

@@ -58,6 +58,11 @@ void vk_matmul_ws(const float *x, size_t T, size_t K, size_t ldx,
 /// 1 when vk_matmul_bf16_ws multiplies in bf16: AVX-512 BF16 (vdpbf16ps; Zen 4 and later, Intel Cooper Lake,
 /// Sapphire Rapids and later) and the AVX-512 bodies in use.
 int vk_bf16_products_available(void);
+/// Which body vk_matmul_bf16_ws uses for T > 24: 0 none (vk_matmul_ws), 1 AVX-512 BF16 (vdpbf16ps), 2 AMX tiles
+/// (TDPBF16PS; Sapphire Rapids and later, where Linux grants the tile state; VLM_AMX=0 turns it off).
+int vk_bf16_products_engine(void);
+/// Tests and A/B runs: 0 keeps vk_matmul_bf16_ws on the vdpbf16ps body even where AMX is there, 1 allows AMX again.
+void vk_bf16_products_use_amx(int enabled);
 /// vk_matmul_ws with both operands rounded to bf16 (round to nearest even) and their products summed in f32, where
 /// vk_bf16_products_available() and T > 24 (the compute-bound products: prefill chunks, vision tiles); otherwise
 /// exactly vk_matmul_ws. Twice the FMA path's multiply-adds per instruction, at the numerics of a bf16 model run.
@@ -154,6 +159,15 @@ void vk_attention_head(const float *q, size_t nq, size_t q_stride,
                        const float *k, const float *v, size_t kv_stride, size_t head_dim,
                        size_t q_pos0, int causal, size_t n_keys, float scale,
                        float *out, size_t out_stride, float *scores);
+
+/// vk_attention_head with its two products in bf16 on AMX tiles, where vk_bf16_products_engine() == 2 and nq >= 16
+/// (else exactly vk_attention_head): q, k, v rounded to bf16, scores summed in f32, softmax in f32 (row max, exp,
+/// f32 row sums), the unnormalised weights rounded to bf16 for the product with v, each output row divided by its
+/// f32 sum. The numerics of a bf16 model run; --bf16-compute uses it for vision and prefill attention.
+void vk_attention_head_bf16(const float *q, size_t nq, size_t q_stride,
+                            const float *k, const float *v, size_t kv_stride,
+                            size_t head_dim, size_t q_pos0, int causal, size_t n_keys,
+                            float scale, float *out, size_t out_stride, float *scores);
 
 /// A persistent pool of worker threads for fork-join loops: `vk_pool_run` calls fn(ctx, s, p) for s in [0, slices),
 /// p being the participant that runs it (0: the calling thread, 1...: the workers; for per-thread scratch), and

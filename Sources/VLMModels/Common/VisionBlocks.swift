@@ -79,10 +79,12 @@ struct VisionEncoderLayer: @unchecked Sendable {
         qNorm?.apply(qs, rows: rows, width: width, into: qs, pool: pool)
         kNorm?.apply(ks, rows: rows, width: width, into: ks, pool: pool)
         let scale = 1 / Float(headDim).squareRoot()
+        // --bf16-compute (the projections' flag) takes the attention products to bf16 too, on AMX tiles where present.
+        let attention = q.bf16Products ? vk_attention_head_bf16 : vk_attention_head
         pool.parallelRanges(heads) { thread, range in
             let scores = ws.scores(thread)
             for h in range {
-                vk_attention_head(qs + h * headDim, rows, width, ks + h * headDim, vs + h * headDim, width, headDim,
+                attention(qs + h * headDim, rows, width, ks + h * headDim, vs + h * headDim, width, headDim,
                                   0, 0, rows, scale, attn + h * headDim, width, scores)
             }
         }
