@@ -10,12 +10,18 @@ final class TokenizerComponentTests: XCTestCase {
             .flatMap { String(data: $0, encoding: .utf8) } ?? "\(json)"
     }
 
+    /// A component's JSON (a Foundation object from goldens.json) as the node our reader would give for it.
+    private func componentNode(_ json: Any, path: String) throws -> TokenizerJSONNode {
+        let data = try JSONSerialization.data(withJSONObject: json)
+        return TokenizerJSONNode(value: try TokenizerJSONParser.parse(data), file: "goldens.json", path: path)
+    }
+
     func testPreTokenizers() throws {
         let entries = try TokenizerTestSupport.components("pre_tokenizers")
         XCTAssertGreaterThanOrEqual(entries.count, 15)
         for entry in entries {
             let name = describe(entry.json)
-            let node = TokenizerJSONNode(raw: entry.json, file: "goldens.json", path: "pre_tokenizer")
+            let node = try componentNode(entry.json, path: "pre_tokenizer")
             guard let pre = try PreTokenizer.parse(node) else { XCTFail("\(name) parsed to nil"); continue }
             XCTAssertGreaterThanOrEqual(entry.cases.count, 60)
             for c in entry.cases {
@@ -31,7 +37,7 @@ final class TokenizerComponentTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(entries.count, 10)
         for entry in entries {
             let name = describe(entry.json)
-            let node = TokenizerJSONNode(raw: entry.json, file: "goldens.json", path: "normalizer")
+            let node = try componentNode(entry.json, path: "normalizer")
             guard let normalizer = try TokenizerNormalizer.parse(node) else { XCTFail("\(name) parsed to nil"); continue }
             for c in entry.cases {
                 let out = TokenizerNormalizer.string(normalizer.normalize(Array(c.text.unicodeScalars)))

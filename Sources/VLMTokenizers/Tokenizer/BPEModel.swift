@@ -29,16 +29,16 @@ final class BPEModel: @unchecked Sendable {
         let file = node.file
         let vocabNode = node["vocab"]
         guard !vocabNode.isNull else { throw TokenizerError.missingField(file: file, path: vocabNode.path) }
-        guard let rawVocab = vocabNode.raw as? [String: Any] else { throw vocabNode.wrongType("an object of token -> id") }
+        guard case .object(let members)? = vocabNode.value else { throw vocabNode.wrongType("an object of token -> id") }
         var vocab: [String: Int] = [:]
-        vocab.reserveCapacity(rawVocab.count)
-        var idToToken = [String?](repeating: nil, count: rawVocab.count)
-        for (token, value) in rawVocab {
+        vocab.reserveCapacity(members.count)
+        var idToToken = [String?](repeating: nil, count: members.count)
+        for (token, value) in zip(members.keys, members.values) {
             let id: Int
-            if let n = value as? NSNumber, !tokenizerJSONIsBool(n), let exact = Int(exactly: n.doubleValue) {
+            if case .number(_, let exact?) = value {
                 id = exact
             } else {  // build the path only for the error message
-                id = try TokenizerJSONNode(raw: value, file: file, path: "\(vocabNode.path)[\(token.debugDescription)]").int()
+                id = try TokenizerJSONNode(value: value, file: file, path: "\(vocabNode.path)[\(token.debugDescription)]").int()
             }
             guard id >= 0 else { throw vocabNode.invalid("token \(token.debugDescription) has negative id \(id)") }
             guard id < 1 << 31 else { throw vocabNode.invalid("token \(token.debugDescription) has id \(id), too large") }
@@ -84,13 +84,13 @@ final class BPEModel: @unchecked Sendable {
         var merges: [UInt64: (rank: Int32, id: Int32)] = [:]
         let prefixBytes = continuingSubwordPrefix?.utf8.count ?? 0
         if !mergesNode.isNull {
-            guard let list = mergesNode.raw as? [Any] else { throw mergesNode.wrongType("an array") }
+            guard case .array(let list)? = mergesNode.value else { throw mergesNode.wrongType("an array") }
             merges.reserveCapacity(list.count)
             for (rank, item) in list.enumerated() {
                 let a: String, b: String
-                if let pair = item as? [Any], pair.count == 2, let x = pair[0] as? String, let y = pair[1] as? String {
+                if case .array(let pair) = item, pair.count == 2, case .string(let x) = pair[0], case .string(let y) = pair[1] {
                     a = x; b = y
-                } else if let s = item as? String {
+                } else if case .string(let s) = item {
                     // Split on the first U+0020 scalar (not Character: " \u{301}" is one grapheme).
                     let scalars = s.unicodeScalars
                     guard let space = scalars.firstIndex(of: " ") else {
@@ -101,7 +101,7 @@ final class BPEModel: @unchecked Sendable {
                 } else {
                     throw TokenizerError.wrongType(file: file, path: "\(mergesNode.path)[\(rank)]",
                                                    expected: "\"a b\" or [\"a\", \"b\"]",
-                                                   found: TokenizerJSONNode.kind(of: item))
+                                                   found: item.kind)
                 }
                 guard let aID = vocab[a] else {
                     throw mergesNode.invalid("merge #\(rank): token \(a.debugDescription) is not in the vocabulary")

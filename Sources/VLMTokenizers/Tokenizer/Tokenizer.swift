@@ -129,7 +129,7 @@ public final class Tokenizer: @unchecked Sendable {
         // tokenizer_config.json.
         var config: [String: Any] = [:]
         if let configData = tokenizerConfigJSON {
-            config = (try TokenizerJSONNode.parse(configData, file: "tokenizer_config.json").raw as? [String: Any]) ?? [:]
+            config = try TokenizerJSONNode.foundationObject(configData, file: "tokenizer_config.json")
         }
         tokenizerConfig = config
         func tokenString(_ key: String) -> String? {

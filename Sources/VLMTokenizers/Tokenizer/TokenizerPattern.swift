@@ -34,7 +34,7 @@ enum TokenizerPattern {
             let source = try node["Regex"].string()
             return try fromRegex(source, node: node["Regex"])
         }
-        if let s = node.raw as? String {  // tolerate a bare string
+        if case .string(let s)? = node.value {  // tolerate a bare string
             return .literal(Array(s.unicodeScalars))
         }
         throw node.wrongType(#"an object {"String": ...} or {"Regex": ...}"#)
