@@ -328,8 +328,8 @@ final class QuantizationTests: XCTestCase {
         print("Quantization accuracy vs float (teacher-forced over the float model's greedy text):\n" + report.joined(separator: "\n"))
     }
 
-    /// The real SmolLM2-135M-Instruct ($VLM_SMOLLM2_DIR or ~/.cache/swiftvlm): q8 should be near-lossless, q4 close.
-    func testAccuracyAgainstFloatOnSmolLM2() throws {
+    /// The real SmolLM2-135M-Instruct: $VLM_SMOLLM2_DIR or ~/.cache/swiftvlm; skips the test where it is not built.
+    private func smolLM2Directory() throws -> URL {
         let dir: URL
         if let d = ProcessInfo.processInfo.environment["VLM_SMOLLM2_DIR"] { dir = URL(fileURLWithPath: d) } else {
             dir = FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".cache/swiftvlm/SmolLM2-135M-Instruct")
@@ -337,6 +337,12 @@ final class QuantizationTests: XCTestCase {
         guard FileManager.default.fileExists(atPath: dir.appendingPathComponent("model.safetensors").path) else {
             throw XCTSkip("SmolLM2-135M-Instruct not built; run bash Tools/smollm2.sh")
         }
+        return dir
+    }
+
+    /// The real SmolLM2-135M-Instruct ($VLM_SMOLLM2_DIR or ~/.cache/swiftvlm): q8 should be near-lossless, q4 close.
+    func testAccuracyAgainstFloatOnSmolLM2() throws {
+        let dir = try smolLM2Directory()
         let runner = TextRunner(modelDirectory: dir, threads: 2)
         try runner.load()
         let reference = try XCTUnwrap(runner.model)
@@ -367,13 +373,7 @@ final class QuantizationTests: XCTestCase {
     /// at a time over the bf16-prefilled cache. Skipped where the CPU has no AVX-512 BF16 (the option is then off).
     func testBF16ProductsAccuracyOnSmolLM2() throws {
         guard HardwareProbe.bf16Products else { throw XCTSkip("no AVX-512 BF16 on this CPU: --bf16-compute has no effect") }
-        let dir: URL
-        if let d = ProcessInfo.processInfo.environment["VLM_SMOLLM2_DIR"] { dir = URL(fileURLWithPath: d) } else {
-            dir = FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".cache/swiftvlm/SmolLM2-135M-Instruct")
-        }
-        guard FileManager.default.fileExists(atPath: dir.appendingPathComponent("model.safetensors").path) else {
-            throw XCTSkip("SmolLM2-135M-Instruct not built; run bash Tools/smollm2.sh")
-        }
+        let dir = try smolLM2Directory()
         let runner = TextRunner(modelDirectory: dir, threads: 2)
         try runner.load()
         let reference = try XCTUnwrap(runner.model)
