@@ -114,8 +114,10 @@ final class TokenizerJSONParserTests: XCTestCase {
     func testDeepNestingIsAnErrorNotACrash() {
         let deep = String(repeating: "[", count: 100_000) + String(repeating: "]", count: 100_000)
         XCTAssertThrowsError(try parse("{\"a\": \(deep)}")) { XCTAssertTrue("\($0)".contains("nested deeper"), "\($0)") }
-        let fine = String(repeating: "[", count: 500) + String(repeating: "]", count: 500)
+        let fine = String(repeating: "[", count: 120) + String(repeating: "]", count: 120)
         XCTAssertNoThrow(try parse("{\"a\": \(fine)}"))
+        let over = String(repeating: "{\"a\": ", count: 129) + "1" + String(repeating: "}", count: 129)
+        XCTAssertThrowsError(try parse(over)) { XCTAssertTrue("\($0)".contains("deeper than 128"), "\($0)") }
     }
 
     func testByteOrderMarkIsSkipped() throws {

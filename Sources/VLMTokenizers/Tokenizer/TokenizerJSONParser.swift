@@ -47,10 +47,12 @@ struct TokenizerJSONObject {
 /// RFC 8259 JSON from UTF-8 bytes, strict: no comments, trailing commas, NaN or unescaped control characters;
 /// strings must be valid UTF-8 and escapes must not leave lone surrogates (serde_json, which the `tokenizers`
 /// crate reads with, rejects the same). A UTF-8 byte order mark at the start is skipped. Nesting is limited so a
-/// hostile file cannot exhaust the stack. Errors say where: "line 3, column 17: expected ',' or '}' after an object
-/// member, found 'x'".
+/// hostile file cannot exhaust the stack (128 levels, as serde_json). Errors say where: "line 3, column 17:
+/// expected ',' or '}' after an object member, found 'x'".
 struct TokenizerJSONParser {
-    static let maxDepth = 512
+    /// serde_json's default recursion limit (tokenizer.json nests 5-8 levels); it keeps the recursion far from the
+    /// end of a 512 KB worker-thread stack.
+    static let maxDepth = 128
 
     struct Failure: Error, CustomStringConvertible {
         let description: String
