@@ -23,7 +23,9 @@ final class TokenizerJSONParserTests: XCTestCase {
         try TokenizerJSONParser.parse(Data(text.utf8))
     }
 
-    /// (tokenizer_config.json is not compared: it is read with JSONSerialization, whose objects it is handed on as.)
+    /// (tokenizer_config.json is not compared: it is read with JSONSerialization, whose objects it is handed on as,
+    /// and its integers past 64 bits, such as SmolLM2's model_max_length 1000000000000000019884624838656, are exact
+    /// decimals there and Doubles here.)
     func testRealTokenizerFilesParseAsJSONSerializationDoes() throws {
         var files: [URL] = []
         if let shared = TokenizerTestSupport.sharedModelsDirectory {
