@@ -327,9 +327,16 @@ int main(int argc, char **argv) {
             {48, 2560, 960, "down, 48 tokens"},
             {48, 960, 320, "k/v, 48 tokens"},
         };
+        // GB_SHAPE=T,K,N (environment): time that one shape instead of the table (blocking experiments).
+        const char *custom = getenv("GB_SHAPE");
+        size_t nshapes = sizeof shapes / sizeof shapes[0];
+        if (custom && sscanf(custom, "%zu,%zu,%zu", &shapes[0].T, &shapes[0].K, &shapes[0].N) == 3) {
+            shapes[0].what = "GB_SHAPE";
+            nshapes = 1;
+        }
         vk_dtype dts[] = {VK_F32, VK_BF16, VK_F16};
         printf("%-28s %5s %5s %5s %5s %9s %9s %7s\n", "shape", "T", "K", "N", "dtype", "ms", "GFLOP/s", "%peak");
-        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        for (size_t s = 0; s < nshapes; s++) {
             if (shape_filter && !strstr(shapes[s].what, shape_filter)) continue;
             for (size_t d = 0; d < 3; d++) {
                 size_t T = shapes[s].T, K = shapes[s].K, N = shapes[s].N;
