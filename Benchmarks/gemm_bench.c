@@ -446,8 +446,35 @@ int main(int argc, char **argv) {
                    100 * flops / sec / peak);
             free(q); free(k); free(v); free(o);
         }
+        // Decode: one query per head against a cache of n keys, SmolVLM-500M's 15 query heads on 5 KV heads.
+        size_t decode_keys[] = {160, 1024, 4096};
+        for (size_t s = 0; s < sizeof decode_keys / sizeof decode_keys[0]; s++) {
+            size_t nk = decode_keys[s], H = 15, KVH = 5, hd = 64;
+            float *q = malloc(H * hd * 4), *k = malloc(nk * KVH * hd * 4), *v = malloc(nk * KVH * hd * 4);
+            float *o = malloc(H * hd * 4);
+            for (size_t i = 0; i < H * hd; i++) q[i] = frand();
+            for (size_t i = 0; i < nk * KVH * hd; i++) { k[i] = frand(); v[i] = frand(); }
+            struct dec_ctx { float *q, *k, *v, *o; size_t nk, H, KVH, hd; } c = {q, k, v, o, nk, H, KVH, hd};
+            void attn_decode_run(void *cc, int tid, int n);
+            double sec = time_job(attn_decode_run, &c, runs, 0.2);
+            char what[64];
+            snprintf(what, sizeof what, "decode 1 x 15 heads, %zu keys", nk);
+            printf("%-32s %9.3f us %9.1f GB/s of K and V (x 32 layers: %.3f ms per token)\n", what, sec * 1e6,
+                   2.0 * nk * KVH * hd * 4 / sec / 1e9, 32 * sec * 1e3);
+            free(q); free(k); free(v); free(o);
+        }
     }
     return 0;
+}
+
+void attn_decode_run(void *cc, int tid, int n) {
+    struct dec_ctx { float *q, *k, *v, *o; size_t nk, H, KVH, hd; } *c = cc;
+    size_t lo, hi, groups = c->H / c->KVH, kvw = c->KVH * c->hd;
+    slice_range(c->H, 1, tid, n, &lo, &hi);
+    float scores[4096];
+    for (size_t h = lo; h < hi; h++)
+        vk_attention_head(c->q + h * c->hd, 1, c->H * c->hd, c->k + h / groups * c->hd, c->v + h / groups * c->hd, kvw,
+                          c->hd, c->nk - 1, 1, c->nk, 1.0f / sqrtf((float)c->hd), c->o + h * c->hd, c->H * c->hd, scores);
 }
 
 void attn_run(void *cc, int tid, int n) {

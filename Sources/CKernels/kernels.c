@@ -2823,6 +2823,127 @@ VK_AMX static void attention_amx(const float *q, size_t nq, size_t q_stride, con
     _tile_release();
 }
 
+// ---- Attention of one query row (decode): scores, softmax and P V in registers -----------------------------------
+// Decode attends with one query per head against the whole cache. One vk_dot and one vk_axpy per key (a call, a
+// horizontal add, and the output row loaded and stored again for every key) took a tenth of a q4 decode step at
+// 160 keys. Here the query stays in registers, 16 (AVX-512) or 8 (AVX2) keys' dot products are reduced together by
+// one transpose-and-add tree, and the output accumulates in registers across all keys (two sets, even and odd keys,
+// so consecutive FMAs do not wait on each other). Same math as the scalar loop of vk_attention_head; only the order
+// of the f32 sums differs.
+#define VK_ATT_ROW_MAX_HD 128
+
+// Lane t of the result: the sum of the 16 lanes of p[t].
+VK_AVX512 static inline __m512 reduce16_avx512(const __m512 p[16]) {
+    __m512 r[4];
+    for (int m = 0; m < 4; m++) {
+        const __m512 *a = p + 4 * m;
+        // per 128-bit block: [a0 b0 a1 b1] + [a2 b2 a3 b3], then the 64-bit halves of two such pairs
+        __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a[0], a[1]), _mm512_unpackhi_ps(a[0], a[1]));
+        __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(a[2], a[3]), _mm512_unpackhi_ps(a[2], a[3]));
+        r[m] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(ab), _mm512_castps_pd(cd))),
+                             _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(ab), _mm512_castps_pd(cd))));
+    }
+    // r[m]'s 128-bit block L: keys 4m .. 4m + 3 summed over columns 4L .. 4L + 3 of each 16; add the four blocks
+    __m512 t01 = _mm512_add_ps(_mm512_shuffle_f32x4(r[0], r[1], 0x44), _mm512_shuffle_f32x4(r[0], r[1], 0xee));
+    __m512 t23 = _mm512_add_ps(_mm512_shuffle_f32x4(r[2], r[3], 0x44), _mm512_shuffle_f32x4(r[2], r[3], 0xee));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(t01, t23, 0x88), _mm512_shuffle_f32x4(t01, t23, 0xdd));
+}
+
+// head_dim a multiple of 16, at most VK_ATT_ROW_MAX_HD.
+VK_AVX512 static void attention_row_avx512(const float *qi, const float *k, const float *v, size_t kv_stride,
+                                           size_t hd, size_t nk, float scale, float *oi, float *scores) {
+    const size_t nv = hd / 16;
+    __m512 qv[VK_ATT_ROW_MAX_HD / 16];
+    for (size_t c = 0; c < nv; c++) qv[c] = _mm512_loadu_ps(qi + 16 * c);
+    const __m512 sv = _mm512_set1_ps(scale);
+    size_t j = 0;
+    for (; j + 16 <= nk; j += 16) {
+        __m512 p[16];
+        for (int t = 0; t < 16; t++) {
+            const float *kr = k + (j + t) * kv_stride;
+            __m512 a = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kr));
+            for (size_t c = 1; c < nv; c++) a = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(kr + 16 * c), a);
+            p[t] = a;
+        }
+        _mm512_storeu_ps(scores + j, _mm512_mul_ps(reduce16_avx512(p), sv));
+    }
+    for (; j < nk; j++) {
+        const float *kr = k + j * kv_stride;
+        __m512 a = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kr));
+        for (size_t c = 1; c < nv; c++) a = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(kr + 16 * c), a);
+        scores[j] = _mm512_reduce_add_ps(a) * scale;
+    }
+    vk_softmax(scores, nk);
+    __m512 o0[VK_ATT_ROW_MAX_HD / 16], o1[VK_ATT_ROW_MAX_HD / 16];
+    for (size_t c = 0; c < nv; c++) o0[c] = o1[c] = _mm512_setzero_ps();
+    j = 0;
+    for (; j + 2 <= nk; j += 2) {
+        const float *v0 = v + j * kv_stride, *v1 = v0 + kv_stride;
+        __m512 p0 = _mm512_set1_ps(scores[j]), p1 = _mm512_set1_ps(scores[j + 1]);
+        for (size_t c = 0; c < nv; c++) {
+            o0[c] = _mm512_fmadd_ps(p0, _mm512_loadu_ps(v0 + 16 * c), o0[c]);
+            o1[c] = _mm512_fmadd_ps(p1, _mm512_loadu_ps(v1 + 16 * c), o1[c]);
+        }
+    }
+    if (j < nk) {
+        __m512 p0 = _mm512_set1_ps(scores[j]);
+        for (size_t c = 0; c < nv; c++) o0[c] = _mm512_fmadd_ps(p0, _mm512_loadu_ps(v + j * kv_stride + 16 * c), o0[c]);
+    }
+    for (size_t c = 0; c < nv; c++) _mm512_storeu_ps(oi + 16 * c, _mm512_add_ps(o0[c], o1[c]));
+}
+
+// Lane t of the result: the sum of the 8 lanes of p[t].
+VK_AVX2 static inline __m256 reduce8_avx2(const __m256 p[8]) {
+    __m256 r[2];
+    for (int m = 0; m < 2; m++) {
+        const __m256 *a = p + 4 * m;
+        __m256 ab = _mm256_add_ps(_mm256_unpacklo_ps(a[0], a[1]), _mm256_unpackhi_ps(a[0], a[1]));
+        __m256 cd = _mm256_add_ps(_mm256_unpacklo_ps(a[2], a[3]), _mm256_unpackhi_ps(a[2], a[3]));
+        r[m] = _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(ab), _mm256_castps_pd(cd))),
+                             _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(ab), _mm256_castps_pd(cd))));
+    }
+    // r[m]'s 128-bit half L: keys 4m .. 4m + 3 over columns 4L .. 4L + 3 of each 8
+    return _mm256_add_ps(_mm256_permute2f128_ps(r[0], r[1], 0x20), _mm256_permute2f128_ps(r[0], r[1], 0x31));
+}
+
+// head_dim a multiple of 8, at most VK_ATT_ROW_MAX_HD. With 16 ymm registers the query is read from L1 (a second
+// load per FMA) rather than kept in registers.
+VK_AVX2 static void attention_row_avx2(const float *qi, const float *k, const float *v, size_t kv_stride, size_t hd,
+                                       size_t nk, float scale, float *oi, float *scores) {
+    const size_t nv = hd / 8;
+    const __m256 sv = _mm256_set1_ps(scale);
+    size_t j = 0;
+    for (; j + 8 <= nk; j += 8) {
+        __m256 p[8];
+        for (int t = 0; t < 8; t++) {
+            const float *kr = k + (j + t) * kv_stride;
+            __m256 a = _mm256_mul_ps(_mm256_loadu_ps(qi), _mm256_loadu_ps(kr));
+            for (size_t c = 1; c < nv; c++) a = _mm256_fmadd_ps(_mm256_loadu_ps(qi + 8 * c), _mm256_loadu_ps(kr + 8 * c), a);
+            p[t] = a;
+        }
+        _mm256_storeu_ps(scores + j, _mm256_mul_ps(reduce8_avx2(p), sv));
+    }
+    for (; j < nk; j++) {
+        const float *kr = k + j * kv_stride;
+        __m256 a = _mm256_mul_ps(_mm256_loadu_ps(qi), _mm256_loadu_ps(kr));
+        for (size_t c = 1; c < nv; c++) a = _mm256_fmadd_ps(_mm256_loadu_ps(qi + 8 * c), _mm256_loadu_ps(kr + 8 * c), a);
+        scores[j] = hsum256(a) * scale;
+    }
+    vk_softmax(scores, nk);
+    // P V: the output in registers while it fits (64 columns: 8 ymm), else 64-column strips one after another
+    for (size_t c0 = 0; c0 < nv; c0 += 8) {
+        size_t w = nv - c0 < 8 ? nv - c0 : 8;
+        __m256 o[8];
+        for (size_t c = 0; c < w; c++) o[c] = _mm256_setzero_ps();
+        for (j = 0; j < nk; j++) {
+            const float *vr = v + j * kv_stride + 8 * c0;
+            __m256 pj = _mm256_set1_ps(scores[j]);
+            for (size_t c = 0; c < w; c++) o[c] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr + 8 * c), o[c]);
+        }
+        for (size_t c = 0; c < w; c++) _mm256_storeu_ps(oi + 8 * (c0 + c), o[c]);
+    }
+}
+
 #endif  // VK_X86
 
 void vk_attention_head_bf16(const float *q, size_t nq, size_t q_stride, const float *k, const float *v,
@@ -2861,6 +2982,18 @@ void vk_attention_head(const float *q, size_t nq, size_t q_stride, const float *
         const float *qi = q + i * q_stride;
         size_t nk = causal ? q_pos0 + i + 1 : n_keys;
         if (nk > n_keys) nk = n_keys;
+#if VK_X86
+        if (nk > 0 && head_dim <= VK_ATT_ROW_MAX_HD) {
+            if (use_avx512() && head_dim % 16 == 0) {
+                attention_row_avx512(qi, k, v, kv_stride, head_dim, nk, scale, out + i * out_stride, scores);
+                continue;
+            }
+            if (use_avx2() && head_dim % 8 == 0) {
+                attention_row_avx2(qi, k, v, kv_stride, head_dim, nk, scale, out + i * out_stride, scores);
+                continue;
+            }
+        }
+#endif
         for (size_t j = 0; j < nk; j++) scores[j] = vk_dot(qi, k + j * kv_stride, head_dim) * scale;
         vk_softmax(scores, nk);
         float *oi = out + i * out_stride;

@@ -259,13 +259,15 @@ final class KernelTests: XCTestCase {
 
     /// The blocked attention (several queries through the GEMM tile) against the per-query scalar loop: causal and
     /// bidirectional, with and without cached keys before the block, odd head sizes, strides wider than the rows.
+    /// Fewer than 4 queries take the one-row kernels (head sizes that are multiples of 8 / 16 up to 128, keys in
+    /// blocks of 8 / 16 and a tail: 17 and 41 cached keys), 136 the scalar loop.
     func testAttentionMatchesScalarForOddShapes() {
         forEachSIMDLevel { level in
             var seed: UInt64 = 5
-            for hd in [1, 8, 12, 64, 72] {
+            for hd in [1, 8, 12, 16, 64, 72, 128, 136] {
                 for nq in [1, 3, 4, 5, 7, 13, 33, 50, 130] {
                     for causal in [false, true] {
-                        for cached in [0, 17] {
+                        for cached in [0, 17, 41] {
                             let nKeys = causal ? cached + nq : nq + cached / 3
                             let qs = 3 * hd + 1, kvs = 2 * hd + 3, os = hd + 5
                             let q = randoms(nq * qs, seed: &seed).map { 3 * $0 }
