@@ -339,6 +339,9 @@ int main(int argc, char **argv) {
         for (size_t s = 0; s < nshapes; s++) {
             if (shape_filter && !strstr(shapes[s].what, shape_filter)) continue;
             for (size_t d = 0; d < 3; d++) {
+                // GB_DTYPE=f32|bf16|f16: that weight type only (profiling one case)
+                const char *only_dt = getenv("GB_DTYPE");
+                if (only_dt && strcmp(only_dt, dt_name(dts[d]))) continue;
                 size_t T = shapes[s].T, K = shapes[s].K, N = shapes[s].N;
                 mm_job j;
                 memset(&j, 0, sizeof j);
@@ -454,24 +457,41 @@ int main(int argc, char **argv) {
             float *o = malloc(H * hd * 4);
             for (size_t i = 0; i < H * hd; i++) q[i] = frand();
             for (size_t i = 0; i < nk * KVH * hd; i++) { k[i] = frand(); v[i] = frand(); }
-            struct dec_ctx { float *q, *k, *v, *o; size_t nk, H, KVH, hd; } c = {q, k, v, o, nk, H, KVH, hd};
-            void attn_decode_run(void *cc, int tid, int n);
-            double sec = time_job(attn_decode_run, &c, runs, 0.2);
-            char what[64];
-            snprintf(what, sizeof what, "decode 1 x 15 heads, %zu keys", nk);
-            printf("%-32s %9.3f us %9.1f GB/s of K and V (x 32 layers: %.3f ms per token)\n", what, sec * 1e6,
-                   2.0 * nk * KVH * hd * 4 / sec / 1e9, 32 * sec * 1e3);
+            for (int grouped = 0; grouped < 2; grouped++) {
+#ifdef VK_OLD_API
+                if (grouped) break;
+#endif
+                struct dec_ctx { float *q, *k, *v, *o; size_t nk, H, KVH, hd; int grouped; } c = {q, k, v, o, nk, H, KVH, hd, grouped};
+                void attn_decode_run(void *cc, int tid, int n);
+                double sec = time_job(attn_decode_run, &c, runs, 0.2);
+                char what[64];
+                snprintf(what, sizeof what, "decode 1 x 15 heads, %zu keys%s", nk, grouped ? ", grouped" : "");
+                printf("%-36s %9.3f us %9.1f GB/s of K and V (x 32 layers: %.3f ms per token)\n", what, sec * 1e6,
+                       2.0 * nk * KVH * hd * 4 / sec / 1e9, 32 * sec * 1e3);
+            }
             free(q); free(k); free(v); free(o);
         }
     }
     return 0;
 }
 
+// Query heads split across threads as LlamaModel splits them; grouped: each run of heads on one KV head in one call.
 void attn_decode_run(void *cc, int tid, int n) {
-    struct dec_ctx { float *q, *k, *v, *o; size_t nk, H, KVH, hd; } *c = cc;
+    struct dec_ctx { float *q, *k, *v, *o; size_t nk, H, KVH, hd; int grouped; } *c = cc;
     size_t lo, hi, groups = c->H / c->KVH, kvw = c->KVH * c->hd;
     slice_range(c->H, 1, tid, n, &lo, &hi);
-    float scores[4096];
+    static _Thread_local float scores[8 * 4096];
+#ifndef VK_OLD_API
+    if (c->grouped) {
+        for (size_t h = lo; h < hi;) {
+            size_t g = h / groups, end = (g + 1) * groups < hi ? (g + 1) * groups : hi;
+            vk_attention_decode_group(c->q + h * c->hd, end - h, c->hd, c->k + g * c->hd, c->v + g * c->hd, kvw, c->hd,
+                                      c->nk, 1.0f / sqrtf((float)c->hd), c->o + h * c->hd, c->hd, scores);
+            h = end;
+        }
+        return;
+    }
+#endif
     for (size_t h = lo; h < hi; h++)
         vk_attention_head(c->q + h * c->hd, 1, c->H * c->hd, c->k + h / groups * c->hd, c->v + h / groups * c->hd, kvw,
                           c->hd, c->nk - 1, 1, c->nk, 1.0f / sqrtf((float)c->hd), c->o + h * c->hd, c->H * c->hd, scores);

@@ -2849,47 +2849,82 @@ VK_AVX512 static inline __m512 reduce16_avx512(const __m512 p[16]) {
     return _mm512_add_ps(_mm512_shuffle_f32x4(t01, t23, 0x88), _mm512_shuffle_f32x4(t01, t23, 0xdd));
 }
 
-// head_dim a multiple of 16, at most VK_ATT_ROW_MAX_HD.
-VK_AVX512 static void attention_row_avx512(const float *qi, const float *k, const float *v, size_t kv_stride,
-                                           size_t hd, size_t nk, float scale, float *oi, float *scores) {
-    const size_t nv = hd / 16;
-    __m512 qv[VK_ATT_ROW_MAX_HD / 16];
-    for (size_t c = 0; c < nv; c++) qv[c] = _mm512_loadu_ps(qi + 16 * c);
+// `nh` query heads (at most VK_ATT_GROUP_MAX) against the same keys and values (grouped-query attention: the heads of
+// one KV head), one query row each; head h's query at q + h * qhs, its output at out + h * ohs, its scores at
+// scores + h * nk. Each block of 16 keys (and of values) is read from L2 / memory once and by the other heads from L1.
+// Head by head the operations are those of one head alone, in the same order, so a group's outputs equal nh calls
+// with one head bit for bit. head_dim a multiple of 16, at most VK_ATT_ROW_MAX_HD.
+#define VK_ATT_GROUP_MAX 8
+// NV = head_dim / 16, a constant in each instantiation so the column loops unroll and the query and output stay in
+// registers. The keys (values) two blocks ahead are prefetched: rows kv_stride apart are not a stream the hardware
+// prefetcher follows.
+VK_AVX512 static inline __attribute__((always_inline)) void attention_group_body(
+    const size_t NV, const float *q, size_t nh, size_t qhs, const float *k, const float *v, size_t kv_stride,
+    size_t nk, float scale, float *out, size_t ohs, float *scores) {
+    const size_t nv = NV;
     const __m512 sv = _mm512_set1_ps(scale);
     size_t j = 0;
     for (; j + 16 <= nk; j += 16) {
-        __m512 p[16];
-        for (int t = 0; t < 16; t++) {
-            const float *kr = k + (j + t) * kv_stride;
-            __m512 a = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kr));
-            for (size_t c = 1; c < nv; c++) a = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(kr + 16 * c), a);
-            p[t] = a;
-        }
-        _mm512_storeu_ps(scores + j, _mm512_mul_ps(reduce16_avx512(p), sv));
-    }
-    for (; j < nk; j++) {
-        const float *kr = k + j * kv_stride;
-        __m512 a = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kr));
-        for (size_t c = 1; c < nv; c++) a = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(kr + 16 * c), a);
-        scores[j] = _mm512_reduce_add_ps(a) * scale;
-    }
-    vk_softmax(scores, nk);
-    __m512 o0[VK_ATT_ROW_MAX_HD / 16], o1[VK_ATT_ROW_MAX_HD / 16];
-    for (size_t c = 0; c < nv; c++) o0[c] = o1[c] = _mm512_setzero_ps();
-    j = 0;
-    for (; j + 2 <= nk; j += 2) {
-        const float *v0 = v + j * kv_stride, *v1 = v0 + kv_stride;
-        __m512 p0 = _mm512_set1_ps(scores[j]), p1 = _mm512_set1_ps(scores[j + 1]);
-        for (size_t c = 0; c < nv; c++) {
-            o0[c] = _mm512_fmadd_ps(p0, _mm512_loadu_ps(v0 + 16 * c), o0[c]);
-            o1[c] = _mm512_fmadd_ps(p1, _mm512_loadu_ps(v1 + 16 * c), o1[c]);
+        if (j + 48 <= nk)
+            for (int t = 0; t < 16; t++)
+                for (size_t c = 0; c < nv; c += 4) _mm_prefetch((const char *)(k + (j + 32 + t) * kv_stride + 16 * c), _MM_HINT_T0);
+        for (size_t h = 0; h < nh; h++) {
+            const float *qh = q + h * qhs;
+            __m512 qv[VK_ATT_ROW_MAX_HD / 16];
+            for (size_t c = 0; c < nv; c++) qv[c] = _mm512_loadu_ps(qh + 16 * c);
+            __m512 p[16];
+            for (int t = 0; t < 16; t++) {
+                const float *kr = k + (j + t) * kv_stride;
+                __m512 a = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kr));
+                for (size_t c = 1; c < nv; c++) a = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(kr + 16 * c), a);
+                p[t] = a;
+            }
+            _mm512_storeu_ps(scores + h * nk + j, _mm512_mul_ps(reduce16_avx512(p), sv));
         }
     }
-    if (j < nk) {
-        __m512 p0 = _mm512_set1_ps(scores[j]);
-        for (size_t c = 0; c < nv; c++) o0[c] = _mm512_fmadd_ps(p0, _mm512_loadu_ps(v + j * kv_stride + 16 * c), o0[c]);
+    for (; j < nk; j++)
+        for (size_t h = 0; h < nh; h++) {
+            const float *qh = q + h * qhs, *kr = k + j * kv_stride;
+            __m512 a = _mm512_mul_ps(_mm512_loadu_ps(qh), _mm512_loadu_ps(kr));
+            for (size_t c = 1; c < nv; c++) a = _mm512_fmadd_ps(_mm512_loadu_ps(qh + 16 * c), _mm512_loadu_ps(kr + 16 * c), a);
+            scores[h * nk + j] = _mm512_reduce_add_ps(a) * scale;
+        }
+    for (size_t h = 0; h < nh; h++) vk_softmax(scores + h * nk, nk);
+    // P V head by head over all keys, the output in registers (two sets: even and odd keys); the group's values
+    // come from L2 for the heads after the first
+    for (size_t h = 0; h < nh; h++) {
+        const float *sh = scores + h * nk;
+        __m512 o0[VK_ATT_ROW_MAX_HD / 16], o1[VK_ATT_ROW_MAX_HD / 16];
+        for (size_t c = 0; c < nv; c++) o0[c] = o1[c] = _mm512_setzero_ps();
+        for (j = 0; j + 2 <= nk; j += 2) {
+            const float *v0 = v + j * kv_stride, *v1 = v0 + kv_stride;
+            if (h == 0 && j + 34 <= nk)
+                for (size_t c = 0; c < nv; c += 4) {
+                    _mm_prefetch((const char *)(v0 + 32 * kv_stride + 16 * c), _MM_HINT_T0);
+                    _mm_prefetch((const char *)(v1 + 32 * kv_stride + 16 * c), _MM_HINT_T0);
+                }
+            __m512 p0 = _mm512_set1_ps(sh[j]), p1 = _mm512_set1_ps(sh[j + 1]);
+            for (size_t c = 0; c < nv; c++) {
+                o0[c] = _mm512_fmadd_ps(p0, _mm512_loadu_ps(v0 + 16 * c), o0[c]);
+                o1[c] = _mm512_fmadd_ps(p1, _mm512_loadu_ps(v1 + 16 * c), o1[c]);
+            }
+        }
+        if (j < nk) {
+            __m512 p0 = _mm512_set1_ps(sh[j]);
+            for (size_t c = 0; c < nv; c++) o0[c] = _mm512_fmadd_ps(p0, _mm512_loadu_ps(v + j * kv_stride + 16 * c), o0[c]);
+        }
+        for (size_t c = 0; c < nv; c++) _mm512_storeu_ps(out + h * ohs + 16 * c, _mm512_add_ps(o0[c], o1[c]));
     }
-    for (size_t c = 0; c < nv; c++) _mm512_storeu_ps(oi + 16 * c, _mm512_add_ps(o0[c], o1[c]));
+}
+
+VK_AVX512 static void attention_group_avx512(const float *q, size_t nh, size_t qhs, const float *k, const float *v,
+                                             size_t kv_stride, size_t hd, size_t nk, float scale, float *out,
+                                             size_t ohs, float *scores) {
+    switch (hd / 16) {  // head sizes 64 (SmolLM2, SmolVLM, Qwen2-0.5B) and 128 unrolled; the rest by one body
+    case 4: attention_group_body(4, q, nh, qhs, k, v, kv_stride, nk, scale, out, ohs, scores); break;
+    case 8: attention_group_body(8, q, nh, qhs, k, v, kv_stride, nk, scale, out, ohs, scores); break;
+    default: attention_group_body(hd / 16, q, nh, qhs, k, v, kv_stride, nk, scale, out, ohs, scores); break;
+    }
 }
 
 // Lane t of the result: the sum of the 8 lanes of p[t].
@@ -2985,7 +3020,7 @@ void vk_attention_head(const float *q, size_t nq, size_t q_stride, const float *
 #if VK_X86
         if (nk > 0 && head_dim <= VK_ATT_ROW_MAX_HD) {
             if (use_avx512() && head_dim % 16 == 0) {
-                attention_row_avx512(qi, k, v, kv_stride, head_dim, nk, scale, out + i * out_stride, scores);
+                attention_group_avx512(qi, 1, 0, k, v, kv_stride, head_dim, nk, scale, out + i * out_stride, 0, scores);
                 continue;
             }
             if (use_avx2() && head_dim % 8 == 0) {
@@ -3000,6 +3035,28 @@ void vk_attention_head(const float *q, size_t nq, size_t q_stride, const float *
         memset(oi, 0, head_dim * sizeof(float));
         for (size_t j = 0; j < nk; j++) vk_axpy(scores[j], v + j * kv_stride, oi, head_dim);
     }
+}
+
+void vk_attention_decode_group(const float *q, size_t heads, size_t q_head_stride, const float *k, const float *v,
+                               size_t kv_stride, size_t head_dim, size_t n_keys, float scale, float *out,
+                               size_t out_head_stride, float *scores) {
+    if (n_keys == 0) {  // nothing to attend to: zeros, as vk_attention_head
+        for (size_t h = 0; h < heads; h++) memset(out + h * out_head_stride, 0, head_dim * sizeof(float));
+        return;
+    }
+#if VK_X86
+    if (use_avx512() && head_dim % 16 == 0 && head_dim <= VK_ATT_ROW_MAX_HD) {
+        for (size_t h0 = 0; h0 < heads; h0 += VK_ATT_GROUP_MAX) {
+            size_t nh = heads - h0 < VK_ATT_GROUP_MAX ? heads - h0 : VK_ATT_GROUP_MAX;
+            attention_group_avx512(q + h0 * q_head_stride, nh, q_head_stride, k, v, kv_stride, head_dim, n_keys, scale,
+                                   out + h0 * out_head_stride, out_head_stride, scores);
+        }
+        return;
+    }
+#endif
+    for (size_t h = 0; h < heads; h++)
+        vk_attention_head(q + h * q_head_stride, 1, 0, k, v, kv_stride, head_dim, n_keys - 1, 1, n_keys, scale,
+                          out + h * out_head_stride, 0, scores);
 }
 
 #if VK_X86

@@ -246,7 +246,7 @@ public final class LlamaModel: LanguageModel, @unchecked Sendable {
         cache.reserve(rows)
         let ws = workspace
         ws.reserve(rows: rows, hidden: d, qWidth: qWidth, kvWidth: kvWidth, intermediate: config.intermediateSize,
-                   keys: p0 + rows, threads: pool.threadCount)
+                   scores: (p0 + rows) * heads / kvHeads, threads: pool.threadCount)
         let x = ws.x, xn = ws.normed, q = ws.q, att = ws.attention, gate = ws.gate, up = ws.up, out = ws.out
         x.update(from: embeddings, count: rows * d)
         let scale = 1 / Float(hd).squareRoot()
@@ -270,6 +270,18 @@ public final class LlamaModel: LanguageModel, @unchecked Sendable {
             let attention = layer.q.bf16Products ? vk_attention_head_bf16 : vk_attention_head
             pool.parallelRanges(heads) { thread, range in
                 let scores = ws.scores(thread)
+                if rows == 1 {
+                    // Decode: each run of query heads on one KV head in one call, which reads those keys and
+                    // values once (bf16 attention is the f32 kernel below 16 queries anyway).
+                    var h = range.lowerBound
+                    while h < range.upperBound {
+                        let g = h / groups, end = min(range.upperBound, (g + 1) * groups)
+                        vk_attention_decode_group(q + h * hd, end - h, hd, keys + g * hd, values + g * hd, kvWidth, hd,
+                                                  p0 + 1, scale, att + h * hd, hd, scores)
+                        h = end
+                    }
+                    return
+                }
                 for h in range {
                     let g = h / groups  // grouped-query attention: query head h reads KV head h / groups
                     attention(q + h * hd, rows, qWidth, keys + g * hd, values + g * hd, kvWidth, hd,
@@ -312,7 +324,8 @@ final class DecoderWorkspace: @unchecked Sendable {
     private var scoreBuffers: [UnsafeMutablePointer<Float>] = []
     private var rows = 0, keys = 0, threads = 0
 
-    func reserve(rows: Int, hidden: Int, qWidth: Int, kvWidth: Int, intermediate: Int, keys: Int, threads: Int) {
+    /// scores: floats of attention scores per thread (keys x the query heads of one KV head, for decode's groups).
+    func reserve(rows: Int, hidden: Int, qWidth: Int, kvWidth: Int, intermediate: Int, scores keys: Int, threads: Int) {
         if rows > self.rows {
             for p in [x, normed, q, attention, gate, up, out] { p.deallocate() }
             x = .allocate(capacity: rows * hidden)

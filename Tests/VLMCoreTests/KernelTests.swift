@@ -292,6 +292,53 @@ final class KernelTests: XCTestCase {
         }
     }
 
+    /// Decode's grouped call (query heads sharing one KV head) is one vk_attention_head call per head, bit for bit:
+    /// groups past the kernel's 8-head chunk, head sizes on and off its 16-column bodies, key counts around its
+    /// 16-key blocks and prefetch distance; the scalar loop must agree within rounding.
+    func testDecodeGroupAttentionEqualsOneHeadAtATime() {
+        forEachSIMDLevel { level in
+            var seed: UInt64 = 23
+            for hd in [8, 16, 64, 72, 128] {
+                for heads in [1, 3, 7, 9] {
+                    for nKeys in [1, 15, 16, 17, 50, 131] {
+                        let qs = hd + 3, kvs = 3 * hd + 1, os = hd + 2
+                        let q = randoms(heads * qs, seed: &seed).map { 3 * $0 }
+                        let k = randoms(nKeys * kvs, seed: &seed).map { 3 * $0 }
+                        let v = randoms(nKeys * kvs, seed: &seed)
+                        let scale = 1 / Float(hd).squareRoot()
+                        var group = [Float](repeating: -777, count: heads * os)
+                        var scores = [Float](repeating: 0, count: heads * nKeys)
+                        vk_attention_decode_group(q, heads, qs, k, v, kvs, hd, nKeys, scale, &group, os, &scores)
+                        var single = [Float](repeating: -777, count: heads * os), scalar = single
+                        for h in 0..<heads {
+                            single.withUnsafeMutableBufferPointer { o in
+                                q.withUnsafeBufferPointer { qb in
+                                    vk_attention_head(qb.baseAddress! + h * qs, 1, qs, k, v, kvs, hd, nKeys - 1, 1, nKeys,
+                                                      scale, o.baseAddress! + h * os, os, &scores)
+                                }
+                            }
+                            vk_force_scalar(1)
+                            scalar.withUnsafeMutableBufferPointer { o in
+                                q.withUnsafeBufferPointer { qb in
+                                    vk_attention_head(qb.baseAddress! + h * qs, 1, qs, k, v, kvs, hd, nKeys - 1, 1, nKeys,
+                                                      scale, o.baseAddress! + h * os, os, &scores)
+                                }
+                            }
+                            vk_force_scalar(0)
+                        }
+                        let what = "\(level) hd\(hd) heads\(heads) keys\(nKeys)"
+                        for h in 0..<heads {
+                            let row = h * os..<(h * os + hd)
+                            XCTAssertEqual(Array(group[row]), Array(single[row]), "\(what): head \(h)")
+                        }
+                        let (ratio, i) = worst(group, scalar) { 2e-6 + 2e-5 * abs(scalar[$0]) }
+                        XCTAssertLessThanOrEqual(ratio, 1, "\(what): against the scalar loop, out[\(i)]")
+                    }
+                }
+            }
+        }
+    }
+
     /// vk_attention_head_bf16 against its definition, in double: q, k, v rounded to bf16; scores exact; weights
     /// e_j = exp(scale s_j - max) over the visible keys, rounded to bf16 for the product with v and summed unrounded
     /// for the divisor. The tolerance covers f32 sums (1e-5 of the sum of |e v|) and the weights that lie so near a

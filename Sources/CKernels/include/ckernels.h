@@ -160,6 +160,14 @@ void vk_attention_head(const float *q, size_t nq, size_t q_stride,
                        size_t q_pos0, int causal, size_t n_keys, float scale,
                        float *out, size_t out_stride, float *scores);
 
+/// Decode attention of `heads` query heads that share one key/value head (grouped-query attention), one query row
+/// each, seeing all n_keys keys (the newest is the query's own): head h's query at q + h * q_head_stride, its output
+/// at out + h * out_head_stride. Equals one vk_attention_head call per head (nq 1, q_pos0 n_keys - 1, causal) bit
+/// for bit, but reads each block of keys and values once for the group. scores: at least heads * n_keys floats.
+void vk_attention_decode_group(const float *q, size_t heads, size_t q_head_stride,
+                               const float *k, const float *v, size_t kv_stride, size_t head_dim,
+                               size_t n_keys, float scale, float *out, size_t out_head_stride, float *scores);
+
 /// vk_attention_head with its two products in bf16 on AMX tiles, where vk_bf16_products_engine() == 2 and nq >= 16
 /// (else exactly vk_attention_head): q, k, v rounded to bf16, scores summed in f32, softmax in f32 (row max, exp,
 /// f32 row sums), the unnormalised weights rounded to bf16 for the product with v, each output row divided by its
