@@ -2851,13 +2851,13 @@ VK_AVX512 static inline __m512 reduce16_avx512(const __m512 p[16]) {
 
 // `nh` query heads (at most VK_ATT_GROUP_MAX) against the same keys and values (grouped-query attention: the heads of
 // one KV head), one query row each; head h's query at q + h * qhs, its output at out + h * ohs, its scores at
-// scores + h * nk. Each block of 16 keys (and of values) is read from L2 / memory once and by the other heads from L1.
+// scores + h * nk. Each block of 16 keys is read from L2 / memory once and by the other heads from L1 (values: see P V).
 // Head by head the operations are those of one head alone, in the same order, so a group's outputs equal nh calls
 // with one head bit for bit. head_dim a multiple of 16, at most VK_ATT_ROW_MAX_HD.
 #define VK_ATT_GROUP_MAX 8
 // NV = head_dim / 16, a constant in each instantiation so the column loops unroll and the query and output stay in
-// registers. The keys (values) two blocks ahead are prefetched: rows kv_stride apart are not a stream the hardware
-// prefetcher follows.
+// registers. Every 64-byte line of the keys (values) two blocks ahead is prefetched: rows kv_stride apart are not a
+// stream the hardware prefetcher follows.
 VK_AVX512 static inline __attribute__((always_inline)) void attention_group_body(
     const size_t NV, const float *q, size_t nh, size_t qhs, const float *k, const float *v, size_t kv_stride,
     size_t nk, float scale, float *out, size_t ohs, float *scores) {
@@ -2867,7 +2867,7 @@ VK_AVX512 static inline __attribute__((always_inline)) void attention_group_body
     for (; j + 16 <= nk; j += 16) {
         if (j + 48 <= nk)
             for (int t = 0; t < 16; t++)
-                for (size_t c = 0; c < nv; c += 4) _mm_prefetch((const char *)(k + (j + 32 + t) * kv_stride + 16 * c), _MM_HINT_T0);
+                for (size_t c = 0; c < nv; c++) _mm_prefetch((const char *)(k + (j + 32 + t) * kv_stride + 16 * c), _MM_HINT_T0);
         for (size_t h = 0; h < nh; h++) {
             const float *qh = q + h * qhs;
             __m512 qv[VK_ATT_ROW_MAX_HD / 16];
@@ -2899,7 +2899,7 @@ VK_AVX512 static inline __attribute__((always_inline)) void attention_group_body
         for (j = 0; j + 2 <= nk; j += 2) {
             const float *v0 = v + j * kv_stride, *v1 = v0 + kv_stride;
             if (h == 0 && j + 34 <= nk)
-                for (size_t c = 0; c < nv; c += 4) {
+                for (size_t c = 0; c < nv; c++) {
                     _mm_prefetch((const char *)(v0 + 32 * kv_stride + 16 * c), _MM_HINT_T0);
                     _mm_prefetch((const char *)(v1 + 32 * kv_stride + 16 * c), _MM_HINT_T0);
                 }

@@ -322,10 +322,10 @@ final class DecoderWorkspace: @unchecked Sendable {
     private(set) var up: UnsafeMutablePointer<Float> = .allocate(capacity: 1)
     private(set) var out: UnsafeMutablePointer<Float> = .allocate(capacity: 1)
     private var scoreBuffers: [UnsafeMutablePointer<Float>] = []
-    private var rows = 0, keys = 0, threads = 0
+    private var rows = 0, scoreFloats = 0, threads = 0
 
     /// scores: floats of attention scores per thread (keys x the query heads of one KV head, for decode's groups).
-    func reserve(rows: Int, hidden: Int, qWidth: Int, kvWidth: Int, intermediate: Int, scores keys: Int, threads: Int) {
+    func reserve(rows: Int, hidden: Int, qWidth: Int, kvWidth: Int, intermediate: Int, scores: Int, threads: Int) {
         if rows > self.rows {
             for p in [x, normed, q, attention, gate, up, out] { p.deallocate() }
             x = .allocate(capacity: rows * hidden)
@@ -337,11 +337,11 @@ final class DecoderWorkspace: @unchecked Sendable {
             out = .allocate(capacity: rows * hidden)
             self.rows = rows
         }
-        if keys > self.keys || threads != self.threads {
+        if scores > scoreFloats || threads != self.threads {
             for p in scoreBuffers { p.deallocate() }
-            let n = max(keys, self.keys * 2)
+            let n = max(scores, scoreFloats * 2)
             scoreBuffers = (0..<threads).map { _ in .allocate(capacity: n) }
-            self.keys = n
+            scoreFloats = n
             self.threads = threads
         }
     }
