@@ -23,6 +23,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <time.h>
 
 #ifndef VK_MATMUL_GRANULARITY
@@ -67,7 +70,10 @@ static void team_start(int n) {
     }
 }
 
+static _Atomic long team_runs;  // calls of team_run so far (mm_run's cold-weights rotation)
+
 static void team_run(job_fn fn, void *ctx) {
+    atomic_fetch_add(&team_runs, 1);
     if (team.n == 1) { fn(ctx, 0, 1); return; }
     team.fn = fn;
     team.ctx = ctx;
@@ -94,6 +100,9 @@ typedef struct {
     size_t T, K, N;
     const void *w;
     vk_dtype dt;
+    vk_qmatrix q;  // q.data set: the weights quantized (q8 / q4 rows), multiplied by vk_matmul_q_ws
+    const void *copies[64];  // GB_COLD_MB: copies of w, one per call in turn, so the weights come from memory
+    int ncopies;
     float *y;
     float *scratch[64];
     size_t scratch_floats[64];
@@ -109,23 +118,26 @@ static void mm_run(void *c, int tid, int n) {
 #ifdef VK_OLD_API
     vk_matmul(j->x, j->T, j->K, j->K, j->w, j->dt, lo, hi, NULL, j->y, j->N, j->scratch[tid]);
 #else
-    if (g_bf16_products)
-        vk_matmul_bf16_ws(j->x, j->T, j->K, j->K, j->w, j->dt, lo, hi, NULL, j->y, j->N, j->scratch[tid], j->scratch_floats[tid]);
+    const void *w = j->ncopies ? j->copies[atomic_load(&team_runs) % j->ncopies] : j->w;
+    if (j->q.data)
+        vk_matmul_q_ws(j->x, j->T, j->K, j->K, &j->q, lo, hi, NULL, j->y, j->N, j->scratch[tid], j->scratch_floats[tid]);
+    else if (g_bf16_products)
+        vk_matmul_bf16_ws(j->x, j->T, j->K, j->K, w, j->dt, lo, hi, NULL, j->y, j->N, j->scratch[tid], j->scratch_floats[tid]);
     else
-        vk_matmul_ws(j->x, j->T, j->K, j->K, j->w, j->dt, lo, hi, NULL, j->y, j->N, j->scratch[tid], j->scratch_floats[tid]);
+        vk_matmul_ws(j->x, j->T, j->K, j->K, w, j->dt, lo, hi, NULL, j->y, j->N, j->scratch[tid], j->scratch_floats[tid]);
 #endif
 }
 
-static size_t scratch_need(size_t T, size_t K, size_t N, int nthreads) {
+static size_t scratch_need(size_t T, size_t K, size_t N, int nthreads, int quantized) {
 #ifdef VK_OLD_API
-    (void)T; (void)N; (void)nthreads;
+    (void)T; (void)N; (void)nthreads; (void)quantized;
     return 4 * K;
 #else
     size_t best = 4 * K;
     for (int t = 0; t < nthreads; t++) {
         size_t lo, hi;
         slice_range(N, VK_MATMUL_GRANULARITY, t, nthreads, &lo, &hi);
-        size_t s = vk_matmul_scratch_floats(T, K, lo, hi);
+        size_t s = quantized ? vk_matmul_q_scratch_floats(T, K, 32, lo, hi) : vk_matmul_scratch_floats(T, K, lo, hi);
         if (s > best) best = s;
     }
     return best;
@@ -272,8 +284,6 @@ static void gemv_one(decode_model *m, int i) {
     team_run(gemv_run, &j);
 }
 
-static const char *dt_name(vk_dtype dt) { return dt == VK_F32 ? "f32" : dt == VK_F16 ? "f16" : "bf16"; }
-
 static void print_mode(const char *what) { printf("\n== %s ==\n", what); }
 
 int main(int argc, char **argv) {
@@ -334,31 +344,83 @@ int main(int argc, char **argv) {
             shapes[0].what = "GB_SHAPE";
             nshapes = 1;
         }
-        vk_dtype dts[] = {VK_F32, VK_BF16, VK_F16};
+        // f32 / bf16 / f16 weights as stored, q8 / q4 quantized from bf16 (vk_quantize_rows, 32-column groups)
+        struct { vk_dtype dt; int bits; const char *name; } dts[] = {
+            {VK_F32, 0, "f32"}, {VK_BF16, 0, "bf16"}, {VK_F16, 0, "f16"}, {VK_BF16, 8, "q8"}, {VK_BF16, 4, "q4"}};
         printf("%-28s %5s %5s %5s %5s %9s %9s %7s\n", "shape", "T", "K", "N", "dtype", "ms", "GFLOP/s", "%peak");
         for (size_t s = 0; s < nshapes; s++) {
             if (shape_filter && !strstr(shapes[s].what, shape_filter)) continue;
-            for (size_t d = 0; d < 3; d++) {
-                // GB_DTYPE=f32|bf16|f16: that weight type only (profiling one case)
+            for (size_t d = 0; d < sizeof dts / sizeof dts[0]; d++) {
+                // GB_DTYPE=f32|bf16|f16|q8|q4: that weight type only (profiling one case)
                 const char *only_dt = getenv("GB_DTYPE");
-                if (only_dt && strcmp(only_dt, dt_name(dts[d]))) continue;
+                if (only_dt && strcmp(only_dt, dts[d].name)) continue;
                 size_t T = shapes[s].T, K = shapes[s].K, N = shapes[s].N;
+#ifdef VK_OLD_API
+                if (dts[d].bits) continue;
+#endif
                 mm_job j;
                 memset(&j, 0, sizeof j);
                 float *x = malloc(T * K * 4);
                 for (size_t i = 0; i < T * K; i++) x[i] = frand();
-                j.x = x; j.T = T; j.K = K; j.N = N; j.dt = dts[d];
-                j.w = make_weights(N * K, dts[d]);
+                j.x = x; j.T = T; j.K = K; j.N = N; j.dt = dts[d].dt;
+                j.w = make_weights(N * K, dts[d].dt);
+#ifndef VK_OLD_API
+                if (dts[d].bits) {
+                    void *data = malloc(vk_qrow_bytes(dts[d].bits, K) * N);
+                    uint16_t *scales = malloc(N * ((K + 31) / 32) * 2);
+                    vk_quantize_rows(j.w, j.dt, K, dts[d].bits, 32, 0, N, data, scales);
+                    j.q = (vk_qmatrix){data, scales, 32, dts[d].bits};
+                }
+#endif
+                // GB_COLD_MB=M: rotate over copies of the weights (M MB in all, at most 64) so that each call reads
+                // them from memory as a model's forward pass does, instead of from the L3 the last call filled
+                const char *cold = getenv("GB_COLD_MB");
+                size_t wbytes = N * K * (dts[d].dt == VK_F32 ? 4 : 2);
+                void *mapped = NULL;
+                size_t mapped_bytes = 0;
+                if (cold && !dts[d].bits && getenv("GB_MAPPED")) {
+                    // GB_MAPPED=1 (with GB_COLD_MB): the copies read from a memory-mapped file in the page cache,
+                    // as the model's checkpoint is (4 KB pages)
+                    size_t want = (size_t)atol(cold) * 1000000 / wbytes + 1, stride = (wbytes + 4095) & ~(size_t)4095;
+                    j.ncopies = want > 64 ? 64 : (int)want;
+                    mapped_bytes = stride * (size_t)j.ncopies;
+                    FILE *f = fopen("/tmp/gemm_bench_weights.bin", "wb");
+                    for (int c = 0; f && c < j.ncopies; c++) {
+                        fwrite(j.w, 1, wbytes, f);
+                        for (size_t z = wbytes; z < stride; z++) fputc(0, f);
+                    }
+                    if (f) fclose(f);
+                    int fd = open("/tmp/gemm_bench_weights.bin", O_RDONLY);
+                    mapped = fd >= 0 ? mmap(NULL, mapped_bytes, PROT_READ, MAP_SHARED, fd, 0) : MAP_FAILED;
+                    if (fd >= 0) close(fd);
+                    if (mapped == MAP_FAILED) { fprintf(stderr, "GB_MAPPED: mmap failed\n"); return 1; }
+                    for (int c = 0; c < j.ncopies; c++) j.copies[c] = (const char *)mapped + stride * (size_t)c;
+                    cold = NULL;
+                }
+                if (cold && !dts[d].bits) {
+                    size_t want = (size_t)atol(cold) * 1000000 / wbytes + 1;
+                    j.ncopies = want > 64 ? 64 : (int)want;
+                    for (int c = 0; c < j.ncopies; c++) {
+                        void *cp = malloc(wbytes);
+                        // GB_SMALL_PAGES=1: 4 KB pages, as a memory-mapped checkpoint has (malloc's may be huge)
+                        if (getenv("GB_SMALL_PAGES")) madvise((void *)(((uintptr_t)cp + 4095) & ~(uintptr_t)4095), wbytes - 4096, MADV_NOHUGEPAGE);
+                        memcpy(cp, j.w, wbytes);
+                        j.copies[c] = cp;
+                    }
+                }
                 j.y = malloc(T * N * 4);
-                size_t need = scratch_need(T, K, N, threads);
+                size_t need = scratch_need(T, K, N, threads, dts[d].bits != 0);
                 for (int t = 0; t < threads; t++) { j.scratch[t] = malloc(need * 4); j.scratch_floats[t] = need; }
                 double sec = time_job(mm_run, &j, runs, 0.2);
                 double gf = 2.0 * T * K * N / sec;
-                printf("%-28s %5zu %5zu %5zu %5s %9.3f %9.1f %6.1f%%\n", shapes[s].what, T, K, N, dt_name(dts[d]),
+                printf("%-28s %5zu %5zu %5zu %5s %9.3f %9.1f %6.1f%%\n", shapes[s].what, T, K, N, dts[d].name,
                        sec * 1e3, gf / 1e9, 100 * gf / peak);
                 fflush(stdout);
                 for (int t = 0; t < threads; t++) free(j.scratch[t]);
                 free(x); free((void *)j.w); free(j.y);
+                free((void *)j.q.data); free((void *)j.q.scales);
+                if (mapped) munmap(mapped, mapped_bytes);
+                else for (int c = 0; c < j.ncopies; c++) free((void *)j.copies[c]);
             }
         }
     }

@@ -531,11 +531,21 @@ VK_AVX2 static void gemv_avx2(const float *x, size_t K, const void *w, vk_dtype 
 static inline size_t div_up(size_t a, size_t b) { return (a + b - 1) / b; }
 static inline size_t round_up(size_t a, size_t b) { return div_up(a, b) * b; }
 
-// K block: split K into equal blocks of at most VK_KC (multiple of 8 where possible).
-static inline size_t gemm_kc(size_t K) {
-    size_t nb = div_up(K, VK_KC);
+// K block: split K into equal blocks of at most `most` (multiple of 8 where possible).
+static inline size_t gemm_kc_most(size_t K, size_t most) {
+    size_t nb = div_up(K, most);
     return round_up(div_up(K, nb), 8);
 }
+static inline size_t gemm_kc(size_t K) { return gemm_kc_most(K, VK_KC); }
+// The AVX-512 tile (12 x 32) takes K blocks of up to VK_KC_WIDE: each K block after the first reads and writes the
+// whole C slice again (a vision fc1 slice of 1024 x 1536 floats is 6 MB, from memory), and the 12 x 32 tile's B
+// pair streams from L2 well at 2 x 64 bytes per 24 FMAs. Zen 5, 2 threads, bf16 weights, alternated: vision fc1
+// (K 768: one block instead of three) 80-82% -> 86-92% of the FMA peak, 128-token gate/up 85 -> 87%; K blocks of
+// 384 and 512 lay between (Benchmarks/README.md, session 23).
+#ifndef VK_KC_WIDE
+#define VK_KC_WIDE 768
+#endif
+static inline size_t gemm_kc_avx2(size_t K, int wide) { return gemm_kc_most(K, wide ? VK_KC_WIDE : VK_KC); }
 // Token block: equal blocks of at most VK_MC tokens, a multiple of VK_MR.
 static inline size_t gemm_mc(size_t T) {
     size_t nb = div_up(T, VK_MC);
@@ -709,7 +719,7 @@ VK_AVX2 static void ukr(size_t mr, size_t kc, const float *a, const float *b, si
 
 // Floats of packing space gemm_avx2 uses (B block, A block, slack for pack_a's overrun and 64-byte alignment).
 static size_t gemm_scratch_floats(size_t T, size_t K, size_t N) {
-    size_t kc = gemm_kc(K), mc = gemm_mc(T);
+    size_t kc = gemm_kc_avx2(K, 1), mc = gemm_mc(T);  // the larger of the two K blocks (VK_KC_WIDE >= VK_KC)
     return kc * round_up(N, VK_NR) + mc * kc + 8 + 16;
 }
 
@@ -744,7 +754,7 @@ VK_AVX2 static void gemm_avx2(const float *x, size_t T, size_t K, size_t ldx, co
     const int wide = use_avx512();
     const size_t np = wide ? 2 : 1, tm = np * VK_MR;  // B panels per step, tokens per tile
     size_t N = n1 - n0, npan = div_up(N, VK_NR);
-    size_t kcb = gemm_kc(K), mcb = gemm_mc(T);
+    size_t kcb = gemm_kc_avx2(K, wide), mcb = gemm_mc(T);
     float *bp = align64(buf);
     float *ap = bp + kcb * npan * VK_NR;
     size_t es = dt == VK_F32 ? 4 : 2;
