@@ -743,8 +743,8 @@ VK_AVX2 static inline void prefetch_panel_part(const void *w, size_t row_bytes, 
 
 VK_AVX512 static void ukr512(size_t mr, int nb, size_t kc, const float *a, const float *b, size_t bstride, float *c,
                              size_t ldc, size_t nr, int accumulate, const float *bias);
-VK_AVX512 static void pack_b_panel512(const void *w, vk_dtype dt, size_t ldw, size_t K, size_t n, size_t k0,
-                                      size_t kc, float *bp);
+VK_AVX512 static void pack_b_panel512(const void *w, vk_dtype dt, size_t ldw, const vk_qmatrix *q, size_t K,
+                                      size_t n, size_t k0, size_t kc, float *bp);
 
 // `q`, when not NULL, replaces w/dt/ldw: panels are dequantized from it instead of converted. With AVX-512 (`wide`)
 // the same packed panels are taken two at a time and the tokens twelve at a time, for ukr512's 12 x 32 tile.
@@ -771,8 +771,9 @@ VK_AVX2 static void gemm_avx2(const float *x, size_t T, size_t K, size_t ldx, co
                 if (first_pass)
                     for (size_t h = 0; h * VK_NR < nr; h++) {
                         size_t left = nr - h * VK_NR;
-                        if (wide && !q && left >= VK_NR)
-                            pack_b_panel512(w, dt, ldw, K, n + h * VK_NR, k0, kc, bj + h * kc * VK_NR);
+                        // quantized: 16-column steps must stay inside one group
+                        if (wide && left >= VK_NR && (!q || (q->group_size % 16 == 0 && k0 % 16 == 0)))
+                            pack_b_panel512(w, dt, ldw, q, K, n + h * VK_NR, k0, kc, bj + h * kc * VK_NR);
                         else
                             pack_b_panel(w, dt, ldw, q, K, n + h * VK_NR, left < VK_NR ? left : VK_NR, k0, kc,
                                          bj + h * kc * VK_NR);
@@ -938,18 +939,40 @@ VK_AVX512 static inline __m512 load16(const void *w, vk_dtype dt, size_t i) {
     }
 }
 
-// pack_b_panel for a full panel of unquantized weights with AVX-512: 16 columns at a time, the 16 rows converted to
-// f32 as they are loaded and transposed in zmm registers (unpack, shuffle within 128-bit lanes, then two rounds of
+// Columns col .. col + 15 of row `row` of a quantized matrix as f32: levels times the group's scale. The 16 columns
+// lie in one group (the caller checks: group_size and col multiples of 16). int4: byte i holds columns 2i (low
+// nibble) and 2i + 1, stored + 8, as q4_levels8 reads them.
+VK_AVX512 static inline __m512 qload16(const vk_qmatrix *q, size_t rb, size_t ng, size_t row, size_t col) {
+    const uint8_t *base = (const uint8_t *)q->data + row * rb;
+    __m128i lv;
+    if (q->bits == 8) {
+        lv = _mm_loadu_si128((const __m128i *)(base + col));
+    } else {
+        const __m128i m = _mm_set1_epi8(0x0f);
+        __m128i v = _mm_loadl_epi64((const __m128i *)(base + col / 2));
+        __m128i lo = _mm_and_si128(v, m), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m);
+        lv = _mm_sub_epi8(_mm_unpacklo_epi8(lo, hi), _mm_set1_epi8(8));
+    }
+    __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lv));
+    return _mm512_mul_ps(f, _mm512_set1_ps(_cvtsh_ss(q->scales[row * ng + col / q->group_size])));
+}
+
+// pack_b_panel for a full panel with AVX-512: 16 columns at a time, the 16 rows converted to f32 (or dequantized)
+// as they are loaded and transposed in zmm registers (unpack, shuffle within 128-bit lanes, then two rounds of
 // 128-bit lane shuffles); the last kc % 16 columns go through pack_b_panel. perf put pack_b_panel's 8 x 8 ymm blocks
-// (a dtype and row test per row) at 9.5% of a 128-token bf16 GEMM on Zen 5.
+// (a dtype and row test per row) at 9.5% of a 128-token bf16 GEMM on Zen 5. q NULL: w of dtype dt (constant per
+// caller); else the quantized matrix q (K columns).
 VK_AVX512 static inline __attribute__((always_inline)) size_t pack_b_panel512_body(const void *w, const vk_dtype dt,
-                                                                                    size_t ldw, size_t n, size_t k0,
+                                                                                    size_t ldw, const vk_qmatrix *q,
+                                                                                    size_t K, size_t n, size_t k0,
                                                                                     size_t kc, float *bp) {
+    size_t ng = q ? qgroups(K, q->group_size) : 0, rb = q ? vk_qrow_bytes(q->bits, K) : 0;
     size_t k = 0;
     for (; k + 16 <= kc; k += 16) {
         __m512 r[16], t[16];  // every loop unrolled, so they stay in registers
 #pragma GCC unroll 16
-        for (int i = 0; i < 16; i++) r[i] = load16(w, dt, (n + (size_t)i) * ldw + k0 + k);
+        for (int i = 0; i < 16; i++)
+            r[i] = q ? qload16(q, rb, ng, n + (size_t)i, k0 + k) : load16(w, dt, (n + (size_t)i) * ldw + k0 + k);
 #pragma GCC unroll 8
         for (int i = 0; i < 16; i += 2) {
             t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
@@ -977,12 +1000,13 @@ VK_AVX512 static inline __attribute__((always_inline)) size_t pack_b_panel512_bo
     return k;
 }
 
-VK_AVX512 static void pack_b_panel512(const void *w, vk_dtype dt, size_t ldw, size_t K, size_t n, size_t k0,
-                                      size_t kc, float *bp) {
-    size_t k = dt == VK_BF16 ? pack_b_panel512_body(w, VK_BF16, ldw, n, k0, kc, bp)
-               : dt == VK_F16 ? pack_b_panel512_body(w, VK_F16, ldw, n, k0, kc, bp)
-                              : pack_b_panel512_body(w, VK_F32, ldw, n, k0, kc, bp);
-    if (k < kc) pack_b_panel(w, dt, ldw, NULL, K, n, VK_NR, k0 + k, kc - k, bp + k * VK_NR);
+VK_AVX512 static void pack_b_panel512(const void *w, vk_dtype dt, size_t ldw, const vk_qmatrix *q, size_t K,
+                                      size_t n, size_t k0, size_t kc, float *bp) {
+    size_t k = q ? pack_b_panel512_body(NULL, VK_F32, 0, q, K, n, k0, kc, bp)
+               : dt == VK_BF16 ? pack_b_panel512_body(w, VK_BF16, ldw, NULL, K, n, k0, kc, bp)
+               : dt == VK_F16 ? pack_b_panel512_body(w, VK_F16, ldw, NULL, K, n, k0, kc, bp)
+                              : pack_b_panel512_body(w, VK_F32, ldw, NULL, K, n, k0, kc, bp);
+    if (k < kc) pack_b_panel(w, dt, ldw, q, K, n, VK_NR, k0 + k, kc - k, bp + k * VK_NR);
 }
 
 // ---- Few tokens with AVX-512 (2..VK_SMALL_T512): dot products against unpacked weights --------------------------
