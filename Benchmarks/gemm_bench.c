@@ -378,28 +378,29 @@ int main(int argc, char **argv) {
                 size_t wbytes = N * K * (dts[d].dt == VK_F32 ? 4 : 2);
                 void *mapped = NULL;
                 size_t mapped_bytes = 0;
-                if (cold && !dts[d].bits && getenv("GB_MAPPED")) {
+                if (cold && !dts[d].bits) {
+                    size_t want = (size_t)atol(cold) * 1000000 / wbytes + 1;
+                    j.ncopies = want > 64 ? 64 : (int)want;
+                }
+                if (j.ncopies && getenv("GB_MAPPED")) {
                     // GB_MAPPED=1 (with GB_COLD_MB): the copies read from a memory-mapped file in the page cache,
                     // as the model's checkpoint is (4 KB pages)
-                    size_t want = (size_t)atol(cold) * 1000000 / wbytes + 1, stride = (wbytes + 4095) & ~(size_t)4095;
-                    j.ncopies = want > 64 ? 64 : (int)want;
+                    const char *path = "/tmp/gemm_bench_weights.bin";
+                    size_t stride = (wbytes + 4095) & ~(size_t)4095;
                     mapped_bytes = stride * (size_t)j.ncopies;
-                    FILE *f = fopen("/tmp/gemm_bench_weights.bin", "wb");
+                    FILE *f = fopen(path, "wb");
                     for (int c = 0; f && c < j.ncopies; c++) {
                         fwrite(j.w, 1, wbytes, f);
                         for (size_t z = wbytes; z < stride; z++) fputc(0, f);
                     }
                     if (f) fclose(f);
-                    int fd = open("/tmp/gemm_bench_weights.bin", O_RDONLY);
+                    int fd = open(path, O_RDONLY);
                     mapped = fd >= 0 ? mmap(NULL, mapped_bytes, PROT_READ, MAP_SHARED, fd, 0) : MAP_FAILED;
                     if (fd >= 0) close(fd);
+                    unlink(path);  // the map keeps the pages
                     if (mapped == MAP_FAILED) { fprintf(stderr, "GB_MAPPED: mmap failed\n"); return 1; }
                     for (int c = 0; c < j.ncopies; c++) j.copies[c] = (const char *)mapped + stride * (size_t)c;
-                    cold = NULL;
-                }
-                if (cold && !dts[d].bits) {
-                    size_t want = (size_t)atol(cold) * 1000000 / wbytes + 1;
-                    j.ncopies = want > 64 ? 64 : (int)want;
+                } else {
                     for (int c = 0; c < j.ncopies; c++) {
                         void *cp = malloc(wbytes);
                         // GB_SMALL_PAGES=1: 4 KB pages, as a memory-mapped checkpoint has (malloc's may be huge)

@@ -572,15 +572,19 @@ VK_AVX2 static inline __m256 q8_levels8(const int8_t *p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
 }
 
+// int4 bytes (the low 8 of v) as 16 int8 levels in column order: byte i holds columns 2i (low nibble) and 2i + 1,
+// stored + 8.
+VK_AVX2 static inline __m128i q4_unpack16(__m128i v) {
+    const __m128i m = _mm_set1_epi8(0x0f);
+    __m128i lo = _mm_and_si128(v, m), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m);
+    return _mm_sub_epi8(_mm_unpacklo_epi8(lo, hi), _mm_set1_epi8(8));
+}
+
 // p: the 4 bytes holding the eight columns; nibbles interleaved back into column order, minus the +8 offset.
 VK_AVX2 static inline __m256 q4_levels8(const uint8_t *p) {
     uint32_t b;
     memcpy(&b, p, 4);
-    const __m128i m = _mm_set1_epi8(0x0f);
-    __m128i v = _mm_cvtsi32_si128((int)b);
-    __m128i lo = _mm_and_si128(v, m), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m);
-    __m128i e = _mm_sub_epi8(_mm_unpacklo_epi8(lo, hi), _mm_set1_epi8(8));
-    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(e));
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q4_unpack16(_mm_cvtsi32_si128((int)b))));
 }
 
 // Packs rows [n, n + nr) (nr <= 16) of W, columns [k0, k0 + kc), transposed: bp[k * 16 + j] = W[n + j, k0 + k] as
@@ -719,7 +723,7 @@ VK_AVX2 static void ukr(size_t mr, size_t kc, const float *a, const float *b, si
 
 // Floats of packing space gemm_avx2 uses (B block, A block, slack for pack_a's overrun and 64-byte alignment).
 static size_t gemm_scratch_floats(size_t T, size_t K, size_t N) {
-    size_t kc = gemm_kc_avx2(K, 1), mc = gemm_mc(T);  // the larger of the two K blocks (VK_KC_WIDE >= VK_KC)
+    size_t kc = gemm_kc_avx2(K, use_avx512()), mc = gemm_mc(T);  // as gemm_avx2 blocks at this level
     return kc * round_up(N, VK_NR) + mc * kc + 8 + 16;
 }
 
@@ -940,19 +944,11 @@ VK_AVX512 static inline __m512 load16(const void *w, vk_dtype dt, size_t i) {
 }
 
 // Columns col .. col + 15 of row `row` of a quantized matrix as f32: levels times the group's scale. The 16 columns
-// lie in one group (the caller checks: group_size and col multiples of 16). int4: byte i holds columns 2i (low
-// nibble) and 2i + 1, stored + 8, as q4_levels8 reads them.
+// lie in one group (the caller checks: group_size and col multiples of 16).
 VK_AVX512 static inline __m512 qload16(const vk_qmatrix *q, size_t rb, size_t ng, size_t row, size_t col) {
     const uint8_t *base = (const uint8_t *)q->data + row * rb;
-    __m128i lv;
-    if (q->bits == 8) {
-        lv = _mm_loadu_si128((const __m128i *)(base + col));
-    } else {
-        const __m128i m = _mm_set1_epi8(0x0f);
-        __m128i v = _mm_loadl_epi64((const __m128i *)(base + col / 2));
-        __m128i lo = _mm_and_si128(v, m), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m);
-        lv = _mm_sub_epi8(_mm_unpacklo_epi8(lo, hi), _mm_set1_epi8(8));
-    }
+    __m128i lv = q->bits == 8 ? _mm_loadu_si128((const __m128i *)(base + col))
+                              : q4_unpack16(_mm_loadl_epi64((const __m128i *)(base + col / 2)));
     __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lv));
     return _mm512_mul_ps(f, _mm512_set1_ps(_cvtsh_ss(q->scales[row * ng + col / q->group_size])));
 }
