@@ -1005,68 +1005,123 @@ VK_AVX512 static void pack_b_panel512(const void *w, vk_dtype dt, size_t ldw, co
     if (k < kc) pack_b_panel(w, dt, ldw, q, K, n, VK_NR, k0 + k, kc - k, bp + k * VK_NR);
 }
 
-// ---- Few tokens with AVX-512 (2..VK_SMALL_T512): dot products against unpacked weights --------------------------
-// Up to two dozen tokens (a follow-up turn's prompt) the packed GEMM spends most of its time converting and
-// packing weights it then uses a handful of times. Here each weight vector is loaded and converted once per group of
-// up to 8 tokens and multiplied into 8 x 2 zmm accumulators (two rows), x's group staying in L1 (so K <=
-// VK_SMALL_K512: 8 x 1024 floats, 32 KB); rows go in blocks of VK_SMALL_ROWS, which stay in L2 while every token
-// group passes over them, so the weights are read from memory once (the first group prefetches them, as the decode
-// bodies do). Intel Xeon (Emerald Rapids), 2 threads, bf16 960 -> 2560 with the weights in cache, packed GEMM -> this:
-// 5 tokens 0.55 -> 0.145 ms, 8 0.61 -> 0.205, 16 0.75 -> 0.41, 32 1.01 -> 0.80, 48 1.27 -> 1.20; with K = 2560 (x's
-// group 80 KB) no faster at 16 tokens, half as fast at 48. In the model (weights from memory, SmolVLM-500M dims) the
-// first token after an 8 / 16 / 24-token prompt came 1.5 / 1.3 / 1.1x sooner, after 32 as soon, after 48 10% later:
-// hence up to 24 tokens (Benchmarks/README.md, session 15).
-#define VK_SMALL_T512 24
+// ---- Up to a few dozen tokens with AVX-512: dot products against unpacked weights -------------------------------
+// A follow-up turn's prompt (tens of tokens) uses each weight a handful of times, and the packed GEMM spends much of
+// its time converting and packing weights. Here each weight vector is loaded and converted once per group of up to 6
+// tokens and multiplied into 6 x 4 zmm accumulators (four rows: per 16 columns 4 weight and 6 x loads for 24 FMAs),
+// x's group staying in L1 (K <= VK_SMALL_K512) or L2; rows go in blocks of VK_SMALL_ROWS, which stay in L2 while every
+// token group passes over them, so the weights are read from memory once (the first group prefetches them, as the
+// decode bodies do). Which tokens counts take it: small512_applies.
+// Session 15 (Xeon): 8 x 2 tiles, up to 24 tokens and K 1024. Session 24 (Zen 5, 2 threads, bf16, weights from
+// memory, gemm_bench GB_COLD_MB): the 8 x 2 tile's dtype and prefetch tests per step (a dozen compares and branches
+// per 16 FMAs) made constants, 6 x 4 tiles and four horizontal sums at a time took 16 x 960 x 2560 from 48 to 62% and
+// in cache from 50 to 83% of the FMA peak; against the packed GEMM, 64 x 960 x 2560 78-80 vs 69%, 96 81 vs 77%, 128
+// even; 64 x 2560 x 960 even, 96 below. f32 weights (twice the bytes per step) only gain up to about 24 tokens.
+#define VK_SMALL_T512 24  // f32 weights (and the bf16 products' lower bound)
 #define VK_SMALL_K512 1024
+#define VK_SMALL_T512_HALF 96      // bf16 / f16 weights, K <= VK_SMALL_K512
+#define VK_SMALL_T512_HALF_WIDE 64 // bf16 / f16 weights, longer rows
 #define VK_SMALL_ROWS 32
-VK_AVX512 static inline __attribute__((always_inline)) void small_tile512(const int TT, const int RR, const float *x,
-                                                                          size_t ldx, size_t K, const void *w,
-                                                                          vk_dtype dt, size_t n, const float *bias,
-                                                                          float *y, size_t ldy, int first) {
-    __m512 acc[8][2];
+#define VK_SMALL_TG 6  // tokens per group (x's rows in L1)
+#define VK_SMALL_RR 4  // weight rows per tile: 6 x 4 zmm accumulators, per step 4 weight and 6 x loads for 24 FMAs
+// The horizontal sums of a, b, c and d, in that order.
+VK_AVX512 static inline __m128 reduce4_512(__m512 a, __m512 b, __m512 c, __m512 d) {
+    // per 128-bit lane: [a0 + a2, a1 + a3, b0 + b2, b1 + b3], likewise c and d
+    __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+    // per lane: [a, b, c, d] partial sums
+    __m512 u = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, 0x44), _mm512_shuffle_ps(ab, cd, 0xEE));
+    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(u), _mm512_extractf32x8_ps(u, 1));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+// dt and pf (prefetch: the first token group streams the rows from memory, later ones find them in L2) are
+// constants of each instantiation: tested per step, they were a dozen compares and branches per 16 FMAs.
+VK_AVX512 static inline __attribute__((always_inline)) void small_tile512(const int TT, const int RR, const vk_dtype dt,
+                                                                          const int pf, const float *x, size_t ldx,
+                                                                          size_t K, const void *w, size_t n,
+                                                                          const float *bias, float *y, size_t ldy) {
+    __m512 acc[VK_SMALL_TG][VK_SMALL_RR];
+#pragma GCC unroll 8
     for (int t = 0; t < TT; t++)
+#pragma GCC unroll 4
         for (int r = 0; r < RR; r++) acc[t][r] = _mm512_setzero_ps();
     size_t K16 = K & ~(size_t)15;
-    size_t es = dt == VK_F32 ? 4 : 2;
+    const size_t es = dt == VK_F32 ? 4 : 2;
+    const char *wb = (const char *)w + n * K * es;
     for (size_t k = 0; k < K16; k += 16) {
-        __m512 wv[2];
+        __m512 wv[VK_SMALL_RR];
+#pragma GCC unroll 4
         for (int r = 0; r < RR; r++) {
-            // the first token group streams the rows from memory (later ones find them in L2)
-            if (first) VK_STREAM_PREFETCH((const char *)w + ((n + r) * K + k) * es);
-            wv[r] = load16(w, dt, (n + r) * K + k);
+            if (pf) VK_STREAM_PREFETCH(wb + ((size_t)r * K + k) * es);
+            wv[r] = load16(w, dt, (n + (size_t)r) * K + k);
         }
+#pragma GCC unroll 8
         for (int t = 0; t < TT; t++) {
-            __m512 xv = _mm512_loadu_ps(x + t * ldx + k);
+            __m512 xv = _mm512_loadu_ps(x + (size_t)t * ldx + k);
+#pragma GCC unroll 4
             for (int r = 0; r < RR; r++) acc[t][r] = _mm512_fmadd_ps(xv, wv[r], acc[t][r]);
         }
     }
+    // Horizontal sums four accumulators at a time (reduce4): a third of the shuffles and adds of one reduction each.
+    float sums[VK_SMALL_TG * VK_SMALL_RR + 4];
+    const int total = TT * RR;
+#pragma GCC unroll 8
+    for (int j = 0; j < total; j += 4) {
+        __m512 z = _mm512_setzero_ps();
+        __m512 a = acc[j / RR][j % RR];
+        __m512 b = j + 1 < total ? acc[(j + 1) / RR][(j + 1) % RR] : z;
+        __m512 c = j + 2 < total ? acc[(j + 2) / RR][(j + 2) % RR] : z;
+        __m512 d = j + 3 < total ? acc[(j + 3) / RR][(j + 3) % RR] : z;
+        _mm_storeu_ps(sums + j, reduce4_512(a, b, c, d));
+    }
     for (int t = 0; t < TT; t++)
         for (int r = 0; r < RR; r++) {
-            float s = _mm512_reduce_add_ps(acc[t][r]);
+            float s = sums[t * RR + r];
             for (size_t k = K16; k < K; k++) s += x[t * ldx + k] * load_w(w, dt, (n + r) * K + k);
             y[t * ldy + n + r] = bias ? s + bias[n + r] : s;
         }
 }
 
-VK_AVX512 static void gemm_small512(const float *x, size_t T, size_t K, size_t ldx, const void *w, vk_dtype dt,
-                                    size_t n0, size_t n1, const float *bias, float *y, size_t ldy) {
+VK_AVX512 static inline __attribute__((always_inline)) void gemm_small512_body(const vk_dtype dt, const float *x,
+                                                                                size_t T, size_t K, size_t ldx,
+                                                                                const void *w, size_t n0, size_t n1,
+                                                                                const float *bias, float *y,
+                                                                                size_t ldy) {
+#define VK_SMALL512_ROWS(TT, PF)                                                                                      \
+    for (n = nb; n + VK_SMALL_RR <= ne; n += VK_SMALL_RR) small_tile512(TT, VK_SMALL_RR, dt, PF, xt, ldx, K, w, n, bias, yt, ldy); \
+    for (; n < ne; n++) small_tile512(TT, 1, dt, PF, xt, ldx, K, w, n, bias, yt, ldy);
 #define VK_SMALL512_CASE(TT)                                                                                          \
     case TT:                                                                                                          \
-        for (n = nb; n + 2 <= ne; n += 2) small_tile512(TT, 2, xt, ldx, K, w, dt, n, bias, yt, ldy, t0 == 0);         \
-        if (n < ne) small_tile512(TT, 1, xt, ldx, K, w, dt, n, bias, yt, ldy, t0 == 0);                               \
+        if (t0 == 0) { VK_SMALL512_ROWS(TT, 1) } else { VK_SMALL512_ROWS(TT, 0) }                                    \
         break;
     for (size_t nb = n0; nb < n1; nb += VK_SMALL_ROWS) {
         size_t ne = nb + VK_SMALL_ROWS < n1 ? nb + VK_SMALL_ROWS : n1, n;
-        for (size_t t0 = 0; t0 < T; t0 += 8) {
+        for (size_t t0 = 0; t0 < T; t0 += VK_SMALL_TG) {
             const float *xt = x + t0 * ldx;
             float *yt = y + t0 * ldy;
-            switch (T - t0 < 8 ? T - t0 : 8) {
+            switch (T - t0 < VK_SMALL_TG ? T - t0 : VK_SMALL_TG) {
             VK_SMALL512_CASE(1) VK_SMALL512_CASE(2) VK_SMALL512_CASE(3) VK_SMALL512_CASE(4)
-            VK_SMALL512_CASE(5) VK_SMALL512_CASE(6) VK_SMALL512_CASE(7) default: VK_SMALL512_CASE(8)
+            VK_SMALL512_CASE(5) default: VK_SMALL512_CASE(6)
             }
         }
     }
 #undef VK_SMALL512_CASE
+#undef VK_SMALL512_ROWS
+}
+
+static inline int small512_applies(size_t T, size_t K, vk_dtype dt) {
+    if (dt == VK_F32) return T <= VK_SMALL_T512 && K <= VK_SMALL_K512;
+    return T <= (K <= VK_SMALL_K512 ? VK_SMALL_T512_HALF : VK_SMALL_T512_HALF_WIDE);
+}
+
+VK_AVX512 static void gemm_small512(const float *x, size_t T, size_t K, size_t ldx, const void *w, vk_dtype dt,
+                                    size_t n0, size_t n1, const float *bias, float *y, size_t ldy) {
+    switch (dt) {
+    case VK_BF16: gemm_small512_body(VK_BF16, x, T, K, ldx, w, n0, n1, bias, y, ldy); break;
+    case VK_F16: gemm_small512_body(VK_F16, x, T, K, ldx, w, n0, n1, bias, y, ldy); break;
+    default: gemm_small512_body(VK_F32, x, T, K, ldx, w, n0, n1, bias, y, ldy); break;
+    }
 }
 
 // The decode GEMV with 512-bit vectors, one row at a time (two accumulators, 32 columns per step): each thread reads
@@ -2566,7 +2621,7 @@ void vk_matmul_ws(const float *x, size_t T, size_t K, size_t ldx, const void *w,
         if (T == 1) {
             if (use_avx512()) gemv_avx512(x, K, w, dtype, n0, n1, bias, y);
             else gemv_avx2(x, K, w, dtype, n0, n1, bias, y);
-        } else if (use_avx512() && T <= VK_SMALL_T512 && K <= VK_SMALL_K512) {
+        } else if (use_avx512() && small512_applies(T, K, dtype)) {
             gemm_small512(x, T, K, ldx, w, dtype, n0, n1, bias, y, ldy);
         } else if (T <= VK_SMALL_T) {
             gemm_small_avx2(x, T, K, ldx, w, dtype, n0, n1, bias, y, ldy);

@@ -60,8 +60,10 @@ final class KernelTests: XCTestCase {
 
     // Token counts, input and output sizes that are not multiples of any block of the kernels (GEMV rows of 4,
     // few-token tiles, the GEMM's 6x16 tile, its K and token blocks).
-    static let oddT = [1, 2, 3, 4, 5, 7, 13, 24, 25, 33, 130]  // 24 / 25: either side of VK_SMALL_T512
-    static let oddK = [1, 7, 63, 257, 960]
+    // 24 / 25, 64 / 65 and 96 / 97: either side of the few-token kernel's limits (small512_applies: f32 up to 24
+    // tokens, bf16 / f16 up to 96, or 64 with K past 1024)
+    static let oddT = [1, 2, 3, 4, 5, 7, 13, 24, 25, 33, 64, 65, 96, 97, 130]
+    static let oddK = [1, 7, 63, 257, 960, 1031]
     static let oddN = [1, 5, 17, 100]
 
     func testMatmulMatchesScalarForEveryDtypeAndOddShape() throws {
