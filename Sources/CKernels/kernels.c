@@ -1021,6 +1021,7 @@ VK_AVX512 static void pack_b_panel512(const void *w, vk_dtype dt, size_t ldw, co
 #define VK_SMALL_K512 1024
 #define VK_SMALL_T512_HALF 96      // bf16 / f16 weights, K <= VK_SMALL_K512
 #define VK_SMALL_T512_HALF_WIDE 64 // bf16 / f16 weights, longer rows
+#define VK_SMALL_T512_Q8 16        // q8 weights
 #define VK_SMALL_ROWS 32
 #define VK_SMALL_TG 6  // tokens per group (x's rows in L1)
 #define VK_SMALL_RR 4  // weight rows per tile: 6 x 4 zmm accumulators, per step 4 weight and 6 x loads for 24 FMAs
@@ -1035,11 +1036,21 @@ VK_AVX512 static inline __m128 reduce4_512(__m512 a, __m512 b, __m512 c, __m512 
     return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 
-// dt and pf (prefetch: the first token group streams the rows from memory, later ones find them in L2) are
-// constants of each instantiation: tested per step, they were a dozen compares and branches per 16 FMAs.
+// 16 quantized levels (QB bits: 8, or 4 as packed nibbles) of a row from column k (a multiple of 16) as f32.
+VK_AVX512 static inline __m512 qlevels16(const int QB, const uint8_t *row, size_t k) {
+    __m128i lv = QB == 8 ? _mm_loadu_si128((const __m128i *)(row + k))
+                         : q4_unpack16(_mm_loadl_epi64((const __m128i *)(row + k / 2)));
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lv));
+}
+
+// dt, QB and pf are constants of each instantiation (tested per step, dt and pf were a dozen compares and branches
+// per 16 FMAs). QB 0: w holds rows of dt; QB 8 / 4: q's rows of levels, one f16 scale per group (a multiple of 16
+// columns), so each step's 16 columns share a scale, refreshed as a group ends. pf: the first token group streams
+// the rows from memory (later ones find them in L2).
 VK_AVX512 static inline __attribute__((always_inline)) void small_tile512(const int TT, const int RR, const vk_dtype dt,
-                                                                          const int pf, const float *x, size_t ldx,
-                                                                          size_t K, const void *w, size_t n,
+                                                                          const int QB, const int pf, const float *x,
+                                                                          size_t ldx, size_t K, const void *w,
+                                                                          const vk_qmatrix *q, size_t n,
                                                                           const float *bias, float *y, size_t ldy) {
     __m512 acc[VK_SMALL_TG][VK_SMALL_RR];
 #pragma GCC unroll 8
@@ -1048,13 +1059,25 @@ VK_AVX512 static inline __attribute__((always_inline)) void small_tile512(const 
         for (int r = 0; r < RR; r++) acc[t][r] = _mm512_setzero_ps();
     size_t K16 = K & ~(size_t)15;
     const size_t es = dt == VK_F32 ? 4 : 2;
-    const char *wb = (const char *)w + n * K * es;
+    const size_t rb = QB ? vk_qrow_bytes(QB, K) : K * es;  // bytes per row
+    const size_t ng = QB ? qgroups(K, q->group_size) : 0, group_steps = QB ? q->group_size / 16 : 0;
+    const uint8_t *wb = QB ? (const uint8_t *)q->data + n * rb : (const uint8_t *)w + n * rb;
+    float scale[VK_SMALL_RR];  // the rows' scales for the current group (broadcast from memory: no registers left)
+    size_t g = 0, steps_left = group_steps;
+    if (QB)
+        for (int r = 0; r < RR; r++) scale[r] = _cvtsh_ss(q->scales[(n + (size_t)r) * ng]);
     for (size_t k = 0; k < K16; k += 16) {
+        if (QB && steps_left-- == 0) {
+            steps_left = group_steps - 1;
+            g++;
+            for (int r = 0; r < RR; r++) scale[r] = _cvtsh_ss(q->scales[(n + (size_t)r) * ng + g]);
+        }
         __m512 wv[VK_SMALL_RR];
 #pragma GCC unroll 4
         for (int r = 0; r < RR; r++) {
-            if (pf) VK_STREAM_PREFETCH(wb + ((size_t)r * K + k) * es);
-            wv[r] = load16(w, dt, (n + (size_t)r) * K + k);
+            if (pf) VK_STREAM_PREFETCH(wb + (size_t)r * rb + (QB ? k * QB / 8 : k * es));
+            wv[r] = QB ? _mm512_mul_ps(qlevels16(QB, wb + (size_t)r * rb, k), _mm512_set1_ps(scale[r]))
+                       : load16(w, dt, (n + (size_t)r) * K + k);
         }
 #pragma GCC unroll 8
         for (int t = 0; t < TT; t++) {
@@ -1078,22 +1101,26 @@ VK_AVX512 static inline __attribute__((always_inline)) void small_tile512(const 
     for (int t = 0; t < TT; t++)
         for (int r = 0; r < RR; r++) {
             float s = sums[t * RR + r];
-            for (size_t k = K16; k < K; k++) s += x[t * ldx + k] * load_w(w, dt, (n + r) * K + k);
+            for (size_t k = K16; k < K; k++)
+                s += x[t * ldx + k] * (QB ? qload(q, K, n + r, k) : load_w(w, dt, (n + r) * K + k));
             y[t * ldy + n + r] = bias ? s + bias[n + r] : s;
         }
 }
 
-VK_AVX512 static inline __attribute__((always_inline)) void gemm_small512_body(const vk_dtype dt, const float *x,
-                                                                                size_t T, size_t K, size_t ldx,
-                                                                                const void *w, size_t n0, size_t n1,
-                                                                                const float *bias, float *y,
-                                                                                size_t ldy) {
+VK_AVX512 static inline __attribute__((always_inline)) void gemm_small512_body(const vk_dtype dt, const int QB,
+                                                                                const int stream,
+                                                                                const float *x, size_t T, size_t K,
+                                                                                size_t ldx, const void *w,
+                                                                                const vk_qmatrix *q, size_t n0,
+                                                                                size_t n1, const float *bias,
+                                                                                float *y, size_t ldy) {
 #define VK_SMALL512_ROWS(TT, PF)                                                                                      \
-    for (n = nb; n + VK_SMALL_RR <= ne; n += VK_SMALL_RR) small_tile512(TT, VK_SMALL_RR, dt, PF, xt, ldx, K, w, n, bias, yt, ldy); \
-    for (; n < ne; n++) small_tile512(TT, 1, dt, PF, xt, ldx, K, w, n, bias, yt, ldy);
+    for (n = nb; n + VK_SMALL_RR <= ne; n += VK_SMALL_RR)                                                             \
+        small_tile512(TT, VK_SMALL_RR, dt, QB, PF, xt, ldx, K, w, q, n, bias, yt, ldy);                               \
+    for (; n < ne; n++) small_tile512(TT, 1, dt, QB, PF, xt, ldx, K, w, q, n, bias, yt, ldy);
 #define VK_SMALL512_CASE(TT)                                                                                          \
     case TT:                                                                                                          \
-        if (t0 == 0) { VK_SMALL512_ROWS(TT, 1) } else { VK_SMALL512_ROWS(TT, 0) }                                    \
+        if (stream && t0 == 0) { VK_SMALL512_ROWS(TT, 1) } else { VK_SMALL512_ROWS(TT, 0) }                          \
         break;
     for (size_t nb = n0; nb < n1; nb += VK_SMALL_ROWS) {
         size_t ne = nb + VK_SMALL_ROWS < n1 ? nb + VK_SMALL_ROWS : n1, n;
@@ -1118,10 +1145,24 @@ static inline int small512_applies(size_t T, size_t K, vk_dtype dt) {
 VK_AVX512 static void gemm_small512(const float *x, size_t T, size_t K, size_t ldx, const void *w, vk_dtype dt,
                                     size_t n0, size_t n1, const float *bias, float *y, size_t ldy) {
     switch (dt) {
-    case VK_BF16: gemm_small512_body(VK_BF16, x, T, K, ldx, w, n0, n1, bias, y, ldy); break;
-    case VK_F16: gemm_small512_body(VK_F16, x, T, K, ldx, w, n0, n1, bias, y, ldy); break;
-    default: gemm_small512_body(VK_F32, x, T, K, ldx, w, n0, n1, bias, y, ldy); break;
+    case VK_BF16: gemm_small512_body(VK_BF16, 0, 1, x, T, K, ldx, w, NULL, n0, n1, bias, y, ldy); break;
+    case VK_F16: gemm_small512_body(VK_F16, 0, 1, x, T, K, ldx, w, NULL, n0, n1, bias, y, ldy); break;
+    default: gemm_small512_body(VK_F32, 0, 1, x, T, K, ldx, w, NULL, n0, n1, bias, y, ldy); break;
     }
+}
+
+// q8 weights with groups a multiple of 16 columns (small512_q_applies), dequantized as loaded.
+// gemm_bench, Zen 5, 2 threads, weights from memory, against the packed GEMM: q8 8 / 16 tokens 960 x 2560 41 -> 56 /
+// 55 -> 65% of the FMA peak, 2560 x 960 at 16 55 -> 65%; 32 tokens 70 -> 63%. int4 levels cost more to unpack (5 ops
+// per 16 columns of a row, before the two conversions) than the 24 FMAs they feed, and lost at every token count
+// (8: 40 -> 27%); dequantizing each block of rows once into L2 and multiplying f32 rows only drew even.
+VK_AVX512 static void gemm_small512_q8(const float *x, size_t T, size_t K, size_t ldx, const vk_qmatrix *q, size_t n0,
+                                       size_t n1, const float *bias, float *y, size_t ldy) {
+    gemm_small512_body(VK_F32, 8, 1, x, T, K, ldx, NULL, q, n0, n1, bias, y, ldy);
+}
+
+static inline int small512_q_applies(size_t T, const vk_qmatrix *q) {
+    return T <= VK_SMALL_T512_Q8 && q->bits == 8 && q->group_size % 16 == 0;
 }
 
 // The decode GEMV with 512-bit vectors, one row at a time (two accumulators, 32 columns per step): each thread reads
@@ -2693,6 +2734,7 @@ void vk_matmul_q_ws(const float *x, size_t T, size_t K, size_t ldx, const vk_qma
         if (qdot_applies(T, K, w) && use_vnni()) gemv_qdot_vnni(x, K, w, n0, n1, bias, y, buf);
         else if (qdot_applies(T, K, w)) gemv_qdot_avx2(x, K, w, n0, n1, bias, y, buf);
         else if (T == 1) gemv_q_avx2(x, K, w, n0, n1, bias, y, buf);
+        else if (use_avx512() && small512_q_applies(T, w)) gemm_small512_q8(x, T, K, ldx, w, n0, n1, bias, y, ldy);
         else gemm_avx2(x, T, K, ldx, NULL, VK_F32, 0, w, n0, n1, bias, y, ldy, buf);
         return;
     }
