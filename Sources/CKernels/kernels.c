@@ -635,8 +635,15 @@ VK_AVX2 static void pack_a(const float *x, size_t ldx, size_t mc, size_t kc, flo
         const float *rows[VK_MR];
         for (size_t i = 0; i < VK_MR; i++) rows[i] = x + (i0 + (i < mr ? i : mr - 1)) * ldx;
         float *dst = ap + i0 * kc;
+        // the next panel's rows, fetched a line per row while this one is packed: each row is one short run (a K
+        // block, ~3 KB), over before the hardware prefetcher has caught on, and the loads waited on L3 (perf,
+        // 1024 x 3072 x 768 on Zen 5: pack_a 6.9-7.1 -> 5.9-6.0% of the samples, 1024 x 768 x 3072 1.8 -> 1.55%)
+        const float *next = i0 + VK_MR < mc ? x + (i0 + VK_MR) * ldx : NULL;
+        size_t next_rows = next ? (mc - i0 - VK_MR < VK_MR ? mc - i0 - VK_MR : VK_MR) : 0;
         size_t k = 0;
         for (; k + 8 <= kc; k += 8) {
+            if ((k & 15) == 0)
+                for (size_t i = 0; i < next_rows; i++) _mm_prefetch((const char *)(next + i * ldx + k), _MM_HINT_T0);
             __m256 r[8];
             for (size_t i = 0; i < VK_MR; i++) r[i] = _mm256_loadu_ps(rows[i] + k);
             r[6] = r[7] = _mm256_setzero_ps();
