@@ -810,51 +810,98 @@ VK_AVX2 static void gemm_avx2(const float *x, size_t T, size_t K, size_t ldx, co
     }
 }
 
-// ---- Few tokens (2..VK_SMALL_T): dot-product kernel, weights converted on the fly ------------------------------
-// With a handful of tokens the product is bound by reading the weights, and packing them would cost more than it
-// saves: TT tokens x RR rows of accumulators, each weight vector loaded and converted once per step.
-#define VK_SMALL_T 4
-VK_AVX2 static inline __attribute__((always_inline)) void small_tile(const int TT, const int RR, const float *x,
-                                                                     size_t ldx, size_t K, const void *w, vk_dtype dt,
-                                                                     size_t n, const float *bias, float *y, size_t ldy) {
-    __m256 acc[4][4];
+// ---- Few tokens (2..VK_SMALL_T with AVX2): dot-product kernel, weights converted on the fly ---------------------
+// With a few tokens the product is bound by reading the weights, and packing them would cost more than it saves:
+// groups of up to 4 tokens x 3 rows of ymm accumulators (12 of the 16 registers; per 8 columns 3 weight and 4 x loads
+// for 12 FMAs), each weight vector loaded and converted once per group, rows in blocks of VK_SMALL_ROWS that stay in
+// L2 while every group passes over them (the first group streams them from memory). dt and pf are constants of each
+// instantiation, as in the AVX-512 body (small_tile512). Session 24, Zen 5 with VLM_SIMD=avx2 (ymm FMA peak 287
+// GFLOP/s, 2 threads), weights from memory, 960 x 2560, against the packed 6 x 16 GEMM: bf16 4 / 8 / 16 / 32 tokens
+// 32 -> 43, 41 -> 60, 61 -> 70, 70 -> 78% of the peak, 64 even; f16 alike; f32 at 8 / 32 29 -> 38, 63 -> 68%, 48
+// even. (It was 2 x 4, 3 x 4 and 4 x 3 tiles for 2-4 tokens without row blocks.)
+#define VK_SMALL_T 32        // AVX2 hosts
+#define VK_SMALL_T_WITH512 4 // AVX-512 hosts, for what small512_applies leaves (f32 rows past 1024 columns)
+#define VK_SMALL_ROWS 32
+// The horizontal sums of a, b, c and d, in that order.
+VK_AVX2 static inline __m128 reduce4_256(__m256 a, __m256 b, __m256 c, __m256 d) {
+    __m256 u = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));  // per 128-bit half: [a, b, c, d]
+    return _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1));
+}
+
+VK_AVX2 static inline __attribute__((always_inline)) void small_tile(const int TT, const int RR, const vk_dtype dt,
+                                                                     const int pf, const float *x, size_t ldx,
+                                                                     size_t K, const void *w, size_t n,
+                                                                     const float *bias, float *y, size_t ldy) {
+    __m256 acc[4][3];
+#pragma GCC unroll 4
     for (int t = 0; t < TT; t++)
+#pragma GCC unroll 3
         for (int r = 0; r < RR; r++) acc[t][r] = _mm256_setzero_ps();
     size_t K8 = K & ~(size_t)7;
     for (size_t k = 0; k < K8; k += 8) {
-        if ((k & 31) == 0)
+        if (pf && (k & 31) == 0)
             for (int r = 0; r < RR; r++) prefetch_row(w, dt, (n + r) * K + k);
-        __m256 wv[4];
+        __m256 wv[3];
+#pragma GCC unroll 3
         for (int r = 0; r < RR; r++) wv[r] = load8(w, dt, (n + r) * K + k);
+#pragma GCC unroll 4
         for (int t = 0; t < TT; t++) {
             __m256 xv = _mm256_loadu_ps(x + t * ldx + k);
+#pragma GCC unroll 3
             for (int r = 0; r < RR; r++) acc[t][r] = _mm256_fmadd_ps(xv, wv[r], acc[t][r]);
         }
     }
+    float sums[4 * 3 + 4];
+    const int total = TT * RR;
+#pragma GCC unroll 4
+    for (int j = 0; j < total; j += 4) {
+        __m256 z = _mm256_setzero_ps();
+        __m256 a = acc[j / RR][j % RR];
+        __m256 b = j + 1 < total ? acc[(j + 1) / RR][(j + 1) % RR] : z;
+        __m256 c = j + 2 < total ? acc[(j + 2) / RR][(j + 2) % RR] : z;
+        __m256 d = j + 3 < total ? acc[(j + 3) / RR][(j + 3) % RR] : z;
+        _mm_storeu_ps(sums + j, reduce4_256(a, b, c, d));
+    }
     for (int t = 0; t < TT; t++)
         for (int r = 0; r < RR; r++) {
-            float s = hsum256(acc[t][r]);
+            float s = sums[t * RR + r];
             for (size_t k = K8; k < K; k++) s += x[t * ldx + k] * load_w(w, dt, (n + r) * K + k);
             y[t * ldy + n + r] = bias ? s + bias[n + r] : s;
         }
 }
 
+VK_AVX2 static inline __attribute__((always_inline)) void gemm_small_avx2_body(const vk_dtype dt, const float *x,
+                                                                                size_t T, size_t K, size_t ldx,
+                                                                                const void *w, size_t n0, size_t n1,
+                                                                                const float *bias, float *y,
+                                                                                size_t ldy) {
+#define VK_SMALL_ROWS_OF(TT, PF)                                                                                      \
+    for (n = nb; n + 3 <= ne; n += 3) small_tile(TT, 3, dt, PF, xt, ldx, K, w, n, bias, yt, ldy);                     \
+    for (; n < ne; n++) small_tile(TT, 1, dt, PF, xt, ldx, K, w, n, bias, yt, ldy);
+#define VK_SMALL_CASE(TT)                                                                                             \
+    case TT:                                                                                                          \
+        if (t0 == 0) { VK_SMALL_ROWS_OF(TT, 1) } else { VK_SMALL_ROWS_OF(TT, 0) }                                     \
+        break;
+    for (size_t nb = n0; nb < n1; nb += VK_SMALL_ROWS) {
+        size_t ne = nb + VK_SMALL_ROWS < n1 ? nb + VK_SMALL_ROWS : n1, n;
+        for (size_t t0 = 0; t0 < T; t0 += 4) {
+            const float *xt = x + t0 * ldx;
+            float *yt = y + t0 * ldy;
+            switch (T - t0 < 4 ? T - t0 : 4) {
+            VK_SMALL_CASE(1) VK_SMALL_CASE(2) VK_SMALL_CASE(3) default: VK_SMALL_CASE(4)
+            }
+        }
+    }
+#undef VK_SMALL_CASE
+#undef VK_SMALL_ROWS_OF
+}
+
 VK_AVX2 static void gemm_small_avx2(const float *x, size_t T, size_t K, size_t ldx, const void *w, vk_dtype dt,
                                     size_t n0, size_t n1, const float *bias, float *y, size_t ldy) {
-    size_t n = n0;
-    switch (T) {
-    case 2:
-        for (; n + 4 <= n1; n += 4) small_tile(2, 4, x, ldx, K, w, dt, n, bias, y, ldy);
-        for (; n < n1; n++) small_tile(2, 1, x, ldx, K, w, dt, n, bias, y, ldy);
-        break;
-    case 3:
-        for (; n + 4 <= n1; n += 4) small_tile(3, 4, x, ldx, K, w, dt, n, bias, y, ldy);
-        for (; n < n1; n++) small_tile(3, 1, x, ldx, K, w, dt, n, bias, y, ldy);
-        break;
-    default:
-        for (; n + 3 <= n1; n += 3) small_tile(4, 3, x, ldx, K, w, dt, n, bias, y, ldy);
-        for (; n < n1; n++) small_tile(4, 1, x, ldx, K, w, dt, n, bias, y, ldy);
-        break;
+    switch (dt) {
+    case VK_BF16: gemm_small_avx2_body(VK_BF16, x, T, K, ldx, w, n0, n1, bias, y, ldy); break;
+    case VK_F16: gemm_small_avx2_body(VK_F16, x, T, K, ldx, w, n0, n1, bias, y, ldy); break;
+    default: gemm_small_avx2_body(VK_F32, x, T, K, ldx, w, n0, n1, bias, y, ldy); break;
     }
 }
 
@@ -1032,7 +1079,6 @@ VK_AVX512 static void pack_b_panel512(const void *w, vk_dtype dt, size_t ldw, co
 #define VK_SMALL_T512_HALF 96      // bf16 / f16 weights, K <= VK_SMALL_K512
 #define VK_SMALL_T512_HALF_WIDE 64 // bf16 / f16 weights, longer rows
 #define VK_SMALL_T512_Q8 16        // q8 weights
-#define VK_SMALL_ROWS 32
 #define VK_SMALL_TG 6  // tokens per group (x's rows in L1)
 #define VK_SMALL_RR 4  // weight rows per tile: 6 x 4 zmm accumulators, per step 4 weight and 6 x loads for 24 FMAs
 // The horizontal sums of a, b, c and d, in that order.
@@ -2652,7 +2698,7 @@ static void matmul_q_neon(const float *x, size_t T, size_t K, size_t ldx, const 
 size_t vk_matmul_scratch_floats(size_t T, size_t K, size_t n0, size_t n1) {
     if (n1 <= n0 || T == 0 || K == 0) return 0;
 #if VK_X86
-    if (T > VK_SMALL_T) return gemm_scratch_floats(T, K, n1 - n0);
+    if (T > VK_SMALL_T_WITH512) return gemm_scratch_floats(T, K, n1 - n0);  // (more than the few-token kernels need)
     return 0;
 #else
     return 4 * K;
@@ -2674,7 +2720,7 @@ void vk_matmul_ws(const float *x, size_t T, size_t K, size_t ldx, const void *w,
             else gemv_avx2(x, K, w, dtype, n0, n1, bias, y);
         } else if (use_avx512() && small512_applies(T, K, dtype)) {
             gemm_small512(x, T, K, ldx, w, dtype, n0, n1, bias, y, ldy);
-        } else if (T <= VK_SMALL_T) {
+        } else if (T <= (use_avx512() ? VK_SMALL_T_WITH512 : VK_SMALL_T)) {
             gemm_small_avx2(x, T, K, ldx, w, dtype, n0, n1, bias, y, ldy);
         } else {
             size_t need = gemm_scratch_floats(T, K, n1 - n0);

@@ -61,8 +61,9 @@ final class KernelTests: XCTestCase {
     // Token counts, input and output sizes that are not multiples of any block of the kernels (GEMV rows of 4,
     // few-token tiles, the GEMM's 6x16 tile, its K and token blocks).
     // 24 / 25, 64 / 65 and 96 / 97: either side of the few-token kernel's limits (small512_applies: f32 up to 24
-    // tokens, bf16 / f16 up to 96, or 64 with K past 1024)
-    static let oddT = [1, 2, 3, 4, 5, 7, 13, 24, 25, 33, 64, 65, 96, 97, 130]
+    // tokens, bf16 / f16 up to 96, or 64 with K past 1024); 4 / 5 and 32 / 33 of the AVX2 one (VK_SMALL_T_WITH512,
+    // VK_SMALL_T)
+    static let oddT = [1, 2, 3, 4, 5, 7, 13, 24, 25, 32, 33, 64, 65, 96, 97, 130]
     static let oddK = [1, 7, 63, 257, 960, 1031]
     static let oddN = [1, 5, 17, 100]
 
