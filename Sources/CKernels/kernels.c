@@ -2327,6 +2327,21 @@ VK_AVX512 static inline __m512 exp512_nonpos(__m512 x) {
     return _mm512_scalef_ps(y, fx);
 }
 
+// 2^t for softmax arguments (t <= 0, or NaN): t = n + r with n = round(t), r in [-0.5, 0.5], 2^r by a degree-5 fit
+// (relative error 1.4e-7: two f32 ulps; under an ulp's worth of the bf16 weights of the AMX path) and 2^n by vscalefps. Taking the
+// scale and log2(e) into one multiplier saves exp512_nonpos's range reduction: 11 operations per vector instead of
+// 17 with the scaling. max(-150, t) keeps a NaN (its second operand) and keeps -inf out of t - round(t).
+static const float vk_exp2_poly[6] = {1.3266970e-3f, 9.6754597e-3f, 5.5507426e-2f, 2.4022122e-1f, 6.9314695e-1f,
+                                      1.0000001f};
+VK_AVX512 static inline __m512 exp2_512_nonpos(__m512 t) {
+    t = _mm512_max_ps(_mm512_set1_ps(-150.0f), t);
+    __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_sub_ps(t, n), y = _mm512_set1_ps(vk_exp2_poly[0]);
+#pragma GCC unroll 5
+    for (int j = 1; j < 6; j++) y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(vk_exp2_poly[j]));
+    return _mm512_scalef_ps(y, n);
+}
+
 // gelu_tanh_avx2 with 16 lanes: the same operations lane for lane (exp512 is exp256's polynomial), so the values are
 // the AVX2 body's bit for bit; the last n % 16 elements go through the AVX2 body.
 VK_AVX512 static void gelu_tanh_avx512(float *x, size_t n) {
@@ -2463,7 +2478,11 @@ VK_AVX512 static void attention_blocked512(const float *q, size_t nq, size_t q_s
     float *inv = align64(st + n_s);
     pack_a(k, kv_stride, nk_all, hd, kp);
     pack_v_panels(v, kv_stride, nk_all, hd, vp);
-    const __m512 sv = _mm512_set1_ps(scale);
+    // exp(scale s - max) as 2^(s c - max') with c = scale log2(e) (exp2_512_nonpos): one fmsub instead of a multiply
+    // and a subtraction, and exp512_nonpos's range reduction saved. With scale > 0 the max is taken over the raw
+    // scores (max' = max c); otherwise over the scaled ones (max' = max log2(e)).
+    const int positive = scale > 0;
+    const __m512 sv = _mm512_set1_ps(scale), cv = _mm512_set1_ps(scale * 1.44269504088896341f);
     const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
 
     for (size_t i0 = 0; i0 < nq; i0 += mq) {
@@ -2491,13 +2510,16 @@ VK_AVX512 static void attention_blocked512(const float *q, size_t nq, size_t q_s
             : (__mmask16)0xffff)
         for (size_t j = 0; j < nkb; j++)
             for (size_t c = 0; c < nv; c++) {
-                __m512 x = _mm512_mul_ps(_mm512_load_ps(st + j * mq + c * VK_NR), sv);
+                __m512 x = _mm512_load_ps(st + j * mq + c * VK_NR);
+                if (!positive) x = _mm512_mul_ps(x, sv);
                 mx[c] = _mm512_mask_max_ps(mx[c], VK_VISIBLE(j, c), x, mx[c]);
             }
+        for (size_t c = 0; c < nv; c++)
+            mx[c] = _mm512_mul_ps(mx[c], positive ? cv : _mm512_set1_ps(1.44269504088896341f));
         for (size_t j = 0; j < nkb; j++)
             for (size_t c = 0; c < nv; c++) {
                 float *sj = st + j * mq + c * VK_NR;
-                __m512 e = exp512_nonpos(_mm512_sub_ps(_mm512_mul_ps(_mm512_load_ps(sj), sv), mx[c]));
+                __m512 e = exp2_512_nonpos(_mm512_fmsub_ps(_mm512_load_ps(sj), cv, mx[c]));
                 e = _mm512_maskz_mov_ps(VK_VISIBLE(j, c), e);
                 _mm512_store_ps(sj, e);
                 sum[c] = _mm512_add_ps(sum[c], e);
@@ -2911,21 +2933,6 @@ void vk_softmax(float *x, size_t n) {
 // Dims past head_dim, keys past the last visible one and query rows past nq are zeros, so every tile is 16 x 16.
 // Tiles: C in tmm0-3 (2 query tiles x 2 key or dim panels), A in tmm4-5, B in tmm6-7.
 #define VK_AMX_ATT_MAX_HD 256
-
-// 2^t for softmax arguments (t <= 0, or NaN): t = n + r with n = round(t), r in [-0.5, 0.5], 2^r by a degree-5 fit
-// (relative error 1.4e-7, under an f32 ulp's worth of the bf16 weights it feeds) and 2^n by vscalefps. Taking the
-// scale and log2(e) into one multiplier saves exp512_nonpos's range reduction: 11 operations per vector instead of
-// 17 with the scaling. max(-150, t) keeps a NaN (its second operand) and keeps -inf out of t - round(t).
-static const float vk_exp2_poly[6] = {1.3266970e-3f, 9.6754597e-3f, 5.5507426e-2f, 2.4022122e-1f, 6.9314695e-1f,
-                                      1.0000001f};
-VK_AVX512 static inline __m512 exp2_512_nonpos(__m512 t) {
-    t = _mm512_max_ps(_mm512_set1_ps(-150.0f), t);
-    __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_sub_ps(t, n), y = _mm512_set1_ps(vk_exp2_poly[0]);
-#pragma GCC unroll 5
-    for (int j = 1; j < 6; j++) y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(vk_exp2_poly[j]));
-    return _mm512_scalef_ps(y, n);
-}
 
 // Two f32 rows of 16 as (a, b) bf16 pairs: word d = (bf16(a[d]), bf16(b[d])).
 VK_AMX static inline __m512i bf16_pair_words(__m512 a, __m512 b) {
