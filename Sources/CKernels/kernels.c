@@ -1092,17 +1092,15 @@ VK_AVX512 static inline __m128 reduce4_512(__m512 a, __m512 b, __m512 c, __m512 
     return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 
-// 16 quantized levels (QB bits: 8, or 4 as packed nibbles) of a row from column k (a multiple of 16) as f32.
-VK_AVX512 static inline __m512 qlevels16(const int QB, const uint8_t *row, size_t k) {
-    __m128i lv = QB == 8 ? _mm_loadu_si128((const __m128i *)(row + k))
-                         : q4_unpack16(_mm_loadl_epi64((const __m128i *)(row + k / 2)));
-    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lv));
+// 16 int8 levels of a row from column k as f32.
+VK_AVX512 static inline __m512 q8_levels16(const uint8_t *row, size_t k) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(row + k))));
 }
 
 // dt, QB and pf are constants of each instantiation (tested per step, dt and pf were a dozen compares and branches
-// per 16 FMAs). QB 0: w holds rows of dt; QB 8 / 4: q's rows of levels, one f16 scale per group (a multiple of 16
-// columns), so each step's 16 columns share a scale, refreshed as a group ends. pf: the first token group streams
-// the rows from memory (later ones find them in L2).
+// per 16 FMAs). QB 0: w holds rows of dt; QB 8: q's rows of int8 levels, one f16 scale per group (a multiple of 16
+// columns), so each step's 16 columns share a scale, refreshed as a group ends (int4: see gemm_small512_q8).
+// pf: the first token group streams the rows from memory (later ones find them in L2).
 VK_AVX512 static inline __attribute__((always_inline)) void small_tile512(const int TT, const int RR, const vk_dtype dt,
                                                                           const int QB, const int pf, const float *x,
                                                                           size_t ldx, size_t K, const void *w,
@@ -1132,7 +1130,7 @@ VK_AVX512 static inline __attribute__((always_inline)) void small_tile512(const 
 #pragma GCC unroll 4
         for (int r = 0; r < RR; r++) {
             if (pf) VK_STREAM_PREFETCH(wb + (size_t)r * rb + (QB ? k * QB / 8 : k * es));
-            wv[r] = QB ? _mm512_mul_ps(qlevels16(QB, wb + (size_t)r * rb, k), _mm512_set1_ps(scale[r]))
+            wv[r] = QB ? _mm512_mul_ps(q8_levels16(wb + (size_t)r * rb, k), _mm512_set1_ps(scale[r]))
                        : load16(w, dt, (n + (size_t)r) * K + k);
         }
 #pragma GCC unroll 8
@@ -1164,7 +1162,6 @@ VK_AVX512 static inline __attribute__((always_inline)) void small_tile512(const 
 }
 
 VK_AVX512 static inline __attribute__((always_inline)) void gemm_small512_body(const vk_dtype dt, const int QB,
-                                                                                const int stream,
                                                                                 const float *x, size_t T, size_t K,
                                                                                 size_t ldx, const void *w,
                                                                                 const vk_qmatrix *q, size_t n0,
@@ -1176,7 +1173,7 @@ VK_AVX512 static inline __attribute__((always_inline)) void gemm_small512_body(c
     for (; n < ne; n++) small_tile512(TT, 1, dt, QB, PF, xt, ldx, K, w, q, n, bias, yt, ldy);
 #define VK_SMALL512_CASE(TT)                                                                                          \
     case TT:                                                                                                          \
-        if (stream && t0 == 0) { VK_SMALL512_ROWS(TT, 1) } else { VK_SMALL512_ROWS(TT, 0) }                          \
+        if (t0 == 0) { VK_SMALL512_ROWS(TT, 1) } else { VK_SMALL512_ROWS(TT, 0) }                                    \
         break;
     for (size_t nb = n0; nb < n1; nb += VK_SMALL_ROWS) {
         size_t ne = nb + VK_SMALL_ROWS < n1 ? nb + VK_SMALL_ROWS : n1, n;
@@ -1201,9 +1198,9 @@ static inline int small512_applies(size_t T, size_t K, vk_dtype dt) {
 VK_AVX512 static void gemm_small512(const float *x, size_t T, size_t K, size_t ldx, const void *w, vk_dtype dt,
                                     size_t n0, size_t n1, const float *bias, float *y, size_t ldy) {
     switch (dt) {
-    case VK_BF16: gemm_small512_body(VK_BF16, 0, 1, x, T, K, ldx, w, NULL, n0, n1, bias, y, ldy); break;
-    case VK_F16: gemm_small512_body(VK_F16, 0, 1, x, T, K, ldx, w, NULL, n0, n1, bias, y, ldy); break;
-    default: gemm_small512_body(VK_F32, 0, 1, x, T, K, ldx, w, NULL, n0, n1, bias, y, ldy); break;
+    case VK_BF16: gemm_small512_body(VK_BF16, 0, x, T, K, ldx, w, NULL, n0, n1, bias, y, ldy); break;
+    case VK_F16: gemm_small512_body(VK_F16, 0, x, T, K, ldx, w, NULL, n0, n1, bias, y, ldy); break;
+    default: gemm_small512_body(VK_F32, 0, x, T, K, ldx, w, NULL, n0, n1, bias, y, ldy); break;
     }
 }
 
@@ -1214,7 +1211,7 @@ VK_AVX512 static void gemm_small512(const float *x, size_t T, size_t K, size_t l
 // (8: 40 -> 27%); dequantizing each block of rows once into L2 and multiplying f32 rows only drew even.
 VK_AVX512 static void gemm_small512_q8(const float *x, size_t T, size_t K, size_t ldx, const vk_qmatrix *q, size_t n0,
                                        size_t n1, const float *bias, float *y, size_t ldy) {
-    gemm_small512_body(VK_F32, 8, 1, x, T, K, ldx, NULL, q, n0, n1, bias, y, ldy);
+    gemm_small512_body(VK_F32, 8, x, T, K, ldx, NULL, q, n0, n1, bias, y, ldy);
 }
 
 static inline int small512_q_applies(size_t T, const vk_qmatrix *q) {
@@ -2348,19 +2345,11 @@ VK_AVX512 static inline __m512 exp512(__m512 x) {
     return _mm512_mask_mov_ps(y, nan, xin);  // NaN in, NaN out
 }
 
-// exp512 for softmax arguments (x - max <= 0, or NaN): the same reduction and polynomial, the power of two applied by
-// one vscalefps instead of two exponent-field multiplies (equal results wherever exp(x) is a normal float), no upper
-// clamp; max(lo, x) keeps a NaN (its second operand), which then propagates. 14 operations per vector instead of 24.
-VK_AVX512 static inline __m512 exp512_nonpos(__m512 x) {
-    __m512 fx, y = exp512_mantissa(_mm512_max_ps(_mm512_set1_ps(-104.0f), x), &fx);
-    return _mm512_scalef_ps(y, fx);
-}
-
 // 2^t for softmax arguments (t <= 0, or NaN): t = n + r with n = round(t), r in [-0.5, 0.5], 2^r by a degree-5 fit
-// (relative error 1.4e-7: two f32 ulps; under an ulp's worth of the bf16 weights of the AMX path) and 2^n by vscalefps. Taking the
-// scale and log2(e) into one multiplier saves exp512_nonpos's range reduction: 11 operations per vector instead of
-// 17 with the scaling. max(-150, t) keeps a NaN (its second operand) and keeps -inf out of t - round(t).
-
+// (vk_exp2_poly, relative error 1.4e-7: about two f32 ulps) and 2^n by vscalefps. Taking the scale and log2(e) into
+// one multiplier saves exp512's range reduction: 11 operations per vector instead of 17 with the scaling. Used by the
+// f32 attention (attention_blocked512) and the AMX one. max(-150, t) keeps a NaN (its second operand) and keeps -inf
+// out of t - round(t).
 VK_AVX512 static inline __m512 exp2_512_nonpos(__m512 t) {
     t = _mm512_max_ps(_mm512_set1_ps(-150.0f), t);
     __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -2507,7 +2496,7 @@ VK_AVX512 static void attention_blocked512(const float *q, size_t nq, size_t q_s
     pack_a(k, kv_stride, nk_all, hd, kp);
     pack_v_panels(v, kv_stride, nk_all, hd, vp);
     // exp(scale s - max) as 2^(s c - max') with c = scale log2(e) (exp2_512_nonpos): one fmsub instead of a multiply
-    // and a subtraction, and exp512_nonpos's range reduction saved. With scale > 0 the max is taken over the raw
+    // and a subtraction, and exp512's range reduction saved. With scale > 0 the max is taken over the raw
     // scores (max' = max c); otherwise over the scaled ones (max' = max log2(e)).
     const int positive = scale > 0;
     const __m512 sv = _mm512_set1_ps(scale), cv = _mm512_set1_ps(scale * 1.44269504088896341f);
