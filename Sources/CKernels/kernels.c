@@ -822,6 +822,18 @@ VK_AVX2 static void gemm_avx2(const float *x, size_t T, size_t K, size_t ldx, co
 #define VK_SMALL_T 32        // AVX2 hosts
 #define VK_SMALL_T_WITH512 4 // AVX-512 hosts, for what small512_applies leaves (f32 rows past 1024 columns)
 #define VK_SMALL_ROWS 32
+// sums[t * RR + r] = the horizontal sum of acc[t][r] for a TT x RR tile of accumulators of type VEC, four at a time
+// through REDUCE4 (a third of the shuffles and adds of one reduction each); ZERO pads the last four.
+#define VK_TILE_SUMS(VEC, ZERO, REDUCE4)                                                                              \
+    for (int j = 0; j < TT * RR; j += 4) {                                                                            \
+        VEC z_ = ZERO;                                                                                                \
+        VEC a_ = acc[j / RR][j % RR];                                                                                 \
+        VEC b_ = j + 1 < TT * RR ? acc[(j + 1) / RR][(j + 1) % RR] : z_;                                              \
+        VEC c_ = j + 2 < TT * RR ? acc[(j + 2) / RR][(j + 2) % RR] : z_;                                              \
+        VEC d_ = j + 3 < TT * RR ? acc[(j + 3) / RR][(j + 3) % RR] : z_;                                              \
+        _mm_storeu_ps(sums + j, REDUCE4(a_, b_, c_, d_));                                                             \
+    }
+
 // The horizontal sums of a, b, c and d, in that order.
 VK_AVX2 static inline __m128 reduce4_256(__m256 a, __m256 b, __m256 c, __m256 d) {
     __m256 u = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));  // per 128-bit half: [a, b, c, d]
@@ -852,16 +864,7 @@ VK_AVX2 static inline __attribute__((always_inline)) void small_tile(const int T
         }
     }
     float sums[4 * 3 + 4];
-    const int total = TT * RR;
-#pragma GCC unroll 4
-    for (int j = 0; j < total; j += 4) {
-        __m256 z = _mm256_setzero_ps();
-        __m256 a = acc[j / RR][j % RR];
-        __m256 b = j + 1 < total ? acc[(j + 1) / RR][(j + 1) % RR] : z;
-        __m256 c = j + 2 < total ? acc[(j + 2) / RR][(j + 2) % RR] : z;
-        __m256 d = j + 3 < total ? acc[(j + 3) / RR][(j + 3) % RR] : z;
-        _mm_storeu_ps(sums + j, reduce4_256(a, b, c, d));
-    }
+    VK_TILE_SUMS(__m256, _mm256_setzero_ps(), reduce4_256)
     for (int t = 0; t < TT; t++)
         for (int r = 0; r < RR; r++) {
             float s = sums[t * RR + r];
@@ -1140,18 +1143,8 @@ VK_AVX512 static inline __attribute__((always_inline)) void small_tile512(const 
             for (int r = 0; r < RR; r++) acc[t][r] = _mm512_fmadd_ps(xv, wv[r], acc[t][r]);
         }
     }
-    // Horizontal sums four accumulators at a time (reduce4): a third of the shuffles and adds of one reduction each.
     float sums[VK_SMALL_TG * VK_SMALL_RR + 4];
-    const int total = TT * RR;
-#pragma GCC unroll 8
-    for (int j = 0; j < total; j += 4) {
-        __m512 z = _mm512_setzero_ps();
-        __m512 a = acc[j / RR][j % RR];
-        __m512 b = j + 1 < total ? acc[(j + 1) / RR][(j + 1) % RR] : z;
-        __m512 c = j + 2 < total ? acc[(j + 2) / RR][(j + 2) % RR] : z;
-        __m512 d = j + 3 < total ? acc[(j + 3) / RR][(j + 3) % RR] : z;
-        _mm_storeu_ps(sums + j, reduce4_512(a, b, c, d));
-    }
+    VK_TILE_SUMS(__m512, _mm512_setzero_ps(), reduce4_512)
     for (int t = 0; t < TT; t++)
         for (int r = 0; r < RR; r++) {
             float s = sums[t * RR + r];
