@@ -1082,6 +1082,7 @@ VK_AVX512 static void pack_b_panel512(const void *w, vk_dtype dt, size_t ldw, co
 #define VK_SMALL_T512_HALF 96      // bf16 / f16 weights, K <= VK_SMALL_K512
 #define VK_SMALL_T512_HALF_WIDE 64 // bf16 / f16 weights, longer rows
 #define VK_SMALL_T512_Q8 16        // q8 weights
+#define VK_SMALL_T512_Q4 8         // q4 weights
 #define VK_SMALL_TG 6  // tokens per group (x's rows in L1)
 #define VK_SMALL_RR 4  // weight rows per tile: 6 x 4 zmm accumulators, per step 4 weight and 6 x loads for 24 FMAs
 // The horizontal sums of a, b, c and d, in that order.
@@ -1199,16 +1200,40 @@ VK_AVX512 static void gemm_small512(const float *x, size_t T, size_t K, size_t l
 
 // q8 weights with groups a multiple of 16 columns (small512_q_applies), dequantized as loaded.
 // gemm_bench, Zen 5, 2 threads, weights from memory, against the packed GEMM: q8 8 / 16 tokens 960 x 2560 41 -> 56 /
-// 55 -> 65% of the FMA peak, 2560 x 960 at 16 55 -> 65%; 32 tokens 70 -> 63%. int4 levels cost more to unpack (5 ops
-// per 16 columns of a row, before the two conversions) than the 24 FMAs they feed, and lost at every token count
-// (8: 40 -> 27%); dequantizing each block of rows once into L2 and multiplying f32 rows only drew even.
+// 55 -> 65% of the FMA peak, 2560 x 960 at 16 55 -> 65%; 32 tokens 70 -> 63%. int4 levels unpacked per step cost more (5
+// ops per 16 columns of a row, before the two conversions) than the 24 FMAs they feed and lost at every token count
+// (8: 40 -> 27%), f32 rows dequantized once into L2 only drew even; gemm_small512_q4 unpacks to int8 once instead.
 VK_AVX512 static void gemm_small512_q8(const float *x, size_t T, size_t K, size_t ldx, const vk_qmatrix *q, size_t n0,
                                        size_t n1, const float *bias, float *y, size_t ldy) {
     gemm_small512_body(VK_F32, 8, x, T, K, ldx, NULL, q, n0, n1, bias, y, ldy);
 }
 
+// q4 weights: each block of VK_SMALL_ROWS rows unpacked once into int8 levels (buf: VK_SMALL_ROWS x K bytes, in L2),
+// then the q8 body over that block, so the nibble unpacking is paid once per weight rather than once per token group.
+// vlm bench --quantize q4 (SmolVLM-500M dims, Zen 5, warm) against the packed GEMM: 4-token prefill 166 -> 266-274
+// tok/s, 8 277-280 -> 285-291, 16 412-415 -> 387-394 (gemm_bench had 16 ahead too: 58 -> 62%), hence up to 8.
+// Without a prefetch per line of the stream (one per row) the 8-token prefill was 13% slower than the packed GEMM.
+VK_AVX512 static void gemm_small512_q4(const float *x, size_t T, size_t K, size_t ldx, const vk_qmatrix *q, size_t n0,
+                                       size_t n1, const float *bias, float *y, size_t ldy, int8_t *buf) {
+    size_t rb = vk_qrow_bytes(4, K), ng = qgroups(K, q->group_size), K16 = K & ~(size_t)15;
+    for (size_t nb = n0; nb < n1; nb += VK_SMALL_ROWS) {
+        size_t rows = n1 - nb < VK_SMALL_ROWS ? n1 - nb : VK_SMALL_ROWS;
+        for (size_t r = 0; r < rows; r++) {
+            const uint8_t *src = (const uint8_t *)q->data + (nb + r) * rb;
+            int8_t *dst = buf + r * K;
+            for (size_t k = 0; k < K16; k += 16) {
+                if (k % 128 == 0) VK_STREAM_PREFETCH(src + k / 2);  // a line of the stream ahead per 64 bytes
+                _mm_storeu_si128((__m128i *)(dst + k), q4_unpack16(_mm_loadl_epi64((const __m128i *)(src + k / 2))));
+            }
+            for (size_t k = K16; k < K; k++) dst[k] = (int8_t)qlevel(q, K, nb + r, k);
+        }
+        vk_qmatrix block = {buf, q->scales + nb * ng, q->group_size, 8};
+        gemm_small512_body(VK_F32, 8, x, T, K, ldx, NULL, &block, 0, rows, bias ? bias + nb : NULL, y + nb, ldy);
+    }
+}
+
 static inline int small512_q_applies(size_t T, const vk_qmatrix *q) {
-    return T <= VK_SMALL_T512_Q8 && q->bits == 8 && q->group_size % 16 == 0;
+    return q->group_size % 16 == 0 && T <= (q->bits == 8 ? VK_SMALL_T512_Q8 : VK_SMALL_T512_Q4);
 }
 
 // The decode GEMV with 512-bit vectors, one row at a time (two accumulators, 32 columns per step): each thread reads
@@ -2796,7 +2821,8 @@ size_t vk_matmul_q_scratch_floats(size_t T, size_t K, size_t group_size, size_t 
     if (n1 <= n0 || T == 0 || K == 0 || group_size == 0) return 0;
 #if VK_X86
     if (T == 1) return 18 * qgroups(K, group_size) + K + 16;  // scales, dx, qx, its int4 copies qp and qq, xs, xi, x4 (gemv_qdot_vnni)
-    return gemm_scratch_floats(T, K, n1 - n0);
+    size_t gemm = gemm_scratch_floats(T, K, n1 - n0), rows = VK_SMALL_ROWS * K / 4 + 1;  // gemm_small512_q4's block
+    return gemm > rows ? gemm : rows;
 #else
     return K + 64;
 #endif
@@ -2822,7 +2848,10 @@ void vk_matmul_q_ws(const float *x, size_t T, size_t K, size_t ldx, const vk_qma
         if (qdot_applies(T, K, w) && use_vnni()) gemv_qdot_vnni(x, K, w, n0, n1, bias, y, buf);
         else if (qdot_applies(T, K, w)) gemv_qdot_avx2(x, K, w, n0, n1, bias, y, buf);
         else if (T == 1) gemv_q_avx2(x, K, w, n0, n1, bias, y, buf);
-        else if (use_avx512() && small512_q_applies(T, w)) gemm_small512_q8(x, T, K, ldx, w, n0, n1, bias, y, ldy);
+        else if (use_avx512() && small512_q_applies(T, w)) {
+            if (w->bits == 8) gemm_small512_q8(x, T, K, ldx, w, n0, n1, bias, y, ldy);
+            else gemm_small512_q4(x, T, K, ldx, w, n0, n1, bias, y, ldy, (int8_t *)buf);
+        }
         else gemm_avx2(x, T, K, ldx, NULL, VK_F32, 0, w, n0, n1, bias, y, ldy, buf);
         return;
     }
