@@ -821,6 +821,11 @@ VK_AVX2 static void gemm_avx2(const float *x, size_t T, size_t K, size_t ldx, co
 // even. (It was 2 x 4, 3 x 4 and 4 x 3 tiles for 2-4 tokens without row blocks.)
 #define VK_SMALL_T 32        // AVX2 hosts
 #define VK_SMALL_T_WITH512 4 // AVX-512 hosts, for what small512_applies leaves (f32 rows past 1024 columns)
+// AVX2 hosts, quantized weights: the levels' conversion (3-4 operations per 8 columns of a row) binds the ymm body
+// past a few tokens. VLM_SIMD=avx2 on Zen 5, 960 x 2560 from memory, against the packed GEMM: q8 4 / 8 / 16 tokens
+// 30 -> 51, 42 -> 43, 61 -> 40% of the ymm peak; q4 28 -> 38, 40 -> 39, 59 -> 40%.
+#define VK_SMALL_T_Q8 4
+#define VK_SMALL_T_Q4 4
 #define VK_SMALL_ROWS 32
 // sums[t * RR + r] = the horizontal sum of acc[t][r] for a TT x RR tile of accumulators of type VEC, four at a time
 // through REDUCE4 (a third of the shuffles and adds of one reduction each); ZERO pads the last four.
@@ -840,22 +845,41 @@ VK_AVX2 static inline __m128 reduce4_256(__m256 a, __m256 b, __m256 c, __m256 d)
     return _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1));
 }
 
+// QB 0: w holds rows of dt; QB 8: q's rows of int8 levels (any group size: groups are whole 8-column steps), each
+// step's levels times its group's scale, refreshed as a group ends.
 VK_AVX2 static inline __attribute__((always_inline)) void small_tile(const int TT, const int RR, const vk_dtype dt,
-                                                                     const int pf, const float *x, size_t ldx,
-                                                                     size_t K, const void *w, size_t n,
-                                                                     const float *bias, float *y, size_t ldy) {
+                                                                     const int QB, const int pf, const float *x,
+                                                                     size_t ldx, size_t K, const void *w,
+                                                                     const vk_qmatrix *q, size_t n, const float *bias,
+                                                                     float *y, size_t ldy) {
     __m256 acc[4][3];
 #pragma GCC unroll 4
     for (int t = 0; t < TT; t++)
 #pragma GCC unroll 3
         for (int r = 0; r < RR; r++) acc[t][r] = _mm256_setzero_ps();
     size_t K8 = K & ~(size_t)7;
+    const size_t ng = QB ? qgroups(K, q->group_size) : 0, group_steps = QB ? q->group_size / 8 : 0;
+    const int8_t *qb = QB ? (const int8_t *)q->data + n * K : NULL;
+    float scale[3];
+    size_t g = 0, steps_left = group_steps;
+    if (QB)
+        for (int r = 0; r < RR; r++) scale[r] = _cvtsh_ss(q->scales[(n + (size_t)r) * ng]);
     for (size_t k = 0; k < K8; k += 8) {
-        if (pf && (k & 31) == 0)
-            for (int r = 0; r < RR; r++) prefetch_row(w, dt, (n + r) * K + k);
+        if (QB && steps_left-- == 0) {
+            steps_left = group_steps - 1;
+            g++;
+            for (int r = 0; r < RR; r++) scale[r] = _cvtsh_ss(q->scales[(n + (size_t)r) * ng + g]);
+        }
+        if (pf && (k & (QB ? 63 : 31)) == 0)
+            for (int r = 0; r < RR; r++) {
+                if (QB) _mm_prefetch((const char *)(qb + (size_t)r * K + k) + VK_GEMV_PF, _MM_HINT_T0);
+                else prefetch_row(w, dt, (n + r) * K + k);
+            }
         __m256 wv[3];
 #pragma GCC unroll 3
-        for (int r = 0; r < RR; r++) wv[r] = load8(w, dt, (n + r) * K + k);
+        for (int r = 0; r < RR; r++)
+            wv[r] = QB ? _mm256_mul_ps(q8_levels8(qb + (size_t)r * K + k), _mm256_set1_ps(scale[r]))
+                       : load8(w, dt, (n + r) * K + k);
 #pragma GCC unroll 4
         for (int t = 0; t < TT; t++) {
             __m256 xv = _mm256_loadu_ps(x + t * ldx + k);
@@ -868,19 +892,21 @@ VK_AVX2 static inline __attribute__((always_inline)) void small_tile(const int T
     for (int t = 0; t < TT; t++)
         for (int r = 0; r < RR; r++) {
             float s = sums[t * RR + r];
-            for (size_t k = K8; k < K; k++) s += x[t * ldx + k] * load_w(w, dt, (n + r) * K + k);
+            for (size_t k = K8; k < K; k++)
+                s += x[t * ldx + k] * (QB ? qload(q, K, n + r, k) : load_w(w, dt, (n + r) * K + k));
             y[t * ldy + n + r] = bias ? s + bias[n + r] : s;
         }
 }
 
-VK_AVX2 static inline __attribute__((always_inline)) void gemm_small_avx2_body(const vk_dtype dt, const float *x,
-                                                                                size_t T, size_t K, size_t ldx,
-                                                                                const void *w, size_t n0, size_t n1,
-                                                                                const float *bias, float *y,
-                                                                                size_t ldy) {
+VK_AVX2 static inline __attribute__((always_inline)) void gemm_small_avx2_body(const vk_dtype dt, const int QB,
+                                                                                const float *x, size_t T, size_t K,
+                                                                                size_t ldx, const void *w,
+                                                                                const vk_qmatrix *q, size_t n0,
+                                                                                size_t n1, const float *bias,
+                                                                                float *y, size_t ldy) {
 #define VK_SMALL_ROWS_OF(TT, PF)                                                                                      \
-    for (n = nb; n + 3 <= ne; n += 3) small_tile(TT, 3, dt, PF, xt, ldx, K, w, n, bias, yt, ldy);                     \
-    for (; n < ne; n++) small_tile(TT, 1, dt, PF, xt, ldx, K, w, n, bias, yt, ldy);
+    for (n = nb; n + 3 <= ne; n += 3) small_tile(TT, 3, dt, QB, PF, xt, ldx, K, w, q, n, bias, yt, ldy);              \
+    for (; n < ne; n++) small_tile(TT, 1, dt, QB, PF, xt, ldx, K, w, q, n, bias, yt, ldy);
 #define VK_SMALL_CASE(TT)                                                                                             \
     case TT:                                                                                                          \
         if (t0 == 0) { VK_SMALL_ROWS_OF(TT, 1) } else { VK_SMALL_ROWS_OF(TT, 0) }                                     \
@@ -902,9 +928,40 @@ VK_AVX2 static inline __attribute__((always_inline)) void gemm_small_avx2_body(c
 VK_AVX2 static void gemm_small_avx2(const float *x, size_t T, size_t K, size_t ldx, const void *w, vk_dtype dt,
                                     size_t n0, size_t n1, const float *bias, float *y, size_t ldy) {
     switch (dt) {
-    case VK_BF16: gemm_small_avx2_body(VK_BF16, x, T, K, ldx, w, n0, n1, bias, y, ldy); break;
-    case VK_F16: gemm_small_avx2_body(VK_F16, x, T, K, ldx, w, n0, n1, bias, y, ldy); break;
-    default: gemm_small_avx2_body(VK_F32, x, T, K, ldx, w, n0, n1, bias, y, ldy); break;
+    case VK_BF16: gemm_small_avx2_body(VK_BF16, 0, x, T, K, ldx, w, NULL, n0, n1, bias, y, ldy); break;
+    case VK_F16: gemm_small_avx2_body(VK_F16, 0, x, T, K, ldx, w, NULL, n0, n1, bias, y, ldy); break;
+    default: gemm_small_avx2_body(VK_F32, 0, x, T, K, ldx, w, NULL, n0, n1, bias, y, ldy); break;
+    }
+}
+
+// Quantized weights, few tokens (small_q_applies): q8 directly; q4 a block of VK_SMALL_ROWS rows at a time, unpacked
+// once into int8 levels in buf (VK_SMALL_ROWS x K bytes, in L2) and multiplied by the q8 body, so the nibbles are
+// unpacked once per weight rather than once per token group. `wide`: with AVX-512 (the zmm body), else AVX2.
+VK_AVX512 static void gemm_small512_q8(const float *x, size_t T, size_t K, size_t ldx, const vk_qmatrix *q, size_t n0,
+                                       size_t n1, const float *bias, float *y, size_t ldy);
+VK_AVX2 static void gemm_small_q(const float *x, size_t T, size_t K, size_t ldx, const vk_qmatrix *q, size_t n0,
+                                 size_t n1, const float *bias, float *y, size_t ldy, int8_t *buf, int wide) {
+    if (q->bits == 8) {
+        if (wide) gemm_small512_q8(x, T, K, ldx, q, n0, n1, bias, y, ldy);
+        else gemm_small_avx2_body(VK_F32, 8, x, T, K, ldx, NULL, q, n0, n1, bias, y, ldy);
+        return;
+    }
+    size_t rb = vk_qrow_bytes(4, K), ng = qgroups(K, q->group_size), K16 = K & ~(size_t)15;
+    for (size_t nb = n0; nb < n1; nb += VK_SMALL_ROWS) {
+        size_t rows = n1 - nb < VK_SMALL_ROWS ? n1 - nb : VK_SMALL_ROWS;
+        for (size_t r = 0; r < rows; r++) {
+            const uint8_t *src = (const uint8_t *)q->data + (nb + r) * rb;
+            int8_t *dst = buf + r * K;
+            for (size_t k = 0; k < K16; k += 16) {
+                if (k % 128 == 0) VK_STREAM_PREFETCH(src + k / 2);  // a line of the stream ahead per 64 bytes
+                _mm_storeu_si128((__m128i *)(dst + k), q4_unpack16(_mm_loadl_epi64((const __m128i *)(src + k / 2))));
+            }
+            for (size_t k = K16; k < K; k++) dst[k] = (int8_t)qlevel(q, K, nb + r, k);
+        }
+        vk_qmatrix block = {buf, q->scales + nb * ng, q->group_size, 8};
+        const float *bb = bias ? bias + nb : NULL;
+        if (wide) gemm_small512_q8(x, T, K, ldx, &block, 0, rows, bb, y + nb, ldy);
+        else gemm_small_avx2_body(VK_F32, 8, x, T, K, ldx, NULL, &block, 0, rows, bb, y + nb, ldy);
     }
 }
 
@@ -1208,31 +1265,11 @@ VK_AVX512 static void gemm_small512_q8(const float *x, size_t T, size_t K, size_
     gemm_small512_body(VK_F32, 8, x, T, K, ldx, NULL, q, n0, n1, bias, y, ldy);
 }
 
-// q4 weights: each block of VK_SMALL_ROWS rows unpacked once into int8 levels (buf: VK_SMALL_ROWS x K bytes, in L2),
-// then the q8 body over that block, so the nibble unpacking is paid once per weight rather than once per token group.
 // vlm bench --quantize q4 (SmolVLM-500M dims, Zen 5, warm) against the packed GEMM: 4-token prefill 166 -> 266-274
-// tok/s, 8 277-280 -> 285-291, 16 412-415 -> 387-394 (gemm_bench had 16 ahead too: 58 -> 62%), hence up to 8.
-// Without a prefetch per line of the stream (one per row) the 8-token prefill was 13% slower than the packed GEMM.
-VK_AVX512 static void gemm_small512_q4(const float *x, size_t T, size_t K, size_t ldx, const vk_qmatrix *q, size_t n0,
-                                       size_t n1, const float *bias, float *y, size_t ldy, int8_t *buf) {
-    size_t rb = vk_qrow_bytes(4, K), ng = qgroups(K, q->group_size), K16 = K & ~(size_t)15;
-    for (size_t nb = n0; nb < n1; nb += VK_SMALL_ROWS) {
-        size_t rows = n1 - nb < VK_SMALL_ROWS ? n1 - nb : VK_SMALL_ROWS;
-        for (size_t r = 0; r < rows; r++) {
-            const uint8_t *src = (const uint8_t *)q->data + (nb + r) * rb;
-            int8_t *dst = buf + r * K;
-            for (size_t k = 0; k < K16; k += 16) {
-                if (k % 128 == 0) VK_STREAM_PREFETCH(src + k / 2);  // a line of the stream ahead per 64 bytes
-                _mm_storeu_si128((__m128i *)(dst + k), q4_unpack16(_mm_loadl_epi64((const __m128i *)(src + k / 2))));
-            }
-            for (size_t k = K16; k < K; k++) dst[k] = (int8_t)qlevel(q, K, nb + r, k);
-        }
-        vk_qmatrix block = {buf, q->scales + nb * ng, q->group_size, 8};
-        gemm_small512_body(VK_F32, 8, x, T, K, ldx, NULL, &block, 0, rows, bias ? bias + nb : NULL, y + nb, ldy);
-    }
-}
-
-static inline int small512_q_applies(size_t T, const vk_qmatrix *q) {
+// tok/s, 8 277-280 -> 285-291, 16 412-415 -> 387-394 (gemm_bench had 16 ahead too: 58 -> 62%), hence up to 8 for
+// int4. Without a prefetch per line of the q4 stream (one per row) the 8-token prefill was 13% slower than packed.
+static inline int small_q_applies(size_t T, const vk_qmatrix *q, int wide) {
+    if (!wide) return T <= (q->bits == 8 ? VK_SMALL_T_Q8 : VK_SMALL_T_Q4);
     return q->group_size % 16 == 0 && T <= (q->bits == 8 ? VK_SMALL_T512_Q8 : VK_SMALL_T512_Q4);
 }
 
@@ -2848,10 +2885,7 @@ void vk_matmul_q_ws(const float *x, size_t T, size_t K, size_t ldx, const vk_qma
         if (qdot_applies(T, K, w) && use_vnni()) gemv_qdot_vnni(x, K, w, n0, n1, bias, y, buf);
         else if (qdot_applies(T, K, w)) gemv_qdot_avx2(x, K, w, n0, n1, bias, y, buf);
         else if (T == 1) gemv_q_avx2(x, K, w, n0, n1, bias, y, buf);
-        else if (use_avx512() && small512_q_applies(T, w)) {
-            if (w->bits == 8) gemm_small512_q8(x, T, K, ldx, w, n0, n1, bias, y, ldy);
-            else gemm_small512_q4(x, T, K, ldx, w, n0, n1, bias, y, ldy, (int8_t *)buf);
-        }
+        else if (small_q_applies(T, w, use_avx512())) gemm_small_q(x, T, K, ldx, w, n0, n1, bias, y, ldy, (int8_t *)buf, use_avx512());
         else gemm_avx2(x, T, K, ldx, NULL, VK_F32, 0, w, n0, n1, bias, y, ldy, buf);
         return;
     }

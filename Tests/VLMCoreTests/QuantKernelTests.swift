@@ -69,9 +69,9 @@ final class QuantKernelTests: XCTestCase {
 
     // Shapes off every block: GEMV rows of 4, int4 blocks of 32 columns, groups (8, 24, 32, 40, 128), the K tail
     // past the last multiple of 8, the GEMM's 6x16 tile and K/token blocks; K odd for int4's half-used last byte;
-    // 8 / 9 and 16 / 17: either side of the few-token q4 and q8 kernels (small512_q_applies; groups a multiple of 16,
-    // so 32 and 128).
-    static let oddT = [1, 2, 3, 5, 7, 8, 9, 13, 16, 17, 130]
+    // 4 / 5, 8 / 9 and 16 / 17: either side of the few-token quantized kernels (small_q_applies: AVX2 4, any group;
+    // AVX-512 q4 8, q8 16, groups a multiple of 16, so 32 and 128).
+    static let oddT = [1, 2, 3, 4, 5, 7, 8, 9, 13, 16, 17, 130]
     static let oddK = [1, 7, 9, 63, 100, 257, 960]
     static let oddN = [1, 5, 17, 100]
     static let groups = [8, 24, 32, 40, 128]
