@@ -827,6 +827,44 @@ VK_AVX2 static void gemm_avx2(const float *x, size_t T, size_t K, size_t ldx, co
 #define VK_SMALL_T_Q8 4
 #define VK_SMALL_T_Q4 4
 #define VK_SMALL_ROWS 32
+// y[t, n + r] = sums[t * RR + r] plus the columns from KTAIL on (past the last whole vector), plus bias: the end of
+// a few-token tile (small_tile, small_tile512).
+#define VK_TILE_STORE(KTAIL)                                                                                          \
+    for (int t = 0; t < TT; t++)                                                                                      \
+        for (int r = 0; r < RR; r++) {                                                                                \
+            float s_ = sums[t * RR + r];                                                                              \
+            for (size_t k = KTAIL; k < K; k++)                                                                        \
+                s_ += x[t * ldx + k] * (QB ? qload(q, K, n + r, k) : load_w(w, dt, (n + r) * K + k));                 \
+            y[t * ldy + n + r] = bias ? s_ + bias[n + r] : s_;                                                        \
+        }
+
+// The few-token bodies' loops: rows in blocks of VK_SMALL_ROWS (in L2 while every token group passes over them),
+// tokens in groups of G, each group's rows in tiles of RROWS (TILE: small_tile, small_tile512) with one-row tiles for
+// the rest; the first group (t0 == 0) streams the rows from memory (PF 1). The switch's cases are the group sizes.
+#define VK_SMALL_TILES_OF(TILE, RROWS, TT, PF)                                                                        \
+    for (n = nb; n + RROWS <= ne; n += RROWS) TILE(TT, RROWS, dt, QB, PF, xt, ldx, K, w, q, n, bias, yt, ldy);        \
+    for (; n < ne; n++) TILE(TT, 1, dt, QB, PF, xt, ldx, K, w, q, n, bias, yt, ldy);
+#define VK_SMALL_CASE(TILE, RROWS, TT)                                                                                \
+    case TT:                                                                                                          \
+        if (t0 == 0) { VK_SMALL_TILES_OF(TILE, RROWS, TT, 1) } else { VK_SMALL_TILES_OF(TILE, RROWS, TT, 0) }         \
+        break;
+#define VK_SMALL_GROUPS(G, ...)                                                                                       \
+    for (size_t nb = n0; nb < n1; nb += VK_SMALL_ROWS) {                                                              \
+        size_t ne = nb + VK_SMALL_ROWS < n1 ? nb + VK_SMALL_ROWS : n1, n;                                             \
+        for (size_t t0 = 0; t0 < T; t0 += G) {                                                                        \
+            const float *xt = x + t0 * ldx;                                                                           \
+            float *yt = y + t0 * ldy;                                                                                 \
+            switch (T - t0 < G ? T - t0 : G) { __VA_ARGS__ }                                                          \
+        }                                                                                                             \
+    }
+
+// BODY(dtype constant, ...) for the dtype dt: each dense weight type gets its own instantiation of an inlined body.
+#define VK_BY_DTYPE(dt, BODY, ...)                                                                                    \
+    switch (dt) {                                                                                                     \
+    case VK_BF16: BODY(VK_BF16, __VA_ARGS__); break;                                                                  \
+    case VK_F16: BODY(VK_F16, __VA_ARGS__); break;                                                                    \
+    default: BODY(VK_F32, __VA_ARGS__); break;                                                                        \
+    }
 // sums[t * RR + r] = the horizontal sum of acc[t][r] for a TT x RR tile of accumulators of type VEC, four at a time
 // through REDUCE4 (a third of the shuffles and adds of one reduction each); ZERO pads the last four.
 #define VK_TILE_SUMS(VEC, ZERO, REDUCE4)                                                                              \
@@ -889,13 +927,7 @@ VK_AVX2 static inline __attribute__((always_inline)) void small_tile(const int T
     }
     float sums[4 * 3 + 4];
     VK_TILE_SUMS(__m256, _mm256_setzero_ps(), reduce4_256)
-    for (int t = 0; t < TT; t++)
-        for (int r = 0; r < RR; r++) {
-            float s = sums[t * RR + r];
-            for (size_t k = K8; k < K; k++)
-                s += x[t * ldx + k] * (QB ? qload(q, K, n + r, k) : load_w(w, dt, (n + r) * K + k));
-            y[t * ldy + n + r] = bias ? s + bias[n + r] : s;
-        }
+    VK_TILE_STORE(K8)
 }
 
 VK_AVX2 static inline __attribute__((always_inline)) void gemm_small_avx2_body(const vk_dtype dt, const int QB,
@@ -904,34 +936,13 @@ VK_AVX2 static inline __attribute__((always_inline)) void gemm_small_avx2_body(c
                                                                                 const vk_qmatrix *q, size_t n0,
                                                                                 size_t n1, const float *bias,
                                                                                 float *y, size_t ldy) {
-#define VK_SMALL_ROWS_OF(TT, PF)                                                                                      \
-    for (n = nb; n + 3 <= ne; n += 3) small_tile(TT, 3, dt, QB, PF, xt, ldx, K, w, q, n, bias, yt, ldy);              \
-    for (; n < ne; n++) small_tile(TT, 1, dt, QB, PF, xt, ldx, K, w, q, n, bias, yt, ldy);
-#define VK_SMALL_CASE(TT)                                                                                             \
-    case TT:                                                                                                          \
-        if (t0 == 0) { VK_SMALL_ROWS_OF(TT, 1) } else { VK_SMALL_ROWS_OF(TT, 0) }                                     \
-        break;
-    for (size_t nb = n0; nb < n1; nb += VK_SMALL_ROWS) {
-        size_t ne = nb + VK_SMALL_ROWS < n1 ? nb + VK_SMALL_ROWS : n1, n;
-        for (size_t t0 = 0; t0 < T; t0 += 4) {
-            const float *xt = x + t0 * ldx;
-            float *yt = y + t0 * ldy;
-            switch (T - t0 < 4 ? T - t0 : 4) {
-            VK_SMALL_CASE(1) VK_SMALL_CASE(2) VK_SMALL_CASE(3) default: VK_SMALL_CASE(4)
-            }
-        }
-    }
-#undef VK_SMALL_CASE
-#undef VK_SMALL_ROWS_OF
+    VK_SMALL_GROUPS(4, VK_SMALL_CASE(small_tile, 3, 1) VK_SMALL_CASE(small_tile, 3, 2) VK_SMALL_CASE(small_tile, 3, 3)
+                           default: VK_SMALL_CASE(small_tile, 3, 4))
 }
 
 VK_AVX2 static void gemm_small_avx2(const float *x, size_t T, size_t K, size_t ldx, const void *w, vk_dtype dt,
                                     size_t n0, size_t n1, const float *bias, float *y, size_t ldy) {
-    switch (dt) {
-    case VK_BF16: gemm_small_avx2_body(VK_BF16, 0, x, T, K, ldx, w, NULL, n0, n1, bias, y, ldy); break;
-    case VK_F16: gemm_small_avx2_body(VK_F16, 0, x, T, K, ldx, w, NULL, n0, n1, bias, y, ldy); break;
-    default: gemm_small_avx2_body(VK_F32, 0, x, T, K, ldx, w, NULL, n0, n1, bias, y, ldy); break;
-    }
+    VK_BY_DTYPE(dt, gemm_small_avx2_body, 0, x, T, K, ldx, w, NULL, n0, n1, bias, y, ldy)
 }
 
 // Quantized weights, few tokens (small_q_applies): q8 directly; q4 a block of VK_SMALL_ROWS rows at a time, unpacked
@@ -1203,13 +1214,7 @@ VK_AVX512 static inline __attribute__((always_inline)) void small_tile512(const 
     }
     float sums[VK_SMALL_TG * VK_SMALL_RR + 4];
     VK_TILE_SUMS(__m512, _mm512_setzero_ps(), reduce4_512)
-    for (int t = 0; t < TT; t++)
-        for (int r = 0; r < RR; r++) {
-            float s = sums[t * RR + r];
-            for (size_t k = K16; k < K; k++)
-                s += x[t * ldx + k] * (QB ? qload(q, K, n + r, k) : load_w(w, dt, (n + r) * K + k));
-            y[t * ldy + n + r] = bias ? s + bias[n + r] : s;
-        }
+    VK_TILE_STORE(K16)
 }
 
 VK_AVX512 static inline __attribute__((always_inline)) void gemm_small512_body(const vk_dtype dt, const int QB,
@@ -1218,27 +1223,10 @@ VK_AVX512 static inline __attribute__((always_inline)) void gemm_small512_body(c
                                                                                 const vk_qmatrix *q, size_t n0,
                                                                                 size_t n1, const float *bias,
                                                                                 float *y, size_t ldy) {
-#define VK_SMALL512_ROWS(TT, PF)                                                                                      \
-    for (n = nb; n + VK_SMALL_RR <= ne; n += VK_SMALL_RR)                                                             \
-        small_tile512(TT, VK_SMALL_RR, dt, QB, PF, xt, ldx, K, w, q, n, bias, yt, ldy);                               \
-    for (; n < ne; n++) small_tile512(TT, 1, dt, QB, PF, xt, ldx, K, w, q, n, bias, yt, ldy);
-#define VK_SMALL512_CASE(TT)                                                                                          \
-    case TT:                                                                                                          \
-        if (t0 == 0) { VK_SMALL512_ROWS(TT, 1) } else { VK_SMALL512_ROWS(TT, 0) }                                    \
-        break;
-    for (size_t nb = n0; nb < n1; nb += VK_SMALL_ROWS) {
-        size_t ne = nb + VK_SMALL_ROWS < n1 ? nb + VK_SMALL_ROWS : n1, n;
-        for (size_t t0 = 0; t0 < T; t0 += VK_SMALL_TG) {
-            const float *xt = x + t0 * ldx;
-            float *yt = y + t0 * ldy;
-            switch (T - t0 < VK_SMALL_TG ? T - t0 : VK_SMALL_TG) {
-            VK_SMALL512_CASE(1) VK_SMALL512_CASE(2) VK_SMALL512_CASE(3) VK_SMALL512_CASE(4)
-            VK_SMALL512_CASE(5) default: VK_SMALL512_CASE(6)
-            }
-        }
-    }
-#undef VK_SMALL512_CASE
-#undef VK_SMALL512_ROWS
+#define VK_CASE512(TT) VK_SMALL_CASE(small_tile512, VK_SMALL_RR, TT)
+    VK_SMALL_GROUPS(VK_SMALL_TG, VK_CASE512(1) VK_CASE512(2) VK_CASE512(3) VK_CASE512(4) VK_CASE512(5)
+                                 default: VK_CASE512(6))
+#undef VK_CASE512
 }
 
 static inline int small512_applies(size_t T, size_t K, vk_dtype dt) {
@@ -1248,18 +1236,14 @@ static inline int small512_applies(size_t T, size_t K, vk_dtype dt) {
 
 VK_AVX512 static void gemm_small512(const float *x, size_t T, size_t K, size_t ldx, const void *w, vk_dtype dt,
                                     size_t n0, size_t n1, const float *bias, float *y, size_t ldy) {
-    switch (dt) {
-    case VK_BF16: gemm_small512_body(VK_BF16, 0, x, T, K, ldx, w, NULL, n0, n1, bias, y, ldy); break;
-    case VK_F16: gemm_small512_body(VK_F16, 0, x, T, K, ldx, w, NULL, n0, n1, bias, y, ldy); break;
-    default: gemm_small512_body(VK_F32, 0, x, T, K, ldx, w, NULL, n0, n1, bias, y, ldy); break;
-    }
+    VK_BY_DTYPE(dt, gemm_small512_body, 0, x, T, K, ldx, w, NULL, n0, n1, bias, y, ldy)
 }
 
-// q8 weights with groups a multiple of 16 columns (small512_q_applies), dequantized as loaded.
+// q8 weights with groups a multiple of 16 columns (small_q_applies), dequantized as loaded.
 // gemm_bench, Zen 5, 2 threads, weights from memory, against the packed GEMM: q8 8 / 16 tokens 960 x 2560 41 -> 56 /
 // 55 -> 65% of the FMA peak, 2560 x 960 at 16 55 -> 65%; 32 tokens 70 -> 63%. int4 levels unpacked per step cost more (5
 // ops per 16 columns of a row, before the two conversions) than the 24 FMAs they feed and lost at every token count
-// (8: 40 -> 27%), f32 rows dequantized once into L2 only drew even; gemm_small512_q4 unpacks to int8 once instead.
+// (8: 40 -> 27%), f32 rows dequantized once into L2 only drew even; gemm_small_q unpacks to int8 once instead.
 VK_AVX512 static void gemm_small512_q8(const float *x, size_t T, size_t K, size_t ldx, const vk_qmatrix *q, size_t n0,
                                        size_t n1, const float *bias, float *y, size_t ldy) {
     gemm_small512_body(VK_F32, 8, x, T, K, ldx, NULL, q, n0, n1, bias, y, ldy);
@@ -2858,7 +2842,7 @@ size_t vk_matmul_q_scratch_floats(size_t T, size_t K, size_t group_size, size_t 
     if (n1 <= n0 || T == 0 || K == 0 || group_size == 0) return 0;
 #if VK_X86
     if (T == 1) return 18 * qgroups(K, group_size) + K + 16;  // scales, dx, qx, its int4 copies qp and qq, xs, xi, x4 (gemv_qdot_vnni)
-    size_t gemm = gemm_scratch_floats(T, K, n1 - n0), rows = VK_SMALL_ROWS * K / 4 + 1;  // gemm_small512_q4's block
+    size_t gemm = gemm_scratch_floats(T, K, n1 - n0), rows = VK_SMALL_ROWS * K / 4 + 1;  // gemm_small_q's q4 block
     return gemm > rows ? gemm : rows;
 #else
     return K + 64;
