@@ -26,6 +26,8 @@
 // ---------------------------------------------------------------------------------------------------------------
 // Feature detection
 // ---------------------------------------------------------------------------------------------------------------
+#define VK_LOG2E 1.44269504088896341f  // log2(e): exp(x) = 2^(x log2(e))
+
 static int g_force_scalar = 0;
 static int g_level = -1;
 
@@ -2224,7 +2226,7 @@ VK_AVX2 static inline __m256 exp256(__m256 x) {
     const __m256 hi = _mm256_set1_ps(89.0f), lo = _mm256_set1_ps(-104.0f);
     __m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
     x = _mm256_max_ps(_mm256_min_ps(x, hi), lo);
-    __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+    __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(VK_LOG2E), _mm256_set1_ps(0.5f)));
     x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
     x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
     __m256 z = _mm256_mul_ps(x, x);
@@ -2357,7 +2359,7 @@ VK_AVX2 static float exp2_sum_avx2(float *x, size_t n, float c, float m2) {
 // polynomial and range reduction, 16 lanes (vision tiles spend a tenth of their attention time in these exps).
 // exp's common part: the range reduction and e^r of vk_exp_poly; fx (the power of two) through fx_out.
 VK_AVX512 static inline __m512 exp512_mantissa(__m512 x, __m512 *fx_out) {
-    __m512 fx = _mm512_roundscale_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f)),
+    __m512 fx = _mm512_roundscale_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(VK_LOG2E), _mm512_set1_ps(0.5f)),
                                      _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
     x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(0.693359375f), x);
     x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(-2.12194440e-4f), x);
@@ -2538,7 +2540,7 @@ VK_AVX512 static void attention_blocked512(const float *q, size_t nq, size_t q_s
     // and a subtraction, and exp512's range reduction saved. With scale > 0 the max is taken over the raw
     // scores (max' = max c); otherwise over the scaled ones (max' = max log2(e)).
     const int positive = scale > 0;
-    const __m512 sv = _mm512_set1_ps(scale), cv = _mm512_set1_ps(scale * 1.44269504088896341f);
+    const __m512 sv = _mm512_set1_ps(scale), cv = _mm512_set1_ps(scale * VK_LOG2E);
     const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
 
     for (size_t i0 = 0; i0 < nq; i0 += mq) {
@@ -2571,7 +2573,7 @@ VK_AVX512 static void attention_blocked512(const float *q, size_t nq, size_t q_s
                 mx[c] = _mm512_mask_max_ps(mx[c], VK_VISIBLE(j, c), x, mx[c]);
             }
         for (size_t c = 0; c < nv; c++)
-            mx[c] = _mm512_mul_ps(mx[c], positive ? cv : _mm512_set1_ps(1.44269504088896341f));
+            mx[c] = _mm512_mul_ps(mx[c], positive ? cv : _mm512_set1_ps(VK_LOG2E));
         for (size_t j = 0; j < nkb; j++)
             for (size_t c = 0; c < nv; c++) {
                 float *sj = st + j * mq + c * VK_NR;
@@ -2652,7 +2654,7 @@ VK_AVX2 static void attention_blocked(const float *q, size_t nq, size_t q_stride
                 mx = row[0] * scale;
                 for (size_t j = 1; j < nki; j++) mx = row[j] * scale > mx ? row[j] * scale : mx;
             }
-            inv[r] = 1.0f / exp2_sum_avx2(row, nki, scale * 1.44269504088896341f, mx * 1.44269504088896341f);
+            inv[r] = 1.0f / exp2_sum_avx2(row, nki, scale * VK_LOG2E, mx * VK_LOG2E);
             for (size_t j = nki; j < nkb; j++) row[j] = 0.0f;
         }
         for (size_t kk0 = 0; kk0 < nkb; kk0 += kcb) {
@@ -3037,7 +3039,7 @@ VK_AMX static void attention_amx(const float *q, size_t nq, size_t q_stride, con
     cfg.palette = 1;
     for (int t = 0; t < 8; t++) { cfg.rows[t] = 16; cfg.colsb[t] = 64; }
     _tile_loadconfig(&cfg);
-    const float c2 = scale * 1.44269504088896341f;
+    const float c2 = scale * VK_LOG2E;
     const __m512 cv = _mm512_set1_ps(c2);
     for (size_t i0 = 0; i0 < nq; i0 += 32) {
         size_t m = nq - i0 < 32 ? nq - i0 : 32;
