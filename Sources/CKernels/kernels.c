@@ -2209,6 +2209,224 @@ VK_VNNI static void gemv_qdot_vnni(const float *x, size_t K, const vk_qmatrix *w
     }
 }
 
+
+// ---- Several tokens against quantized weights on VNNI hosts: an int8 GEMM -----------------------------------------
+// Prefill (T >= 2) with whole 32-column groups quantizes each token's x as decode does (qdot_quantize_x: the same
+// levels and scales, so a prompt's tokens see the numbers a decode step would) and multiplies levels with vpdpbusd:
+// 64 u8 x s8 products per instruction where an f32 FMA does 16. The weights are re-laid per call, 32 rows at a time,
+// into panels of [K / 4][32 rows][4 bytes] (one zmm per 4 columns of 16 rows) with the levels biased to unsigned
+// (q8: w + 128, q4: the stored nibble, w + 8) and int4 columns in qdot_permute_int4's order; the bias comes back as
+// the group sums of x, which start the int32 accumulators (-128 sum(x) or -8 sum(x)). A tile is 6 tokens x 32 rows:
+// per 4 columns 2 panel loads and 6 broadcast x words for 12 vpdpbusd, per group a convert, a multiply by the
+// token's scale and an FMA by the rows' scales.
+#define VK_QG_MR 6
+#define VK_QG_NR 32
+#ifndef VK_QG_LEAD
+#define VK_QG_LEAD 1
+#endif
+
+// From 2 tokens for int4, 7 for int8: below that the few-token f32 kernel (which streams the rows once, unpacked in
+// registers) is faster than re-laying them. Zen 5, 2 threads, 960 x 2560 and 2560 x 960 from memory, against the
+// paths before: q8 2 / 4 / 6 / 8 / 16 / 128 tokens 0.050 / 0.062 / 0.081 / 0.129 / 0.225 / 1.34 ms -> 0.075 / 0.078
+// / 0.084 / 0.093 / 0.119 / 0.487; q4 0.078 / 0.091 / 0.113 / 0.159 / 0.251 / 1.31 -> 0.061 / 0.065 / 0.071 /
+// 0.077 / 0.102 / 0.457 (2.6-2.9x from 128 tokens: 245% of the f32 FMA peak).
+#define VK_QG_MIN_T8 7
+#define VK_QG_MIN_T4 2
+static inline int qgemm_applies(size_t T, size_t K, size_t G, int bits) {
+    return T >= (bits == 8 ? VK_QG_MIN_T8 : VK_QG_MIN_T4) && K % 32 == 0 && G % 32 == 0 && use_vnni();
+}
+
+// Bytes of the per-call layout: qx (T x K), dx and xc (T x groups each), one panel (32 x K bytes, 32 scales per
+// group), alignment slack.
+static size_t qgemm_scratch_bytes(size_t T, size_t K, size_t G) {
+    size_t ng = qgroups(K, G);
+    return T * K + 8 * T * ng + VK_QG_NR * K + 4 * VK_QG_NR * ng + 4 * 64;
+}
+
+static inline uint8_t *align64b(uint8_t *p) { return (uint8_t *)(((uintptr_t)p + 63) & ~(uintptr_t)63); }
+
+// The 16 x 16 transpose of 32-bit words: r[i] word j -> r[j] word i.
+VK_VNNI static inline void transpose16_epi32(__m512i r[16]) {
+    __m512i t[16], u[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {  // u[i + m]: rows i .. i + 3 of word 4L + m in each 128-bit lane L
+        u[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        u[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        u[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        u[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    for (int m = 0; m < 4; m++) {
+        __m512i v0 = _mm512_shuffle_i32x4(u[m], u[4 + m], 0x88), v1 = _mm512_shuffle_i32x4(u[m], u[4 + m], 0xDD);
+        __m512i w0 = _mm512_shuffle_i32x4(u[8 + m], u[12 + m], 0x88), w1 = _mm512_shuffle_i32x4(u[8 + m], u[12 + m], 0xDD);
+        r[m] = _mm512_shuffle_i32x4(v0, w0, 0x88);
+        r[8 + m] = _mm512_shuffle_i32x4(v0, w0, 0xDD);
+        r[4 + m] = _mm512_shuffle_i32x4(v1, w1, 0x88);
+        r[12 + m] = _mm512_shuffle_i32x4(v1, w1, 0xDD);
+    }
+}
+
+// Rows [n, n + nr) (nr <= 32) of q as a panel: bp[(k / 4) * 128 + r * 4 + k % 4] = the unsigned level of row n + r at
+// column position k (q4: qdot_permute_int4's order), sp[g * 32 + r] its scale; rows past nr are zero with scale 0.
+// BITS is a constant of each instantiation (a per-row test of q->bits and f16_to_f32's branches were a third of a
+// 4-token call's samples).
+VK_VNNI static inline __attribute__((always_inline)) void qgemm_pack_panel_bits(const int BITS, const vk_qmatrix *q,
+                                                                                size_t K, size_t n, size_t nr,
+                                                                                uint8_t *bp, float *sp) {
+    size_t ng = qgroups(K, q->group_size), rb = vk_qrow_bytes(BITS, K);
+    const uint8_t *base = (const uint8_t *)q->data + n * rb;
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    const __m256i nib = _mm256_set1_epi8(0x0f);
+    for (size_t h = 0; h < 2; h++) {  // rows h * 16 .. h * 16 + 15
+        size_t rows = nr > h * 16 ? (nr - h * 16 < 16 ? nr - h * 16 : 16) : 0;
+        for (size_t k = 0; k < K; k += 64) {
+            size_t cols = K - k < 64 ? K - k : 64;  // 64 or 32 (K % 32 == 0)
+            __m512i r[16];
+            for (size_t i = 0; i < 16; i++) r[i] = _mm512_setzero_si512();
+            for (size_t i = 0; i < rows; i++) {
+                const uint8_t *row = base + (h * 16 + i) * rb;
+                if (BITS == 8) {
+                    __m512i v = cols == 64 ? _mm512_loadu_si512(row + k)
+                                           : _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(row + k)));
+                    r[i] = _mm512_xor_si512(v, flip);
+                } else {
+                    __m256i v = cols == 64 ? _mm256_loadu_si256((const __m256i *)(row + k / 2))
+                                           : _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)(row + k / 2)));
+                    __m256i lo = _mm256_and_si256(v, nib), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
+                    // [even columns of block 0, of block 1, odd of 0, odd of 1] -> [even 0, odd 0, even 1, odd 1]
+                    __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+                    r[i] = _mm512_shuffle_i64x2(z, z, 0xD8);
+                }
+            }
+            transpose16_epi32(r);
+            uint8_t *dst = bp + (k / 4) * 128 + h * 64;
+            for (size_t j = 0; j < cols / 4; j++) _mm512_store_si512(dst + j * 128, r[j]);
+        }
+    }
+    for (size_t i = 0; i < nr; i++) {
+        const uint16_t *s = q->scales + (n + i) * ng;
+        for (size_t g = 0; g < ng; g++) sp[g * VK_QG_NR + i] = _cvtsh_ss(s[g]);
+    }
+    for (size_t i = nr; i < VK_QG_NR; i++)
+        for (size_t g = 0; g < ng; g++) sp[g * VK_QG_NR + i] = 0.0f;
+}
+
+VK_VNNI static void qgemm_pack_panel(const vk_qmatrix *q, size_t K, size_t n, size_t nr, uint8_t *bp, float *sp) {
+    if (q->bits == 8) qgemm_pack_panel_bits(8, q, K, n, nr, bp, sp);
+    else qgemm_pack_panel_bits(4, q, K, n, nr, bp, sp);
+}
+
+// Each token's x as qdot_quantize_x512 makes it (qx row t at qx + t * K; int4: each 32-column block as [even
+// columns, odd columns]), its group scales dx[t * ng + g] and the accumulators' starts xc[t * ng + g] = -bias x
+// sum of the group's levels (bias 128 for q8, 8 for q4).
+VK_VNNI static void qgemm_quantize_x(const float *x, size_t T, size_t K, size_t ldx, size_t G, int bits, int8_t *qx,
+                                     float *dx, int32_t *xc) {
+    size_t ng = qgroups(K, G);
+    const int32_t bias = bits == 8 ? 128 : 8;
+    const __m256i ones = _mm256_set1_epi8(1);
+    // within each 128-bit lane: even bytes, then odd bytes
+    const __m256i eo = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
+                                        0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+    for (size_t t = 0; t < T; t++) {
+        int8_t *q = qx + t * K;
+        qdot_quantize_x512(x + t * ldx, K, G, q, dx + t * ng);
+        for (size_t g = 0; g < ng; g++) {
+            __m256i s = _mm256_setzero_si256();
+            for (size_t k = g * G; k < (g + 1) * G && k < K; k += 32) {
+                __m256i v = _mm256_loadu_si256((const __m256i *)(q + k));
+                s = _mm256_dpbusd_epi32(s, ones, v);
+                if (bits == 4) {  // [evens of columns 0-15, odds 0-15, evens 16-31, odds 16-31] -> all evens, all odds
+                    v = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(v, eo), 0xD8);
+                    _mm256_storeu_si256((__m256i *)(q + k), v);
+                }
+            }
+            __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+            s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+            s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+            xc[t * ng + g] = -bias * _mm_cvtsi128_si32(s4);
+        }
+    }
+}
+
+// c[i, r] = bias[r] + sum over groups of sp[g, r] dx[i, g] (xc[i, g] + sum of the group's level products), for
+// tokens i < MR_ and rows r < nr (<= 32).
+VK_VNNI static inline __attribute__((always_inline)) void qgemm_tile(const int MR_, size_t K, size_t G,
+                                                                     const int8_t *qx, const float *dx,
+                                                                     const int32_t *xc, const uint8_t *bp,
+                                                                     const float *sp, float *c, size_t ldc, size_t nr,
+                                                                     const float *bias) {
+    size_t ng = qgroups(K, G);
+    __m512 acc[VK_QG_MR][2];
+    for (int i = 0; i < MR_; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    for (size_t g = 0; g < ng; g++) {
+        __m512i ia[VK_QG_MR][2];
+        for (int i = 0; i < MR_; i++) ia[i][0] = ia[i][1] = _mm512_set1_epi32(xc[i * ng + g]);
+        const uint8_t *b = bp + g * (G / 4) * 128;
+        const int8_t *xg = qx + g * G;
+        size_t steps = (K - g * G < G ? K - g * G : G) / 4;  // the last group may be shorter (a multiple of 32)
+#pragma GCC unroll 8
+        for (size_t s = 0; s < steps; s++) {
+            __m512i b0 = _mm512_load_si512(b + s * 128), b1 = _mm512_load_si512(b + s * 128 + 64);
+            for (int i = 0; i < MR_; i++) {
+                int32_t word;
+                memcpy(&word, xg + i * K + 4 * s, 4);
+                __m512i xb = _mm512_set1_epi32(word);
+                ia[i][0] = _mm512_dpbusd_epi32(ia[i][0], b0, xb);
+                ia[i][1] = _mm512_dpbusd_epi32(ia[i][1], b1, xb);
+            }
+        }
+        __m512 s0 = _mm512_load_ps(sp + g * VK_QG_NR), s1 = _mm512_load_ps(sp + g * VK_QG_NR + 16);
+        for (int i = 0; i < MR_; i++) {
+            __m512 d = _mm512_set1_ps(dx[i * ng + g]);
+            acc[i][0] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(ia[i][0]), d), s0, acc[i][0]);
+            acc[i][1] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(ia[i][1]), d), s1, acc[i][1]);
+        }
+    }
+    __mmask16 m0 = nr >= 16 ? 0xFFFF : (__mmask16)((1u << nr) - 1);
+    __mmask16 m1 = nr >= 32 ? 0xFFFF : nr <= 16 ? 0 : (__mmask16)((1u << (nr - 16)) - 1);
+    __m512 bias0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
+    __m512 bias1 = bias ? _mm512_maskz_loadu_ps(m1, bias + 16) : _mm512_setzero_ps();
+    for (int i = 0; i < MR_; i++) {
+        _mm512_mask_storeu_ps(c + i * ldc, m0, _mm512_add_ps(acc[i][0], bias0));
+        _mm512_mask_storeu_ps(c + i * ldc + 16, m1, _mm512_add_ps(acc[i][1], bias1));
+    }
+}
+
+VK_VNNI static void qgemm_vnni(const float *x, size_t T, size_t K, size_t ldx, const vk_qmatrix *w, size_t n0,
+                               size_t n1, const float *bias, float *y, size_t ldy, float *buf) {
+    size_t G = w->group_size, ng = qgroups(K, G), rb = vk_qrow_bytes(w->bits, K);
+    uint8_t *bp = align64b((uint8_t *)buf);
+    float *sp = (float *)(bp + VK_QG_NR * K);  // 32 K is a multiple of 64
+    int8_t *qx = (int8_t *)align64b((uint8_t *)(sp + VK_QG_NR * ng));
+    float *dx = (float *)align64b((uint8_t *)(qx + T * K));
+    int32_t *xc = (int32_t *)(dx + T * ng);
+    qgemm_quantize_x(x, T, K, ldx, G, w->bits, qx, dx, xc);
+    size_t ntile = div_up(T, VK_QG_MR);
+    for (size_t n = n0; n < n1; n += VK_QG_NR) {
+        size_t nr = n1 - n < VK_QG_NR ? n1 - n : VK_QG_NR;
+        qgemm_pack_panel(w, K, n, nr, bp, sp);
+        size_t nn = n + VK_QG_LEAD * VK_QG_NR, nnr = nn < n1 ? (n1 - nn < VK_QG_NR ? n1 - nn : VK_QG_NR) : 0;
+        const float *bn = bias ? bias + n : NULL;
+        for (size_t t = 0, p = 0; t < T; t += VK_QG_MR, p++) {
+            if (nnr) prefetch_panel_part(w->data, rb, 0, rb, nn, nnr, p, ntile);
+            size_t mr = T - t < VK_QG_MR ? T - t : VK_QG_MR;
+            const int8_t *qt = qx + t * K;
+            const float *dt = dx + t * ng;
+            const int32_t *ct = xc + t * ng;
+            float *c = y + t * ldy + n;
+            switch (mr) {
+            case 6: qgemm_tile(6, K, G, qt, dt, ct, bp, sp, c, ldy, nr, bn); break;
+            case 5: qgemm_tile(5, K, G, qt, dt, ct, bp, sp, c, ldy, nr, bn); break;
+            case 4: qgemm_tile(4, K, G, qt, dt, ct, bp, sp, c, ldy, nr, bn); break;
+            case 3: qgemm_tile(3, K, G, qt, dt, ct, bp, sp, c, ldy, nr, bn); break;
+            case 2: qgemm_tile(2, K, G, qt, dt, ct, bp, sp, c, ldy, nr, bn); break;
+            default: qgemm_tile(1, K, G, qt, dt, ct, bp, sp, c, ldy, nr, bn); break;
+            }
+        }
+    }
+}
 // ---- Element-wise math ----------------------------------------------------------------------------------------
 // exp: Cephes' expf (range reduction by ln 2 in two parts, degree-5 polynomial), about 1 ulp. 2^n is applied as
 // two factors 2^(n/2) so results overflow to +inf and underflow gradually through the subnormals like expf;
@@ -2840,10 +3058,23 @@ void vk_matmul_bf16_ws(const float *x, size_t T, size_t K, size_t ldx, const voi
     vk_matmul_ws(x, T, K, ldx, w, dtype, n0, n1, bias, y, ldy, scratch, scratch_floats);
 }
 
+int vk_quantized_prefill_is_integer(size_t T, size_t K, size_t group_size, int bits) {
+#if VK_X86
+    return group_size > 0 && (bits == 8 || bits == 4) && qgemm_applies(T, K, group_size, bits);
+#else
+    (void)T; (void)K; (void)group_size; (void)bits;
+    return 0;
+#endif
+}
+
 size_t vk_matmul_q_scratch_floats(size_t T, size_t K, size_t group_size, size_t n0, size_t n1) {
     if (n1 <= n0 || T == 0 || K == 0 || group_size == 0) return 0;
 #if VK_X86
     if (T == 1) return 18 * qgroups(K, group_size) + K + 16;  // scales, dx, qx, its int4 copies qp and qq, xs, xi, x4 (gemv_qdot_vnni)
+    if (qgemm_applies(T, K, group_size, 4)) {  // int4's threshold is the lower; a few floats over for int8 is harmless
+        size_t q = div_up(qgemm_scratch_bytes(T, K, group_size), 4), f = gemm_scratch_floats(T, K, n1 - n0);
+        return q > f ? q : f;
+    }
     size_t gemm = gemm_scratch_floats(T, K, n1 - n0), rows = VK_SMALL_ROWS * K / 4 + 1;  // gemm_small_q's q4 block
     return gemm > rows ? gemm : rows;
 #else
@@ -2871,6 +3102,7 @@ void vk_matmul_q_ws(const float *x, size_t T, size_t K, size_t ldx, const vk_qma
         if (qdot_applies(T, K, w) && use_vnni()) gemv_qdot_vnni(x, K, w, n0, n1, bias, y, buf);
         else if (qdot_applies(T, K, w)) gemv_qdot_avx2(x, K, w, n0, n1, bias, y, buf);
         else if (T == 1) gemv_q_avx2(x, K, w, n0, n1, bias, y, buf);
+        else if (qgemm_applies(T, K, w->group_size, w->bits)) qgemm_vnni(x, T, K, ldx, w, n0, n1, bias, y, ldy, buf);
         else if (small_q_applies(T, w, use_avx512())) gemm_small_q(x, T, K, ldx, w, n0, n1, bias, y, ldy, (int8_t *)buf, use_avx512());
         else gemm_avx2(x, T, K, ldx, NULL, VK_F32, 0, w, n0, n1, bias, y, ldy, buf);
         return;

@@ -57,6 +57,16 @@ final class QuantKernelTests: XCTestCase {
         return y
     }
 
+    /// What the SIMD kernel is to equal: the scalar kernel, or where prefill multiplies int8 activations
+    /// (vk_quantized_prefill_is_integer: AVX-512 VNNI), the scalar decode kernel on each token's row, so prefill is
+    /// proven to be T decode steps' integer dot products.
+    func reference(_ x: [Float], T: Int, K: Int, q: Quantized, N: Int, bias: [Float]?) -> [Float] {
+        guard T > 1, vk_quantized_prefill_is_integer(T, K, q.group, Int32(q.bits)) != 0 else {
+            return matmul(x, T: T, K: K, q: q, N: N, bias: bias, scalar: true)
+        }
+        return (0..<T).flatMap { t in matmul(Array(x[(t * K)..<((t + 1) * K)]), T: 1, K: K, q: q, N: N, bias: bias, scalar: true) }
+    }
+
     /// Largest |fast - ref| / tol over all outputs, and where.
     func worst(_ fast: [Float], _ ref: [Float], tol: Float) -> (ratio: Float, index: Int) {
         var w: (Float, Int) = (0, -1)
@@ -70,9 +80,10 @@ final class QuantKernelTests: XCTestCase {
     // Shapes off every block: GEMV rows of 4, int4 blocks of 32 columns, groups (8, 24, 32, 40, 128), the K tail
     // past the last multiple of 8, the GEMM's 6x16 tile and K/token blocks; K odd for int4's half-used last byte;
     // 4 / 5, 8 / 9 and 16 / 17: either side of the few-token quantized kernels (small_q_applies: AVX2 4, any group;
-    // AVX-512 q4 8, q8 16, groups a multiple of 16, so 32 and 128).
-    static let oddT = [1, 2, 3, 4, 5, 7, 8, 9, 13, 16, 17, 130]
-    static let oddK = [1, 7, 9, 63, 100, 257, 960]
+    // AVX-512 q4 8, q8 16, groups a multiple of 16, so 32 and 128); 6 / 7 either side of the int8 GEMM's int8 limit.
+    // K 96 and 960 take the int8 GEMM with groups 32 and 128 (960: a shorter last group; 96: a 32-column tail).
+    static let oddT = [1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 16, 17, 130]
+    static let oddK = [1, 7, 9, 63, 96, 100, 257, 960]
     static let oddN = [1, 5, 17, 100]
     static let groups = [8, 24, 32, 40, 128]
 
@@ -89,7 +100,7 @@ final class QuantKernelTests: XCTestCase {
                                 let tol = 1e-5 * Float(K).squareRoot() + 1e-6
                                 for useBias in [false, true] {
                                     let b = useBias ? bias : nil
-                                    let ref = matmul(x, T: T, K: K, q: q, N: N, bias: b, scalar: true)
+                                    let ref = reference(x, T: T, K: K, q: q, N: N, bias: b)
                                     let fast = matmul(x, T: T, K: K, q: q, N: N, bias: b, scalar: false)
                                     let (ratio, i) = worst(fast, ref, tol: tol)
                                     XCTAssertLessThanOrEqual(ratio, 1, "\(level) q\(bits) g\(group) T\(T) K\(K) N\(N) bias \(useBias): y[\(i)] \(i >= 0 ? fast[i] : 0) vs \(i >= 0 ? ref[i] : 0)")
@@ -104,6 +115,21 @@ final class QuantKernelTests: XCTestCase {
                 }
             }
         }
+    }
+
+    /// On AVX-512 VNNI hosts prefill over whole 32-column groups is the int8 product (the oddly shaped tests then
+    /// compare it with decode on each row); elsewhere, and for groups or K off 32, it keeps f32 activations.
+    func testPrefillTakesIntegerProductsWhereVNNI() {
+        let vnni = String(cString: vk_simd_name()) == "avx512-vnni"
+        XCTAssertEqual(vk_quantized_prefill_is_integer(16, 960, 32, 8) != 0, vnni)
+        XCTAssertEqual(vk_quantized_prefill_is_integer(2, 960, 64, 4) != 0, vnni)
+        XCTAssertEqual(vk_quantized_prefill_is_integer(6, 960, 32, 8), 0, "int8 from 7 tokens")
+        XCTAssertEqual(vk_quantized_prefill_is_integer(1, 960, 32, 8), 0, "decode is not prefill")
+        XCTAssertEqual(vk_quantized_prefill_is_integer(16, 100, 32, 8), 0, "K off 32")
+        XCTAssertEqual(vk_quantized_prefill_is_integer(16, 960, 40, 8), 0, "group off 32")
+        vk_limit_level(1)
+        XCTAssertEqual(vk_quantized_prefill_is_integer(16, 960, 32, 8), 0, "AVX2")
+        vk_limit_level(3)
     }
 
     /// The scalar reference for several tokens (and for decode with groups that are not whole 32-column blocks) is
@@ -182,7 +208,7 @@ final class QuantKernelTests: XCTestCase {
         var seed: UInt64 = 11
         let pools = [1, 2].map { ThreadPool(threadCount: $0) }
         for bits in [8, 4] {
-            for (T, K, N) in [(1, 960, 100), (1, 63, 17), (2, 257, 5), (7, 100, 37), (33, 960, 17), (130, 257, 100)] {
+            for (T, K, N) in [(1, 960, 100), (1, 63, 17), (2, 257, 5), (7, 100, 37), (33, 960, 17), (130, 257, 100), (40, 96, 70)] {
                 let x = randoms(T * K, seed: &seed), wf = randoms(N * K, seed: &seed), bias = randoms(N, seed: &seed)
                 let buffer = TensorBuffer(byteCount: wf.count * 4)
                 wf.withUnsafeBytes { buffer.pointer.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
@@ -191,7 +217,7 @@ final class QuantKernelTests: XCTestCase {
                 let matrix = QuantizedMatrix.quantize(tensor, scheme: scheme)
                 let q = quantize(wf, rows: N, cols: K, bits: bits, group: 32)
                 XCTAssertEqual(Array(matrix.dataBytes), Array(q.data.prefix(matrix.dataByteCount)), "parallel quantizer = serial")
-                let ref = matmul(x, T: T, K: K, q: q, N: N, bias: bias, scalar: true)
+                let ref = reference(x, T: T, K: K, q: q, N: N, bias: bias)
                 let linear = Linear(quantized: matrix, bias: bias)
                 XCTAssertEqual(linear.inFeatures, K)
                 XCTAssertEqual(linear.outFeatures, N)

@@ -359,10 +359,13 @@ final class QuantizationTests: XCTestCase {
             // 0.35-0.36. A 135M model is among the most quantization-sensitive; q4 with Q4_0's plain max-scale rule
             // costs that much. One position is 1.5% of the agreement, and f32 rounding alone moves near-ties: the
             // decode attention kernels of 2026-12-07 (same float text, sums in another order) took q8 from 62/65
-            // (KL 2.98e-3) to 60/65 (KL 2.61e-3) on one host. The KL bound is the sharper check.
+            // (KL 2.98e-3) to 60/65 (KL 2.61e-3) on one host. The KL bound is the sharper check. Where the prefill
+            // multiplies int8 activations too (AVX-512 VNNI hosts, as llama.cpp's Q8_0 x Q8_0 products), the prompt's
+            // keys and values carry the activation rounding as well: Zen 5, q8 60/65 KL 2.61e-3 -> 61/65 KL 4.68e-3,
+            // q4 unchanged (0.351, the weights' rounding dominates).
             if bits == 8 {
                 XCTAssertGreaterThanOrEqual(agreement, 0.9)
-                XCTAssertLessThan(a.kl, 5e-3)
+                XCTAssertLessThan(a.kl, 7.5e-3)
             } else {
                 XCTAssertGreaterThanOrEqual(agreement, 0.6)
                 XCTAssertLessThan(a.kl, 0.6)
