@@ -313,7 +313,7 @@ static void matmul_q_scalar(const float *x, size_t T, size_t K, size_t ldx, cons
 // is then an exact int32 dot product of levels, scaled by scale_w * d. The SIMD bodies read the same weight bytes with
 // about half the instructions of converting every weight to f32 (decode is compute-bound at int8/int4 on AVX2
 // otherwise); the price is the activation rounding, which QuantizationTests' accuracy figures include. Prefill
-// (T >= 2) keeps f32 activations.
+// (T >= 2) does the same on VNNI hosts (qgemm_vnni) and keeps f32 activations elsewhere.
 static inline int qdot_applies(size_t T, size_t K, const vk_qmatrix *w) {
     return T == 1 && K % 32 == 0 && w->group_size % 32 == 0;
 }
