@@ -58,8 +58,8 @@ final class QuantKernelTests: XCTestCase {
     }
 
     /// What the SIMD kernel is to equal: the scalar kernel, or where prefill multiplies int8 activations
-    /// (vk_quantized_prefill_is_integer: AVX-512 VNNI), the scalar decode kernel on each token's row, so prefill is
-    /// proven to be T decode steps' integer dot products.
+    /// (vk_quantized_prefill_is_integer: AVX-512 VNNI, or int4 on AVX2), the scalar decode kernel on each token's row,
+    /// so prefill is proven to be T decode steps' integer dot products.
     func reference(_ x: [Float], T: Int, K: Int, q: Quantized, N: Int, bias: [Float]?) -> [Float] {
         guard T > 1, vk_quantized_prefill_is_integer(T, K, q.group, Int32(q.bits)) != 0 else {
             return matmul(x, T: T, K: K, q: q, N: N, bias: bias, scalar: true)
@@ -117,19 +117,25 @@ final class QuantKernelTests: XCTestCase {
         }
     }
 
-    /// On AVX-512 VNNI hosts prefill over whole 32-column groups is the int8 product (the oddly shaped tests then
-    /// compare it with decode on each row); elsewhere, and for groups or K off 32, it keeps f32 activations.
-    func testPrefillTakesIntegerProductsWhereVNNI() {
-        let vnni = String(cString: vk_simd_name()) == "avx512-vnni"
+    /// Prefill over whole 32-column groups is the int8 product on AVX-512 VNNI hosts (int8 from 7 tokens, int4 from 2)
+    /// and for int4 on AVX2 hosts (the oddly shaped tests then compare it with decode on each row); elsewhere, and for
+    /// groups or K off 32, it keeps f32 activations.
+    func testPrefillTakesIntegerProductsWhereTheCPUHasThem() {
+        let name = String(cString: vk_simd_name())
+        let vnni = name == "avx512-vnni", avx2 = name.hasPrefix("avx")
         XCTAssertEqual(vk_quantized_prefill_is_integer(16, 960, 32, 8) != 0, vnni)
-        XCTAssertEqual(vk_quantized_prefill_is_integer(2, 960, 64, 4) != 0, vnni)
+        XCTAssertEqual(vk_quantized_prefill_is_integer(2, 960, 64, 4) != 0, avx2)
         XCTAssertEqual(vk_quantized_prefill_is_integer(6, 960, 32, 8), 0, "int8 from 7 tokens")
-        XCTAssertEqual(vk_quantized_prefill_is_integer(1, 960, 32, 8), 0, "decode is not prefill")
-        XCTAssertEqual(vk_quantized_prefill_is_integer(16, 100, 32, 8), 0, "K off 32")
-        XCTAssertEqual(vk_quantized_prefill_is_integer(16, 960, 40, 8), 0, "group off 32")
+        XCTAssertEqual(vk_quantized_prefill_is_integer(1, 960, 32, 4), 0, "decode is not prefill")
+        XCTAssertEqual(vk_quantized_prefill_is_integer(16, 100, 32, 4), 0, "K off 32")
+        XCTAssertEqual(vk_quantized_prefill_is_integer(16, 960, 40, 4), 0, "group off 32")
         vk_limit_level(1)
-        XCTAssertEqual(vk_quantized_prefill_is_integer(16, 960, 32, 8), 0, "AVX2")
+        XCTAssertEqual(vk_quantized_prefill_is_integer(16, 960, 32, 8), 0, "AVX2, int8")
+        XCTAssertEqual(vk_quantized_prefill_is_integer(16, 960, 32, 4) != 0, avx2, "AVX2, int4")
         vk_limit_level(3)
+        vk_force_scalar(1)
+        XCTAssertEqual(vk_quantized_prefill_is_integer(16, 960, 32, 4), 0, "scalar")
+        vk_force_scalar(0)
     }
 
     /// The scalar reference for several tokens (and for decode with groups that are not whole 32-column blocks) is
