@@ -2221,9 +2221,6 @@ VK_VNNI static void gemv_qdot_vnni(const float *x, size_t K, const vk_qmatrix *w
 // token's scale and an FMA by the rows' scales.
 #define VK_QG_MR 6
 #define VK_QG_NR 32
-#ifndef VK_QG_LEAD
-#define VK_QG_LEAD 1
-#endif
 
 // From 2 tokens for int4, 7 for int8: below that the few-token f32 kernel (which streams the rows once, unpacked in
 // registers) is faster than re-laying them. Zen 5, 2 threads, 960 x 2560 and 2560 x 960 from memory, against the
@@ -2407,7 +2404,7 @@ VK_VNNI static void qgemm_vnni(const float *x, size_t T, size_t K, size_t ldx, c
     for (size_t n = n0; n < n1; n += VK_QG_NR) {
         size_t nr = n1 - n < VK_QG_NR ? n1 - n : VK_QG_NR;
         qgemm_pack_panel(w, K, n, nr, bp, sp);
-        size_t nn = n + VK_QG_LEAD * VK_QG_NR, nnr = nn < n1 ? (n1 - nn < VK_QG_NR ? n1 - nn : VK_QG_NR) : 0;
+        size_t nn = n + VK_QG_NR, nnr = nn < n1 ? (n1 - nn < VK_QG_NR ? n1 - nn : VK_QG_NR) : 0;
         const float *bn = bias ? bias + n : NULL;
         for (size_t t = 0, p = 0; t < T; t += VK_QG_MR, p++) {
             if (nnr) prefetch_panel_part(w->data, rb, 0, rb, nn, nnr, p, ntile);
