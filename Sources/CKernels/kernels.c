@@ -2302,12 +2302,23 @@ VK_VNNI static inline __attribute__((always_inline)) void qgemm_pack_panel_bits(
             for (size_t j = 0; j < cols / 4; j++) _mm512_store_si512(dst + j * 128, r[j]);
         }
     }
-    for (size_t i = 0; i < nr; i++) {
-        const uint16_t *s = q->scales + (n + i) * ng;
-        for (size_t g = 0; g < ng; g++) sp[g * VK_QG_NR + i] = _cvtsh_ss(s[g]);
+    // the scales, 16 rows x 16 groups at a time, transposed the same way (one scalar conversion per scale was
+    // 10-15% of an 8-16 token call)
+    for (size_t h = 0; h < 2; h++) {
+        size_t rows = nr > h * 16 ? (nr - h * 16 < 16 ? nr - h * 16 : 16) : 0;
+        for (size_t g0 = 0; g0 < ng; g0 += 16) {
+            size_t gs = ng - g0 < 16 ? ng - g0 : 16;
+            __mmask16 m = (__mmask16)(gs == 16 ? 0xFFFF : (1u << gs) - 1);
+            __m512i r[16];
+            for (size_t i = 0; i < 16; i++) r[i] = _mm512_setzero_si512();
+            for (size_t i = 0; i < rows; i++) {
+                __m256i hv = _mm256_maskz_loadu_epi16(m, q->scales + (n + h * 16 + i) * ng + g0);
+                r[i] = _mm512_castps_si512(_mm512_cvtph_ps(hv));
+            }
+            transpose16_epi32(r);
+            for (size_t j = 0; j < gs; j++) _mm512_store_si512(sp + (g0 + j) * VK_QG_NR + h * 16, r[j]);
+        }
     }
-    for (size_t i = nr; i < VK_QG_NR; i++)
-        for (size_t g = 0; g < ng; g++) sp[g * VK_QG_NR + i] = 0.0f;
 }
 
 VK_VNNI static void qgemm_pack_panel(const vk_qmatrix *q, size_t K, size_t n, size_t nr, uint8_t *bp, float *sp) {
