@@ -398,6 +398,13 @@ VK_AVX2 static inline float hsum256(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+VK_AVX2 static inline int32_t hsum256_epi32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    return _mm_cvtsi128_si32(s);
+}
+
 // Eight weights of any dtype as f32 lanes.
 VK_AVX2 static inline __m256 load8(const void *w, vk_dtype dt, size_t i) {
     if (dt == VK_BF16) {
@@ -2242,6 +2249,53 @@ static size_t qgemm_scratch_bytes(size_t T, size_t K, size_t G) {
 
 static inline uint8_t *align64b(uint8_t *p) { return (uint8_t *)(((uintptr_t)p + 63) & ~(uintptr_t)63); }
 
+// qgemm_scratch_bytes' regions: one panel of `panel_rows` rows (levels bp, then f32 scales sp per group), then x's
+// levels qx, group scales dx and accumulator starts xc.
+typedef struct {
+    uint8_t *bp;
+    float *sp;
+    int8_t *qx;
+    float *dx;
+    int32_t *xc;
+} qgemm_scratch;
+
+static inline qgemm_scratch qgemm_carve(float *buf, size_t T, size_t K, size_t ng, size_t panel_rows) {
+    qgemm_scratch b;
+    b.bp = align64b((uint8_t *)buf);
+    b.sp = (float *)(b.bp + panel_rows * K);  // 16 K or 32 K bytes: a multiple of 64 (K % 32 == 0)
+    b.qx = (int8_t *)align64b((uint8_t *)(b.sp + panel_rows * ng));
+    b.dx = (float *)align64b((uint8_t *)(b.qx + T * K));
+    b.xc = (int32_t *)(b.dx + T * ng);
+    return b;
+}
+
+// x's int4 column order within one 32-column block (qdot_permute_int4): [evens of columns 0-15, odds 0-15, evens
+// 16-31, odds 16-31] after the in-lane shuffle, then the even halves before the odd ones.
+VK_AVX2 static inline __m256i int4_block_order(__m256i v) {
+    const __m256i eo = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
+                                        0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+    return _mm256_permute4x64_epi64(_mm256_shuffle_epi8(v, eo), 0xD8);
+}
+
+// The panel loop of both int8 GEMMs (qgemm_vnni, qgemm_avx2), over rows [n0, n1) with `b` carved and x quantized:
+// each NR-row panel re-laid once by PACK_PANEL, then used by every MR-token tile through TILES (a switch over mr),
+// while the next panel's weight rows are prefetched a part per tile.
+#define VK_QGEMM_PANELS(NR, MR, PACK_PANEL, TILES)                                                                    \
+    do {                                                                                                              \
+        size_t ntile_ = div_up(T, MR);                                                                                \
+        for (size_t n = n0; n < n1; n += NR) {                                                                        \
+            size_t nr = n1 - n < NR ? n1 - n : NR;                                                                    \
+            PACK_PANEL(w, K, n, nr, b.bp, b.sp);                                                                      \
+            size_t nn = n + NR, nnr = nn < n1 ? (n1 - nn < NR ? n1 - nn : NR) : 0;                                    \
+            const float *bn = bias ? bias + n : NULL;                                                                 \
+            for (size_t t = 0, p = 0; t < T; t += MR, p++) {                                                          \
+                if (nnr) prefetch_panel_part(w->data, rb, 0, rb, nn, nnr, p, ntile_);                                 \
+                TILES(T - t < MR ? T - t : MR, K, G, b.qx + t * K, b.dx + t * ng, b.xc + t * ng, b.bp, b.sp,         \
+                      y + t * ldy + n, ldy, nr, bn);                                                                  \
+            }                                                                                                         \
+        }                                                                                                             \
+    } while (0)
+
 // The 16 x 16 transpose of 32-bit words: r[i] word j -> r[j] word i.
 VK_VNNI static inline void transpose16_epi32(__m512i r[16]) {
     __m512i t[16], u[16];
@@ -2334,9 +2388,6 @@ VK_VNNI static void qgemm_quantize_x(const float *x, size_t T, size_t K, size_t 
     size_t ng = qgroups(K, G);
     const int32_t bias = bits == 8 ? 128 : 8;
     const __m256i ones = _mm256_set1_epi8(1);
-    // within each 128-bit lane: even bytes, then odd bytes
-    const __m256i eo = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
-                                        0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
     for (size_t t = 0; t < T; t++) {
         int8_t *q = qx + t * K;
         qdot_quantize_x512(x + t * ldx, K, G, q, dx + t * ng);
@@ -2345,15 +2396,9 @@ VK_VNNI static void qgemm_quantize_x(const float *x, size_t T, size_t K, size_t 
             for (size_t k = g * G; k < (g + 1) * G && k < K; k += 32) {
                 __m256i v = _mm256_loadu_si256((const __m256i *)(q + k));
                 s = _mm256_dpbusd_epi32(s, ones, v);
-                if (bits == 4) {  // [evens of columns 0-15, odds 0-15, evens 16-31, odds 16-31] -> all evens, all odds
-                    v = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(v, eo), 0xD8);
-                    _mm256_storeu_si256((__m256i *)(q + k), v);
-                }
+                if (bits == 4) _mm256_storeu_si256((__m256i *)(q + k), int4_block_order(v));
             }
-            __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-            s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
-            s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
-            xc[t * ng + g] = -bias * _mm_cvtsi128_si32(s4);
+            xc[t * ng + g] = -bias * hsum256_epi32(s);
         }
     }
 }
@@ -2402,38 +2447,27 @@ VK_VNNI static inline __attribute__((always_inline)) void qgemm_tile(const int M
     }
 }
 
+VK_VNNI static inline __attribute__((always_inline)) void qgemm_tiles_vnni(size_t mr, size_t K, size_t G,
+                                                                           const int8_t *qt, const float *dt,
+                                                                           const int32_t *ct, const uint8_t *bp,
+                                                                           const float *sp, float *c, size_t ldc,
+                                                                           size_t nr, const float *bn) {
+    switch (mr) {
+    case 6: qgemm_tile(6, K, G, qt, dt, ct, bp, sp, c, ldc, nr, bn); break;
+    case 5: qgemm_tile(5, K, G, qt, dt, ct, bp, sp, c, ldc, nr, bn); break;
+    case 4: qgemm_tile(4, K, G, qt, dt, ct, bp, sp, c, ldc, nr, bn); break;
+    case 3: qgemm_tile(3, K, G, qt, dt, ct, bp, sp, c, ldc, nr, bn); break;
+    case 2: qgemm_tile(2, K, G, qt, dt, ct, bp, sp, c, ldc, nr, bn); break;
+    default: qgemm_tile(1, K, G, qt, dt, ct, bp, sp, c, ldc, nr, bn); break;
+    }
+}
+
 VK_VNNI static void qgemm_vnni(const float *x, size_t T, size_t K, size_t ldx, const vk_qmatrix *w, size_t n0,
                                size_t n1, const float *bias, float *y, size_t ldy, float *buf) {
     size_t G = w->group_size, ng = qgroups(K, G), rb = vk_qrow_bytes(w->bits, K);
-    uint8_t *bp = align64b((uint8_t *)buf);
-    float *sp = (float *)(bp + VK_QG_NR * K);  // 32 K is a multiple of 64
-    int8_t *qx = (int8_t *)align64b((uint8_t *)(sp + VK_QG_NR * ng));
-    float *dx = (float *)align64b((uint8_t *)(qx + T * K));
-    int32_t *xc = (int32_t *)(dx + T * ng);
-    qgemm_quantize_x(x, T, K, ldx, G, w->bits, qx, dx, xc);
-    size_t ntile = div_up(T, VK_QG_MR);
-    for (size_t n = n0; n < n1; n += VK_QG_NR) {
-        size_t nr = n1 - n < VK_QG_NR ? n1 - n : VK_QG_NR;
-        qgemm_pack_panel(w, K, n, nr, bp, sp);
-        size_t nn = n + VK_QG_NR, nnr = nn < n1 ? (n1 - nn < VK_QG_NR ? n1 - nn : VK_QG_NR) : 0;
-        const float *bn = bias ? bias + n : NULL;
-        for (size_t t = 0, p = 0; t < T; t += VK_QG_MR, p++) {
-            if (nnr) prefetch_panel_part(w->data, rb, 0, rb, nn, nnr, p, ntile);
-            size_t mr = T - t < VK_QG_MR ? T - t : VK_QG_MR;
-            const int8_t *qt = qx + t * K;
-            const float *dt = dx + t * ng;
-            const int32_t *ct = xc + t * ng;
-            float *c = y + t * ldy + n;
-            switch (mr) {
-            case 6: qgemm_tile(6, K, G, qt, dt, ct, bp, sp, c, ldy, nr, bn); break;
-            case 5: qgemm_tile(5, K, G, qt, dt, ct, bp, sp, c, ldy, nr, bn); break;
-            case 4: qgemm_tile(4, K, G, qt, dt, ct, bp, sp, c, ldy, nr, bn); break;
-            case 3: qgemm_tile(3, K, G, qt, dt, ct, bp, sp, c, ldy, nr, bn); break;
-            case 2: qgemm_tile(2, K, G, qt, dt, ct, bp, sp, c, ldy, nr, bn); break;
-            default: qgemm_tile(1, K, G, qt, dt, ct, bp, sp, c, ldy, nr, bn); break;
-            }
-        }
-    }
+    qgemm_scratch b = qgemm_carve(buf, T, K, ng, VK_QG_NR);
+    qgemm_quantize_x(x, T, K, ldx, G, w->bits, b.qx, b.dx, b.xc);
+    VK_QGEMM_PANELS(VK_QG_NR, VK_QG_MR, qgemm_pack_panel, qgemm_tiles_vnni);
 }
 
 // ---- The int8 GEMM on AVX2 hosts, int4 weights ----------------------------------------------------------------------
@@ -2485,8 +2519,6 @@ VK_AVX2 static void qgemm_quantize_x_avx2(const float *x, size_t T, size_t K, si
                                           float *dx, int32_t *xc) {
     size_t ng = qgroups(K, G);
     const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
-    const __m256i eo = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
-                                        0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
     for (size_t t = 0; t < T; t++) {
         int8_t *q = qx + t * K;
         qdot_quantize_x256(x + t * ldx, K, G, q, dx + t * ng);
@@ -2495,12 +2527,9 @@ VK_AVX2 static void qgemm_quantize_x_avx2(const float *x, size_t T, size_t K, si
             for (size_t k = g * G; k < (g + 1) * G && k < K; k += 32) {
                 __m256i v = _mm256_loadu_si256((const __m256i *)(q + k));
                 s = _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, v), ones16));
-                _mm256_storeu_si256((__m256i *)(q + k), _mm256_permute4x64_epi64(_mm256_shuffle_epi8(v, eo), 0xD8));
+                _mm256_storeu_si256((__m256i *)(q + k), int4_block_order(v));
             }
-            __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-            s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
-            s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
-            xc[t * ng + g] = -8 * _mm_cvtsi128_si32(s4);
+            xc[t * ng + g] = -8 * hsum256_epi32(s);
         }
     }
 }
@@ -2589,35 +2618,24 @@ VK_AVX2 static inline __attribute__((always_inline)) void qgemm_tile_avx2(const 
     }
 }
 
+VK_AVX2 static inline __attribute__((always_inline)) void qgemm_tiles_avx2(size_t mr, size_t K, size_t G,
+                                                                           const int8_t *qt, const float *dt,
+                                                                           const int32_t *ct, const uint8_t *bp,
+                                                                           const float *sp, float *c, size_t ldc,
+                                                                           size_t nr, const float *bn) {
+    switch (mr) {
+    case 3: qgemm_tile_avx2(3, K, G, qt, dt, ct, bp, sp, c, ldc, nr, bn); break;
+    case 2: qgemm_tile_avx2(2, K, G, qt, dt, ct, bp, sp, c, ldc, nr, bn); break;
+    default: qgemm_tile_avx2(1, K, G, qt, dt, ct, bp, sp, c, ldc, nr, bn); break;
+    }
+}
+
 VK_AVX2 static void qgemm_avx2(const float *x, size_t T, size_t K, size_t ldx, const vk_qmatrix *w, size_t n0,
                                size_t n1, const float *bias, float *y, size_t ldy, float *buf) {
     size_t G = w->group_size, ng = qgroups(K, G), rb = vk_qrow_bytes(4, K);
-    uint8_t *bp = align64b((uint8_t *)buf);
-    float *sp = (float *)(bp + VK_QG2_NR * K);
-    int8_t *qx = (int8_t *)align64b((uint8_t *)(sp + VK_QG2_NR * ng));
-    float *dx = (float *)align64b((uint8_t *)(qx + T * K));
-    int32_t *xc = (int32_t *)(dx + T * ng);
-    qgemm_quantize_x_avx2(x, T, K, ldx, G, qx, dx, xc);
-    size_t ntile = div_up(T, VK_QG2_MR);
-    for (size_t n = n0; n < n1; n += VK_QG2_NR) {
-        size_t nr = n1 - n < VK_QG2_NR ? n1 - n : VK_QG2_NR;
-        qgemm_pack_panel_avx2(w, K, n, nr, bp, sp);
-        size_t nn = n + VK_QG2_NR, nnr = nn < n1 ? (n1 - nn < VK_QG2_NR ? n1 - nn : VK_QG2_NR) : 0;
-        const float *bn = bias ? bias + n : NULL;
-        for (size_t t = 0, p = 0; t < T; t += VK_QG2_MR, p++) {
-            if (nnr) prefetch_panel_part(w->data, rb, 0, rb, nn, nnr, p, ntile);
-            size_t mr = T - t < VK_QG2_MR ? T - t : VK_QG2_MR;
-            const int8_t *qt = qx + t * K;
-            const float *dt = dx + t * ng;
-            const int32_t *ct = xc + t * ng;
-            float *c = y + t * ldy + n;
-            switch (mr) {
-            case 3: qgemm_tile_avx2(3, K, G, qt, dt, ct, bp, sp, c, ldy, nr, bn); break;
-            case 2: qgemm_tile_avx2(2, K, G, qt, dt, ct, bp, sp, c, ldy, nr, bn); break;
-            default: qgemm_tile_avx2(1, K, G, qt, dt, ct, bp, sp, c, ldy, nr, bn); break;
-            }
-        }
-    }
+    qgemm_scratch b = qgemm_carve(buf, T, K, ng, VK_QG2_NR);
+    qgemm_quantize_x_avx2(x, T, K, ldx, G, b.qx, b.dx, b.xc);
+    VK_QGEMM_PANELS(VK_QG2_NR, VK_QG2_MR, qgemm_pack_panel_avx2, qgemm_tiles_avx2);
 }
 // ---- Element-wise math ----------------------------------------------------------------------------------------
 // exp: Cephes' expf (range reduction by ln 2 in two parts, degree-5 polynomial), about 1 ulp. 2^n is applied as
