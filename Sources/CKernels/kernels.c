@@ -1950,6 +1950,33 @@ VK_AVX2 static inline __attribute__((always_inline)) void gemv_qdot_rows_pair4(c
     }
 }
 
+// qdot_quantize_x with 256-bit vectors, the same levels and scales bit for bit (qdot_quantize_x512's argument). K and
+// G multiples of 32 (qdot_applies, qgemm_avx2_applies).
+VK_AVX2 static void qdot_quantize_x256(const float *x, size_t K, size_t G, int8_t *qx, float *dx) {
+    const __m256 lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (size_t g = 0; g * G < K; g++) {
+        size_t k0 = g * G, k1 = k0 + G < K ? k0 + G : K;
+        __m256 am = _mm256_setzero_ps();
+        for (size_t k = k0; k < k1; k += 8) am = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + k)), am);
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(am), _mm256_extractf128_ps(am, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+        float amax = _mm_cvtss_f32(m4);
+        float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        dx[g] = amax / 127.0f;
+        const __m256 idv = _mm256_set1_ps(id);
+        for (size_t k = k0; k < k1; k += 32) {
+            __m256i v[4];
+            for (int j = 0; j < 4; j++)
+                v[j] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(_mm256_loadu_ps(x + k + 8 * j), idv), lo), hi));
+            __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
+            _mm256_storeu_si256((__m256i *)(qx + k), _mm256_permutevar8x32_epi32(b, order));
+        }
+    }
+}
+
 // buf: 4 * groups floats (row scales), groups floats (dx), then K + K bytes (qx, and int4's permuted copy), then (int4
 // pair path) groups int32 (xs) and 4 int32 per group (xi), within vk_matmul_q_scratch_floats' gemv_qdot_vnni layout.
 VK_AVX2 static void gemv_qdot_avx2(const float *x, size_t K, const vk_qmatrix *w, size_t n0, size_t n1,
@@ -1957,7 +1984,7 @@ VK_AVX2 static void gemv_qdot_avx2(const float *x, size_t K, const vk_qmatrix *w
     size_t ng = qgroups(K, w->group_size), n = n0;
     float *sc = buf, *dx = buf + 4 * ng;
     int8_t *qx = (int8_t *)(dx + ng), *qp = qx + K;
-    qdot_quantize_x(x, K, w->group_size, qx, dx);
+    qdot_quantize_x256(x, K, w->group_size, qx, dx);
     if (w->bits == 8) {
         // One row at a time (see the decode-path note above gemv_avx2; on a Zen 3 host 2 rows per block had already
         // beaten 4 by 9-10%, Benchmarks/README.md session 8)
@@ -2488,31 +2515,6 @@ static inline int qgemm_avx2_applies(size_t T, size_t K, size_t G, int bits) {
     return bits == 4 && T >= VK_QG2_MIN_T && K % 32 == 0 && G % 32 == 0 && use_avx2() && !use_vnni();
 }
 
-// qdot_quantize_x with 256-bit vectors, the same levels and scales bit for bit (qdot_quantize_x512's argument).
-VK_AVX2 static void qdot_quantize_x256(const float *x, size_t K, size_t G, int8_t *qx, float *dx) {
-    const __m256 lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
-    const __m256 sign = _mm256_set1_ps(-0.0f);
-    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-    for (size_t g = 0; g * G < K; g++) {
-        size_t k0 = g * G, k1 = k0 + G < K ? k0 + G : K;
-        __m256 am = _mm256_setzero_ps();
-        for (size_t k = k0; k < k1; k += 8) am = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + k)), am);
-        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(am), _mm256_extractf128_ps(am, 1));
-        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
-        float amax = _mm_cvtss_f32(m4);
-        float id = amax > 0.0f ? 127.0f / amax : 0.0f;
-        dx[g] = amax / 127.0f;
-        const __m256 idv = _mm256_set1_ps(id);
-        for (size_t k = k0; k < k1; k += 32) {
-            __m256i v[4];
-            for (int j = 0; j < 4; j++)
-                v[j] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(_mm256_loadu_ps(x + k + 8 * j), idv), lo), hi));
-            __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
-            _mm256_storeu_si256((__m256i *)(qx + k), _mm256_permutevar8x32_epi32(b, order));
-        }
-    }
-}
 
 // qgemm_quantize_x for the AVX2 body (int4 only): qx in qdot_permute_int4's order, dx, xc = -8 x the group sums.
 VK_AVX2 static void qgemm_quantize_x_avx2(const float *x, size_t T, size_t K, size_t ldx, size_t G, int8_t *qx,
