@@ -32,7 +32,6 @@ static int g_force_scalar = 0;
 static int g_level = -1;
 
 static int g_max_level = 3;  // vk_limit_level
-static int g_vnni = -1;
 
 static int detect_level(void) {
 #if VK_X86
@@ -72,6 +71,7 @@ void vk_limit_level(int max_level) { g_max_level = max_level; }
 // The AVX2/FMA/F16C bodies run at level 1 and under the AVX-512 ones (level 3) wherever those have no body of their own.
 static inline int use_avx2(void) { return vk_simd_level() & 1; }
 static inline int use_avx512(void) { return vk_simd_level() == 3; }
+static int g_vnni = -1;
 static inline int use_vnni(void) {
     if (g_vnni < 0) {
         __builtin_cpu_init();
@@ -211,6 +211,8 @@ void vk_f32_to_f16(const float *src, size_t count, uint16_t *dst) {
 size_t vk_qrow_bytes(int bits, size_t K) { return bits == 4 ? (K + 1) / 2 : K; }
 
 static inline size_t qgroups(size_t K, size_t g) { return (K + g - 1) / g; }
+static inline size_t div_up(size_t a, size_t b) { return (a + b - 1) / b; }
+static inline size_t round_up(size_t a, size_t b) { return div_up(a, b) * b; }
 
 static inline int qmatrix_valid(const vk_qmatrix *w) {
     return w && (w->bits == 4 || w->bits == 8) && w->group_size > 0 && w->group_size % VK_QGROUP_MULTIPLE == 0;
@@ -537,8 +539,6 @@ VK_AVX2 static void gemv_avx2(const float *x, size_t K, const void *w, vk_dtype 
 #define VK_MC 240
 #endif
 
-static inline size_t div_up(size_t a, size_t b) { return (a + b - 1) / b; }
-static inline size_t round_up(size_t a, size_t b) { return div_up(a, b) * b; }
 
 // K block: split K into equal blocks of at most `most` (multiple of 8 where possible).
 static inline size_t gemm_kc_most(size_t K, size_t most) {
@@ -3133,15 +3133,271 @@ static void axpy_neon(float a, const float *x, float *y, size_t n) {
     for (; i < n; i++) y[i] += a * x[i];
 }
 
-static void matmul_neon(const float *x, size_t T, size_t K, size_t ldx, const void *w, vk_dtype dt,
-                        size_t n0, size_t n1, const float *bias, float *y, size_t ldy, float *scratch) {
-    for (size_t n = n0; n < n1; n++) {
-        const float *row;
-        if (dt == VK_F32) row = (const float *)w + n * K;
-        else { to_f32_scalar((const uint16_t *)w + n * K, dt, K, scratch); row = scratch; }
-        for (size_t t = 0; t < T; t++) {
-            float s = dot_neon(x + t * ldx, row, K);
-            y[t * ldy + n] = bias ? s + bias[n] : s;
+// Eight weights of `dt` from element i as two f32 vectors (bf16: the top halves of f32; f16: vcvt).
+static inline __attribute__((always_inline)) void load8_neon(const void *w, const vk_dtype dt, size_t i,
+                                                             float32x4_t *lo, float32x4_t *hi) {
+    if (dt == VK_BF16) {
+        uint16x8_t h = vld1q_u16((const uint16_t *)w + i);
+        *lo = vreinterpretq_f32_u32(vshll_n_u16(vget_low_u16(h), 16));
+        *hi = vreinterpretq_f32_u32(vshll_high_n_u16(h, 16));
+    } else if (dt == VK_F16) {
+        float16x8_t h = vld1q_f16((const float16_t *)w + i);
+        *lo = vcvt_f32_f16(vget_low_f16(h));
+        *hi = vcvt_high_f32_f16(h);
+    } else {
+        *lo = vld1q_f32((const float *)w + i);
+        *hi = vld1q_f32((const float *)w + i + 4);
+    }
+}
+
+// ---- One to a few tokens: dot products against the unpacked weights --------------------------------------------
+// Decode (T == 1) and short prompts are bound by reading the weights: each row is converted in registers as it
+// streams past (the former body converted every row to f32 with the scalar loop first, then dotted it: a scalar
+// pass over every weight of a decode step). Tiles of TT tokens x 3 rows, 8 columns per step: 2 accumulators per
+// (token, row), at most 24 of the 32 vector registers, with 6 for the rows' weights and 2 for x.
+#define VK_NEON_SMALL_T 4  // up to this many tokens; the packed GEMM above
+static inline __attribute__((always_inline)) void small_tile_neon(const int TT, const int RR, const vk_dtype dt,
+                                                                  const float *x, size_t ldx, size_t K,
+                                                                  const void *w, size_t n, const float *bias,
+                                                                  float *y, size_t ldy) {
+    float32x4_t acc[4][3][2];
+    for (int t = 0; t < TT; t++)
+        for (int r = 0; r < RR; r++) acc[t][r][0] = acc[t][r][1] = vdupq_n_f32(0);
+    size_t K8 = K & ~(size_t)7;
+    for (size_t k = 0; k < K8; k += 8) {
+        float32x4_t wl[3], wh[3];
+        for (int r = 0; r < RR; r++) load8_neon(w, dt, (n + (size_t)r) * K + k, &wl[r], &wh[r]);
+        for (int t = 0; t < TT; t++) {
+            float32x4_t xl = vld1q_f32(x + (size_t)t * ldx + k), xh = vld1q_f32(x + (size_t)t * ldx + k + 4);
+            for (int r = 0; r < RR; r++) {
+                acc[t][r][0] = vfmaq_f32(acc[t][r][0], xl, wl[r]);
+                acc[t][r][1] = vfmaq_f32(acc[t][r][1], xh, wh[r]);
+            }
+        }
+    }
+    for (int t = 0; t < TT; t++)
+        for (int r = 0; r < RR; r++) {
+            float s = vaddvq_f32(vaddq_f32(acc[t][r][0], acc[t][r][1]));
+            for (size_t k = K8; k < K; k++) s += x[(size_t)t * ldx + k] * load_w(w, dt, (n + (size_t)r) * K + k);
+            y[(size_t)t * ldy + n + (size_t)r] = bias ? s + bias[n + (size_t)r] : s;
+        }
+}
+
+static inline __attribute__((always_inline)) void gemm_small_neon_body(const vk_dtype dt, const float *x, size_t T,
+                                                                       size_t K, size_t ldx, const void *w,
+                                                                       size_t n0, size_t n1, const float *bias,
+                                                                       float *y, size_t ldy) {
+#define VK_NEON_SMALL_ROWS(TT)                                                                                         \
+    for (n = n0; n + 3 <= n1; n += 3) small_tile_neon(TT, 3, dt, xt, ldx, K, w, n, bias, yt, ldy);                  \
+    for (; n < n1; n++) small_tile_neon(TT, 1, dt, xt, ldx, K, w, n, bias, yt, ldy);
+    for (size_t t0 = 0; t0 < T; t0 += 4) {
+        const float *xt = x + t0 * ldx;
+        float *yt = y + t0 * ldy;
+        size_t n;
+        switch (T - t0 < 4 ? T - t0 : 4) {
+        case 1: VK_NEON_SMALL_ROWS(1) break;
+        case 2: VK_NEON_SMALL_ROWS(2) break;
+        case 3: VK_NEON_SMALL_ROWS(3) break;
+        default: VK_NEON_SMALL_ROWS(4) break;
+        }
+    }
+#undef VK_NEON_SMALL_ROWS
+}
+
+static void gemm_small_neon(const float *x, size_t T, size_t K, size_t ldx, const void *w, vk_dtype dt, size_t n0,
+                            size_t n1, const float *bias, float *y, size_t ldy) {
+    switch (dt) {
+    case VK_BF16: gemm_small_neon_body(VK_BF16, x, T, K, ldx, w, n0, n1, bias, y, ldy); break;
+    case VK_F16: gemm_small_neon_body(VK_F16, x, T, K, ldx, w, n0, n1, bias, y, ldy); break;
+    default: gemm_small_neon_body(VK_F32, x, T, K, ldx, w, n0, n1, bias, y, ldy); break;
+    }
+}
+
+// ---- Packed GEMM: 8 tokens x 12 columns in registers ----------------------------------------------------------
+// The AVX2 GEMM's blocking with a NEON tile: K in blocks of VK_NEON_KC, tokens in blocks of VK_NEON_MC (packed A,
+// 8 tokens per k), weight rows in panels of 12 converted to f32 once per call (packed B, 12 per k). Per k the tile
+// loads 2 vectors of A and 3 of B and issues 24 multiply-adds by lane (vfmaq_laneq_f32: no broadcasts), into 24
+// accumulators; 29 of the 32 vector registers. A's and B's blocks (8 x 384 and 12 x 384 floats, 12 + 18 KB) sit in
+// the 64-128 KB L1 of current arm64 cores, the A block (up to 120 x 384 floats, 180 KB) in L2.
+#define VK_NEON_MR 8
+#define VK_NEON_NR 12
+#define VK_NEON_KC 384
+#define VK_NEON_MC 120
+
+static inline size_t gemm_neon_kc(size_t K) { return K < VK_NEON_KC ? K : VK_NEON_KC; }
+
+// Floats of scratch gemm_neon uses: the B panels (one slot with a single token block, else the whole kc x N block),
+// the A block, one panel's rows converted (kc x 12) and alignment slack.
+static size_t gemm_neon_scratch_floats(size_t T, size_t K, size_t N) {
+    size_t kc = gemm_neon_kc(K), mc = T < VK_NEON_MC ? T : VK_NEON_MC;
+    size_t b = T <= VK_NEON_MC ? kc * VK_NEON_NR : kc * round_up(N, VK_NEON_NR);
+    return b + round_up(mc, VK_NEON_MR) * kc + kc * VK_NEON_NR + 16;
+}
+
+// A block: tokens [0, mc) of x (row stride ldx, columns [0, kc)) into tiles of 8 tokens, ap[p * kc * 8 + k * 8 + i]
+// = token 8p + i at column k, missing tokens 0. Whole groups of 4 tokens x 4 columns go through a 4 x 4 transpose.
+static void pack_a_neon(const float *x, size_t ldx, size_t mc, size_t kc, float *ap) {
+    for (size_t t = 0; t < mc; t += VK_NEON_MR) {
+        float *dst = ap + (t / VK_NEON_MR) * kc * VK_NEON_MR;
+        size_t rows = mc - t < VK_NEON_MR ? mc - t : VK_NEON_MR;
+        for (size_t h = 0; h < VK_NEON_MR; h += 4) {
+            size_t k = 0;
+            if (h + 4 <= rows)
+                for (; k + 4 <= kc; k += 4) {
+                    const float *s = x + (t + h) * ldx + k;
+                    float32x4_t r0 = vld1q_f32(s), r1 = vld1q_f32(s + ldx);
+                    float32x4_t r2 = vld1q_f32(s + 2 * ldx), r3 = vld1q_f32(s + 3 * ldx);
+                    float32x4_t t0 = vtrn1q_f32(r0, r1), t1 = vtrn2q_f32(r0, r1);
+                    float32x4_t t2 = vtrn1q_f32(r2, r3), t3 = vtrn2q_f32(r2, r3);
+                    float *d = dst + k * VK_NEON_MR + h;
+                    vst1q_f32(d, vreinterpretq_f32_f64(vtrn1q_f64(vreinterpretq_f64_f32(t0), vreinterpretq_f64_f32(t2))));
+                    vst1q_f32(d + VK_NEON_MR, vreinterpretq_f32_f64(vtrn1q_f64(vreinterpretq_f64_f32(t1), vreinterpretq_f64_f32(t3))));
+                    vst1q_f32(d + 2 * VK_NEON_MR, vreinterpretq_f32_f64(vtrn2q_f64(vreinterpretq_f64_f32(t0), vreinterpretq_f64_f32(t2))));
+                    vst1q_f32(d + 3 * VK_NEON_MR, vreinterpretq_f32_f64(vtrn2q_f64(vreinterpretq_f64_f32(t1), vreinterpretq_f64_f32(t3))));
+                }
+            for (; k < kc; k++)
+                for (size_t i = h; i < h + 4; i++) dst[k * VK_NEON_MR + i] = i < rows ? x[(t + i) * ldx + k] : 0.0f;
+        }
+    }
+}
+
+// Columns [k0, k0 + kc) of weight row n as f32 into dst: dense rows of dt, or q's levels times their group's scale
+// (8 columns per step: groups are multiples of 8 columns and k0 is a multiple of 8, so a step never straddles two).
+static void row_f32_neon(const void *w, vk_dtype dt, const vk_qmatrix *q, size_t K, size_t n, size_t k0, size_t kc,
+                         float *dst) {
+    size_t k = 0;
+    if (!q) {
+        const size_t base = n * K + k0;
+        float32x4_t lo, hi;
+        switch (dt) {
+        case VK_BF16: for (; k + 8 <= kc; k += 8) { load8_neon(w, VK_BF16, base + k, &lo, &hi); vst1q_f32(dst + k, lo); vst1q_f32(dst + k + 4, hi); } break;
+        case VK_F16: for (; k + 8 <= kc; k += 8) { load8_neon(w, VK_F16, base + k, &lo, &hi); vst1q_f32(dst + k, lo); vst1q_f32(dst + k + 4, hi); } break;
+        default: for (; k + 8 <= kc; k += 8) { load8_neon(w, VK_F32, base + k, &lo, &hi); vst1q_f32(dst + k, lo); vst1q_f32(dst + k + 4, hi); } break;
+        }
+        for (; k < kc; k++) dst[k] = load_w(w, dt, base + k);
+        return;
+    }
+    const size_t ng = qgroups(K, q->group_size), rb = vk_qrow_bytes(q->bits, K);
+    const uint8_t *row = (const uint8_t *)q->data + n * rb;
+    const uint8x8_t m4 = vdup_n_u8(0x0f);
+    for (; k + 8 <= kc; k += 8) {
+        size_t col = k0 + k;
+        int8x8_t lv;
+        if (q->bits == 8) {
+            lv = vld1_s8((const int8_t *)row + col);
+        } else {
+            uint32_t four;
+            memcpy(&four, row + col / 2, 4);  // columns col .. col + 7: bytes col / 2 .. col / 2 + 3
+            uint8x8_t b = vreinterpret_u8_u32(vdup_n_u32(four));
+            uint8x8_t nib = vzip1_u8(vand_u8(b, m4), vshr_n_u8(b, 4));  // low nibble = even column
+            lv = vsub_s8(vreinterpret_s8_u8(nib), vdup_n_s8(8));
+        }
+        int16x8_t l16 = vmovl_s8(lv);
+        float32x4_t s = vdupq_n_f32(f16_to_f32(q->scales[n * ng + col / q->group_size]));
+        vst1q_f32(dst + k, vmulq_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(l16))), s));
+        vst1q_f32(dst + k + 4, vmulq_f32(vcvtq_f32_s32(vmovl_high_s16(l16)), s));
+    }
+    for (; k < kc; k++) dst[k] = qload(q, K, n, k0 + k);
+}
+
+// B panel: weight rows [n, n + nr) (nr <= 12) at columns [k0, k0 + kc) into bp[k * 12 + r], rows past nr 0. Each
+// row is converted once into tmp (kc x 12 floats), then 4 rows x 4 columns at a time transposed into the panel.
+static void pack_b_neon(const void *w, vk_dtype dt, const vk_qmatrix *q, size_t K, size_t n, size_t nr, size_t k0,
+                        size_t kc, float *bp, float *tmp) {
+    for (size_t r = 0; r < VK_NEON_NR; r++) {
+        if (r < nr) row_f32_neon(w, dt, q, K, n + r, k0, kc, tmp + r * kc);
+        else memset(tmp + r * kc, 0, kc * sizeof(float));
+    }
+    size_t k = 0;
+    for (; k + 4 <= kc; k += 4)
+        for (size_t r = 0; r < VK_NEON_NR; r += 4) {
+            const float *s = tmp + r * kc + k;
+            float32x4_t r0 = vld1q_f32(s), r1 = vld1q_f32(s + kc), r2 = vld1q_f32(s + 2 * kc), r3 = vld1q_f32(s + 3 * kc);
+            float32x4_t t0 = vtrn1q_f32(r0, r1), t1 = vtrn2q_f32(r0, r1);
+            float32x4_t t2 = vtrn1q_f32(r2, r3), t3 = vtrn2q_f32(r2, r3);
+            float *d = bp + k * VK_NEON_NR + r;
+            vst1q_f32(d, vreinterpretq_f32_f64(vtrn1q_f64(vreinterpretq_f64_f32(t0), vreinterpretq_f64_f32(t2))));
+            vst1q_f32(d + VK_NEON_NR, vreinterpretq_f32_f64(vtrn1q_f64(vreinterpretq_f64_f32(t1), vreinterpretq_f64_f32(t3))));
+            vst1q_f32(d + 2 * VK_NEON_NR, vreinterpretq_f32_f64(vtrn2q_f64(vreinterpretq_f64_f32(t0), vreinterpretq_f64_f32(t2))));
+            vst1q_f32(d + 3 * VK_NEON_NR, vreinterpretq_f32_f64(vtrn2q_f64(vreinterpretq_f64_f32(t1), vreinterpretq_f64_f32(t3))));
+        }
+    for (; k < kc; k++)
+        for (size_t r = 0; r < VK_NEON_NR; r++) bp[k * VK_NEON_NR + r] = tmp[r * kc + k];
+}
+
+// c[i, j] (+)= sum_k a[k * 8 + i] * b[k * 12 + j] for i < MR_, j < nr; bias added with the first K block.
+static inline __attribute__((always_inline)) void ukr_neon_tile(const int MR_, size_t kc, const float *a,
+                                                                const float *b, float *c, size_t ldc, size_t nr,
+                                                                int accumulate, const float *bias) {
+    float32x4_t acc[VK_NEON_MR][3];
+    for (int i = 0; i < MR_; i++) acc[i][0] = acc[i][1] = acc[i][2] = vdupq_n_f32(0);
+    for (size_t k = 0; k < kc; k++) {
+        const float *bk = b + k * VK_NEON_NR, *ak = a + k * VK_NEON_MR;
+        float32x4_t b0 = vld1q_f32(bk), b1 = vld1q_f32(bk + 4), b2 = vld1q_f32(bk + 8);
+        float32x4_t a0 = vld1q_f32(ak), a1 = vld1q_f32(ak + 4);
+        // the lane is an immediate, so each row is spelled out
+#define VK_NEON_ROW(I, A, L)                                                                                           \
+    if (MR_ > I) {                                                                                                    \
+        acc[I][0] = vfmaq_laneq_f32(acc[I][0], b0, A, L);                                                             \
+        acc[I][1] = vfmaq_laneq_f32(acc[I][1], b1, A, L);                                                             \
+        acc[I][2] = vfmaq_laneq_f32(acc[I][2], b2, A, L);                                                             \
+    }
+        VK_NEON_ROW(0, a0, 0) VK_NEON_ROW(1, a0, 1) VK_NEON_ROW(2, a0, 2) VK_NEON_ROW(3, a0, 3)
+        VK_NEON_ROW(4, a1, 0) VK_NEON_ROW(5, a1, 1) VK_NEON_ROW(6, a1, 2) VK_NEON_ROW(7, a1, 3)
+#undef VK_NEON_ROW
+    }
+    for (int i = 0; i < MR_; i++) {
+        float *ci = c + (size_t)i * ldc;
+        if (nr == VK_NEON_NR) {
+            for (int j = 0; j < 3; j++) {
+                float32x4_t r = acc[i][j];
+                if (accumulate) r = vaddq_f32(vld1q_f32(ci + 4 * j), r);
+                else if (bias) r = vaddq_f32(vld1q_f32(bias + 4 * j), r);
+                vst1q_f32(ci + 4 * j, r);
+            }
+        } else {
+            float row[VK_NEON_NR];
+            for (int j = 0; j < 3; j++) vst1q_f32(row + 4 * j, acc[i][j]);
+            for (size_t j = 0; j < nr; j++) ci[j] = accumulate ? ci[j] + row[j] : bias ? row[j] + bias[j] : row[j];
+        }
+    }
+}
+
+static void ukr_neon(size_t mr, size_t kc, const float *a, const float *b, float *c, size_t ldc, size_t nr,
+                     int accumulate, const float *bias) {
+    switch (mr) {
+    case 8: ukr_neon_tile(8, kc, a, b, c, ldc, nr, accumulate, bias); break;
+    case 7: ukr_neon_tile(7, kc, a, b, c, ldc, nr, accumulate, bias); break;
+    case 6: ukr_neon_tile(6, kc, a, b, c, ldc, nr, accumulate, bias); break;
+    case 5: ukr_neon_tile(5, kc, a, b, c, ldc, nr, accumulate, bias); break;
+    case 4: ukr_neon_tile(4, kc, a, b, c, ldc, nr, accumulate, bias); break;
+    case 3: ukr_neon_tile(3, kc, a, b, c, ldc, nr, accumulate, bias); break;
+    case 2: ukr_neon_tile(2, kc, a, b, c, ldc, nr, accumulate, bias); break;
+    default: ukr_neon_tile(1, kc, a, b, c, ldc, nr, accumulate, bias); break;
+    }
+}
+
+// y[t, n] for n in [n0, n1) with the weights dense (w, dt) or quantized (q, dequantized into the panels).
+// buf: gemm_neon_scratch_floats(T, K, n1 - n0) floats.
+static void gemm_neon(const float *x, size_t T, size_t K, size_t ldx, const void *w, vk_dtype dt,
+                      const vk_qmatrix *q, size_t n0, size_t n1, const float *bias, float *y, size_t ldy, float *buf) {
+    size_t npan = div_up(n1 - n0, VK_NEON_NR), kcb = gemm_neon_kc(K), mcb = VK_NEON_MC;
+    int one_block = T <= mcb;  // each panel is used once: every panel reuses one slot, which stays in cache
+    float *bp = buf, *ap = bp + (one_block ? kcb * VK_NEON_NR : kcb * npan * VK_NEON_NR);
+    float *tmp = ap + round_up(T < mcb ? T : mcb, VK_NEON_MR) * kcb;
+    for (size_t k0 = 0; k0 < K; k0 += kcb) {
+        size_t kc = K - k0 < kcb ? K - k0 : kcb;
+        for (size_t t0 = 0; t0 < T; t0 += mcb) {
+            size_t mc = T - t0 < mcb ? T - t0 : mcb;
+            pack_a_neon(x + t0 * ldx + k0, ldx, mc, kc, ap);
+            for (size_t j = 0; j < npan; j++) {
+                size_t n = n0 + j * VK_NEON_NR, nr = n1 - n < VK_NEON_NR ? n1 - n : VK_NEON_NR;
+                float *bj = bp + (one_block ? 0 : j * kc * VK_NEON_NR);
+                if (t0 == 0) pack_b_neon(w, dt, q, K, n, nr, k0, kc, bj, tmp);
+                for (size_t i = 0; i < mc; i += VK_NEON_MR)
+                    ukr_neon(mc - i < VK_NEON_MR ? mc - i : VK_NEON_MR, kc, ap + (i / VK_NEON_MR) * kc * VK_NEON_MR, bj,
+                             y + (t0 + i) * ldy + n, ldy, nr, k0 != 0, bias ? bias + n : NULL);
+            }
         }
     }
 }
@@ -3189,11 +3445,12 @@ static void gemv_qdot_neon(const float *x, size_t K, const vk_qmatrix *w, size_t
     }
 }
 
-// Quantized weights: each row dequantized once into scratch (K floats), then dotted with every token.
+// Quantized weights, a few tokens (or a decode step whose groups are not whole 32-column blocks): each row
+// dequantized once into scratch (K floats, vectorized), then dotted with every token.
 static void matmul_q_neon(const float *x, size_t T, size_t K, size_t ldx, const vk_qmatrix *w, size_t n0, size_t n1,
                           const float *bias, float *y, size_t ldy, float *scratch) {
     for (size_t n = n0; n < n1; n++) {
-        vk_dequantize_row(w, K, n, scratch);
+        row_f32_neon(NULL, VK_F32, w, K, n, 0, K, scratch);
         for (size_t t = 0; t < T; t++) {
             float s = dot_neon(x + t * ldx, scratch, K);
             y[t * ldy + n] = bias ? s + bias[n] : s;
@@ -3210,6 +3467,8 @@ size_t vk_matmul_scratch_floats(size_t T, size_t K, size_t n0, size_t n1) {
 #if VK_X86
     if (T > VK_SMALL_T_WITH512) return gemm_scratch_floats(T, K, n1 - n0);  // (more than the few-token kernels need)
     return 0;
+#elif VK_ARM
+    return T > VK_NEON_SMALL_T ? gemm_neon_scratch_floats(T, K, n1 - n0) : 0;
 #else
     return 4 * K;
 #endif
@@ -3241,8 +3500,13 @@ void vk_matmul_ws(const float *x, size_t T, size_t K, size_t ldx, const void *w,
     }
 #elif VK_ARM
     if (vk_simd_level() == 2) {
-        float *buf = scratch && scratch_floats >= K ? scratch : tls_scratch(K);
-        matmul_neon(x, T, K, ldx, w, dtype, n0, n1, bias, y, ldy, buf);
+        if (T <= VK_NEON_SMALL_T) {
+            gemm_small_neon(x, T, K, ldx, w, dtype, n0, n1, bias, y, ldy);
+        } else {
+            size_t need = gemm_neon_scratch_floats(T, K, n1 - n0);
+            float *buf = scratch && scratch_floats >= need ? scratch : tls_scratch(need);
+            gemm_neon(x, T, K, ldx, w, dtype, NULL, n0, n1, bias, y, ldy, buf);
+        }
         return;
     }
 #endif
@@ -3290,6 +3554,12 @@ size_t vk_matmul_q_scratch_floats(size_t T, size_t K, size_t group_size, size_t 
     }
     size_t gemm = gemm_scratch_floats(T, K, n1 - n0), rows = VK_SMALL_ROWS * K / 4 + 1;  // gemm_small_q's q4 block
     return gemm > rows ? gemm : rows;
+#elif VK_ARM
+    if (T > VK_NEON_SMALL_T) {
+        size_t g = gemm_neon_scratch_floats(T, K, n1 - n0);
+        return g > K + 64 ? g : K + 64;
+    }
+    return K + 64;
 #else
     return K + 64;
 #endif
@@ -3324,7 +3594,8 @@ void vk_matmul_q_ws(const float *x, size_t T, size_t K, size_t ldx, const vk_qma
 #elif VK_ARM
     if (vk_simd_level() == 2) {
         if (qdot_applies(T, K, w)) gemv_qdot_neon(x, K, w, n0, n1, bias, y, buf);
-        else matmul_q_neon(x, T, K, ldx, w, n0, n1, bias, y, ldy, buf);
+        else if (T <= VK_NEON_SMALL_T) matmul_q_neon(x, T, K, ldx, w, n0, n1, bias, y, ldy, buf);
+        else gemm_neon(x, T, K, ldx, NULL, VK_F32, w, n0, n1, bias, y, ldy, buf);
         return;
     }
 #endif

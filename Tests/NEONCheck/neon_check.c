@@ -1,0 +1,276 @@
+// The NEON bodies of CKernels against its scalar reference bodies, for a host without an arm64 CPU: Tools/neon-check.sh
+// cross-compiles this file with kernels.c and resample.c for aarch64 and runs it under qemu-user (the Swift
+// KernelTests do the same comparisons natively on arm64 hosts, and at every x86 level here). Each entry point runs
+// twice on the same inputs, once with the NEON bodies and once with vk_force_scalar(1), over shapes that are not
+// multiples of any block (GEMM tiles, K blocks, panels, int8 groups, the few-token limits); results must agree within
+// f32 summation error, integer paths and conversions exactly. Exit status 1 and one line per failure otherwise.
+#include "ckernels.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static int failures = 0, checks = 0;
+
+static uint64_t rng_state = 42;
+static float randf(void) {  // uniform in [-1, 1)
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((rng_state >> 40) & 0xffffff) / 8388608.0f - 1.0f;
+}
+static void fill(float *p, size_t n) { for (size_t i = 0; i < n; i++) p[i] = randf(); }
+static void *xmalloc(size_t bytes) {
+    void *p = malloc(bytes ? bytes : 1);
+    if (!p) { fprintf(stderr, "out of memory (%zu bytes)\n", bytes); exit(2); }
+    return p;
+}
+
+// Fails unless |fast - ref| <= tol everywhere and both agree on NaN-ness; `what` names the case.
+static void expect_close(const float *fast, const float *ref, size_t n, float tol, const char *what) {
+    checks++;
+    for (size_t i = 0; i < n; i++) {
+        int bad = isnan(fast[i]) != isnan(ref[i]) || (!isnan(ref[i]) && !(fabsf(fast[i] - ref[i]) <= tol));
+        if (bad) {
+            if (failures++ < 40) printf("FAIL %s: [%zu] neon %.9g vs scalar %.9g (tol %.3g)\n", what, i, fast[i], ref[i], tol);
+            return;
+        }
+    }
+}
+
+static void expect_same_bytes(const void *fast, const void *ref, size_t bytes, const char *what) {
+    checks++;
+    if (memcmp(fast, ref, bytes) != 0 && failures++ < 40) printf("FAIL %s: bytes differ\n", what);
+}
+
+// ---- dense matmul: every dtype, odd T / K / N, bias, sub-ranges, rows outside [n0, n1) untouched ----------------
+static const size_t oddT[] = {1, 2, 3, 4, 5, 7, 8, 9, 13, 24, 25, 33, 64, 97, 130};
+static const size_t oddK[] = {1, 7, 16, 63, 257, 960, 1031};
+static const size_t oddN[] = {1, 5, 12, 17, 100};
+#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
+
+static void check_matmul(void) {
+    const vk_dtype dtypes[] = {VK_F32, VK_F16, VK_BF16};
+    const char *names[] = {"f32", "f16", "bf16"};
+    for (size_t di = 0; di < 3; di++)
+        for (size_t ti = 0; ti < COUNT(oddT); ti++)
+            for (size_t ki = 0; ki < COUNT(oddK); ki++)
+                for (size_t ni = 0; ni < COUNT(oddN); ni++) {
+                    size_t T = oddT[ti], K = oddK[ki], N = oddN[ni];
+                    if (T * K * N > 4000000) continue;  // qemu time; the larger shapes are covered by the others
+                    float *x = xmalloc(T * K * 4), *wf = xmalloc(N * K * 4), *bias = xmalloc(N * 4);
+                    fill(x, T * K); fill(wf, N * K); fill(bias, N);
+                    void *w = wf;
+                    uint16_t *wh = NULL;
+                    if (dtypes[di] == VK_F16) { wh = xmalloc(N * K * 2); vk_f32_to_f16(wf, N * K, wh); w = wh; }
+                    if (dtypes[di] == VK_BF16) { wh = xmalloc(N * K * 2); vk_f32_to_bf16(wf, N * K, wh); w = wh; }
+                    float *yf = xmalloc(T * N * 4), *yr = xmalloc(T * N * 4);
+                    // a range that starts and ends inside 16-row panels when N allows it
+                    size_t n0 = N > 20 ? 3 : 0, n1 = N > 20 ? N - 2 : N;
+                    for (int b = 0; b < 2; b++) {
+                        for (size_t i = 0; i < T * N; i++) yf[i] = yr[i] = -777.0f;
+                        size_t sf = vk_matmul_scratch_floats(T, K, n0, n1);
+                        float *scratch = xmalloc(sf * 4 + 64);
+                        vk_force_scalar(0);
+                        vk_matmul_ws(x, T, K, K, w, dtypes[di], n0, n1, b ? bias : NULL, yf, N, scratch, sf);
+                        vk_force_scalar(1);
+                        vk_matmul_ws(x, T, K, K, w, dtypes[di], n0, n1, b ? bias : NULL, yr, N, NULL, 0);
+                        vk_force_scalar(0);
+                        free(scratch);
+                        char what[96];
+                        snprintf(what, sizeof what, "matmul %s T%zu K%zu N%zu [%zu,%zu) bias %d", names[di], T, K, N, n0, n1, b);
+                        expect_close(yf, yr, T * N, 1e-5f * sqrtf((float)K) + 1e-6f, what);
+                    }
+                    // no scratch at all (the kernel's own buffer) gives the same result
+                    for (size_t i = 0; i < T * N; i++) yf[i] = -777.0f;
+                    vk_matmul_ws(x, T, K, K, w, dtypes[di], n0, n1, bias, yf, N, NULL, 0);
+                    char what[96];
+                    snprintf(what, sizeof what, "matmul %s T%zu K%zu N%zu without scratch", names[di], T, K, N);
+                    expect_close(yf, yr, T * N, 1e-5f * sqrtf((float)K) + 1e-6f, what);
+                    free(x); free(wf); free(bias); free(wh); free(yf); free(yr);
+                }
+}
+
+// ---- quantized matmul: int8 / int4, group sizes, odd K (a short last group), decode and prefill token counts -----
+static void check_quantized(void) {
+    const size_t Ts[] = {1, 2, 3, 6, 7, 8, 13, 17, 33, 130};
+    const size_t Ks[] = {8, 32, 96, 200, 257, 960};
+    const size_t Gs[] = {8, 32, 64};
+    const size_t Ns[] = {1, 17, 70};
+    for (int bits = 8; bits >= 4; bits -= 4)
+        for (size_t gi = 0; gi < COUNT(Gs); gi++)
+            for (size_t ki = 0; ki < COUNT(Ks); ki++)
+                for (size_t ni = 0; ni < COUNT(Ns); ni++) {
+                    size_t K = Ks[ki], N = Ns[ni], G = Gs[gi], ng = (K + G - 1) / G;
+                    float *wf = xmalloc(N * K * 4), *bias = xmalloc(N * 4);
+                    fill(wf, N * K); fill(bias, N);
+                    uint8_t *data = xmalloc(N * vk_qrow_bytes(bits, K));
+                    uint16_t *scales = xmalloc(N * ng * 2);
+                    if (vk_quantize_rows(wf, VK_F32, K, bits, G, 0, N, data, scales) != 0) {
+                        printf("FAIL quantize bits %d G %zu\n", bits, G);
+                        failures++;
+                        continue;
+                    }
+                    vk_qmatrix q = {data, scales, G, bits};
+                    for (size_t ti = 0; ti < COUNT(Ts); ti++) {
+                        size_t T = Ts[ti];
+                        float *x = xmalloc(T * K * 4), *yf = xmalloc(T * N * 4), *yr = xmalloc(T * N * 4);
+                        fill(x, T * K);
+                        if (ti == 0) x[K / 2] = 0.0f;  // a zero activation in a group
+                        size_t n0 = N > 20 ? 5 : 0, n1 = N > 20 ? N - 3 : N;
+                        for (size_t i = 0; i < T * N; i++) yf[i] = yr[i] = -777.0f;
+                        size_t sf = vk_matmul_q_scratch_floats(T, K, G, n0, n1);
+                        float *scratch = xmalloc(sf * 4 + 64);
+                        vk_force_scalar(0);
+                        vk_matmul_q_ws(x, T, K, K, &q, n0, n1, bias, yf, N, scratch, sf);
+                        vk_force_scalar(1);
+                        vk_matmul_q_ws(x, T, K, K, &q, n0, n1, bias, yr, N, NULL, 0);
+                        vk_force_scalar(0);
+                        // The same quantization of x on both sides (integer decode) or f32 sums: f32 rounding only.
+                        char what[96];
+                        snprintf(what, sizeof what, "matmul q%d G%zu T%zu K%zu N%zu", bits, G, T, K, N);
+                        expect_close(yf, yr, T * N, 2e-5f * sqrtf((float)K) + 1e-5f, what);
+                        free(scratch); free(x); free(yf); free(yr);
+                    }
+                    free(wf); free(bias); free(data); free(scales);
+                }
+}
+
+// ---- attention: causal and bidirectional, odd head sizes and key counts; decode groups --------------------------
+static void check_attention(void) {
+    const size_t hds[] = {8, 37, 64};
+    const size_t nqs[] = {1, 3, 17, 70};
+    const size_t pos0s[] = {0, 5, 130};
+    for (size_t hi = 0; hi < COUNT(hds); hi++)
+        for (size_t qi = 0; qi < COUNT(nqs); qi++)
+            for (size_t pi = 0; pi < COUNT(pos0s); pi++)
+                for (int causal = 0; causal < 2; causal++) {
+                    size_t hd = hds[hi], nq = nqs[qi], p0 = pos0s[pi], nk = p0 + nq, stride = hd + 3;
+                    float *q = xmalloc(nq * stride * 4), *k = xmalloc(nk * stride * 4), *v = xmalloc(nk * stride * 4);
+                    float *of = xmalloc(nq * stride * 4), *orf = xmalloc(nq * stride * 4), *s = xmalloc((nk + 64) * 4 * 4);
+                    fill(q, nq * stride); fill(k, nk * stride); fill(v, nk * stride);
+                    for (size_t i = 0; i < nq * stride; i++) of[i] = orf[i] = -777.0f;
+                    float scale = 1.0f / sqrtf((float)hd);
+                    vk_force_scalar(0);
+                    vk_attention_head(q, nq, stride, k, v, stride, hd, p0, causal, nk, scale, of, stride, s);
+                    vk_force_scalar(1);
+                    vk_attention_head(q, nq, stride, k, v, stride, hd, p0, causal, nk, scale, orf, stride, s);
+                    vk_force_scalar(0);
+                    char what[96];
+                    snprintf(what, sizeof what, "attention hd%zu nq%zu p0 %zu causal %d", hd, nq, p0, causal);
+                    expect_close(of, orf, nq * stride, 2e-5f, what);
+                    free(q); free(k); free(v); free(of); free(orf); free(s);
+                }
+    // decode: 3 query heads on one KV head, against one vk_attention_head call per head (bit for bit by contract)
+    const size_t nks[] = {1, 9, 200};
+    for (size_t i = 0; i < COUNT(nks); i++) {
+        size_t hd = 64, heads = 3, nk = nks[i];
+        float *q = xmalloc(heads * hd * 4), *k = xmalloc(nk * hd * 4), *v = xmalloc(nk * hd * 4);
+        float *og = xmalloc(heads * hd * 4), *oh = xmalloc(heads * hd * 4), *s = xmalloc(heads * nk * 4 + 256);
+        fill(q, heads * hd); fill(k, nk * hd); fill(v, nk * hd);
+        vk_attention_decode_group(q, heads, hd, k, v, hd, hd, nk, 0.125f, og, hd, s);
+        for (size_t h = 0; h < heads; h++)
+            vk_attention_head(q + h * hd, 1, hd, k, v, hd, hd, nk - 1, 1, nk, 0.125f, oh + h * hd, hd, s);
+        char what[64];
+        snprintf(what, sizeof what, "decode group n_keys %zu", nk);
+        expect_same_bytes(og, oh, heads * hd * 4, what);
+        vk_force_scalar(1);
+        vk_attention_decode_group(q, heads, hd, k, v, hd, hd, nk, 0.125f, oh, hd, s);
+        vk_force_scalar(0);
+        snprintf(what, sizeof what, "decode group n_keys %zu vs scalar", nk);
+        expect_close(og, oh, heads * hd, 2e-5f, what);
+        free(q); free(k); free(v); free(og); free(oh); free(s);
+    }
+}
+
+// ---- elementwise kernels, norms, conversions, the resampler ---------------------------------------------------
+static void check_elementwise(void) {
+    const size_t ns[] = {1, 3, 4, 15, 16, 17, 63, 960, 1031};
+    for (size_t i = 0; i < COUNT(ns); i++) {
+        size_t n = ns[i];
+        float *a = xmalloc(n * 4), *b = xmalloc(n * 4), *f = xmalloc(n * 4), *r = xmalloc(n * 4), *w = xmalloc(n * 4);
+        fill(a, n); fill(b, n); fill(w, n);
+        for (size_t j = 0; j < n; j++) a[j] *= 6.0f;  // past the activations' interesting range
+        char what[64];
+#define BOTH(EXPR_F, EXPR_R, TOL, NAME)                                                                                \
+    vk_force_scalar(0); EXPR_F; vk_force_scalar(1); EXPR_R; vk_force_scalar(0);                                       \
+    snprintf(what, sizeof what, "%s n%zu", NAME, n); expect_close(f, r, n, TOL, what);
+        BOTH((memcpy(f, a, n * 4), vk_gelu_tanh(f, n)), (memcpy(r, a, n * 4), vk_gelu_tanh(r, n)), 1e-5f, "gelu_tanh")
+        BOTH((memcpy(f, a, n * 4), vk_gelu_erf(f, n)), (memcpy(r, a, n * 4), vk_gelu_erf(r, n)), 1e-5f, "gelu_erf")
+        BOTH((memcpy(f, b, n * 4), vk_silu_mul(a, f, n)), (memcpy(r, b, n * 4), vk_silu_mul(a, r, n)), 1e-5f, "silu_mul")
+        BOTH((memcpy(f, a, n * 4), vk_softmax(f, n)), (memcpy(r, a, n * 4), vk_softmax(r, n)), 1e-6f, "softmax")
+        BOTH(vk_rmsnorm(a, w, n, 1e-5f, f), vk_rmsnorm(a, w, n, 1e-5f, r), 1e-5f, "rmsnorm")
+        BOTH(vk_layernorm(a, w, b, n, 1e-6f, f), vk_layernorm(a, w, b, n, 1e-6f, r), 2e-5f, "layernorm")
+        BOTH((memcpy(f, b, n * 4), vk_axpy(0.37f, a, f, n)), (memcpy(r, b, n * 4), vk_axpy(0.37f, a, r, n)), 1e-6f, "axpy")
+        BOTH(f[0] = vk_dot(a, b, n), r[0] = vk_dot(a, b, n); f[1] = r[1] = 0, 1e-5f * sqrtf((float)n) * 6, "dot")
+#undef BOTH
+        // conversions: exact bits
+        uint16_t *hf = xmalloc(n * 2), *hr = xmalloc(n * 2);
+        vk_force_scalar(0); vk_f32_to_bf16(a, n, hf); vk_force_scalar(1); vk_f32_to_bf16(a, n, hr); vk_force_scalar(0);
+        snprintf(what, sizeof what, "f32_to_bf16 n%zu", n); expect_same_bytes(hf, hr, n * 2, what);
+        vk_force_scalar(0); vk_f32_to_f16(a, n, hf); vk_force_scalar(1); vk_f32_to_f16(a, n, hr); vk_force_scalar(0);
+        snprintf(what, sizeof what, "f32_to_f16 n%zu", n); expect_same_bytes(hf, hr, n * 2, what);
+        for (int dt = 1; dt <= 2; dt++) {
+            vk_force_scalar(0); vk_to_f32(hf, (vk_dtype)dt, n, f); vk_force_scalar(1); vk_to_f32(hf, (vk_dtype)dt, n, r);
+            vk_force_scalar(0);
+            snprintf(what, sizeof what, "to_f32 dtype %d n%zu", dt, n); expect_same_bytes(f, r, n * 4, what);
+        }
+        free(a); free(b); free(f); free(r); free(w); free(hf); free(hr);
+    }
+}
+
+static void check_resample(void) {
+    // vertical: taps rows of width n, weights summing to 2^precision (plus overshoot, which must clamp)
+    const size_t widths[] = {1, 7, 16, 33, 100};
+    for (size_t wi = 0; wi < COUNT(widths); wi++)
+        for (size_t taps = 1; taps <= 9; taps += 4) {
+            size_t n = widths[wi] * 3;
+            uint8_t *rows = xmalloc(taps * n), *of = xmalloc(n), *orr = xmalloc(n);
+            int16_t wt[16];
+            for (size_t i = 0; i < taps * n; i++) rows[i] = (uint8_t)(randf() * 127 + 128);
+            for (size_t j = 0; j < taps; j++) wt[j] = (int16_t)(randf() * 20000);
+            vk_force_scalar(0); vk_resample_vertical_u8(rows, n, taps, wt, 14, of, n);
+            vk_force_scalar(1); vk_resample_vertical_u8(rows, n, taps, wt, 14, orr, n);
+            vk_force_scalar(0);
+            char what[64];
+            snprintf(what, sizeof what, "resample vertical n%zu taps %zu", n, taps);
+            expect_same_bytes(of, orr, n, what);
+            free(rows); free(of); free(orr);
+        }
+    // horizontal: a 13-pixel-wide, 3-row image to 5 output pixels of up to 6 taps (stride 8, zero-padded)
+    size_t in_w = 13, out_w = 5, ws = 8, rowsN = 3;
+    uint8_t *in = xmalloc(in_w * rowsN * 3), *of = xmalloc(out_w * rowsN * 3), *orr = xmalloc(out_w * rowsN * 3);
+    for (size_t i = 0; i < in_w * rowsN * 3; i++) in[i] = (uint8_t)(randf() * 127 + 128);
+    int32_t starts[5], counts[5];
+    int16_t wt[5 * 8];
+    memset(wt, 0, sizeof wt);
+    for (size_t x = 0; x < out_w; x++) {
+        starts[x] = (int32_t)(x * 2);
+        counts[x] = (int32_t)(x + 2 <= 6 ? x + 2 : 6);
+        if (starts[x] + counts[x] > (int32_t)in_w) counts[x] = (int32_t)in_w - starts[x];
+        for (int j = 0; j < counts[x]; j++) wt[x * ws + (size_t)j] = (int16_t)(randf() * 12000 + 4000);
+    }
+    vk_force_scalar(0);
+    vk_resample_horizontal_rgb8(in, in_w, 0, rowsN, of, out_w, starts, counts, wt, ws, 14, rowsN);
+    vk_force_scalar(1);
+    vk_resample_horizontal_rgb8(in, in_w, 0, rowsN, orr, out_w, starts, counts, wt, ws, 14, rowsN);
+    vk_force_scalar(0);
+    expect_same_bytes(of, orr, out_w * rowsN * 3, "resample horizontal");
+    free(in); free(of); free(orr);
+}
+
+int main(void) {
+    if (vk_simd_level() != 2) {
+        printf("FAIL: expected the NEON bodies (level 2), found level %d (%s)\n", vk_simd_level(), vk_simd_name());
+        return 1;
+    }
+    clock_t start = clock();
+    check_elementwise();
+    check_resample();
+    check_attention();
+    check_quantized();
+    check_matmul();
+    printf("neon_check: %d comparisons, %d failures, %.1f s (bodies: %s)\n", checks, failures,
+           (double)(clock() - start) / CLOCKS_PER_SEC, vk_simd_name());
+    return failures ? 1 : 0;
+}
