@@ -3153,19 +3153,21 @@ static inline __attribute__((always_inline)) void load8_neon(const void *w, cons
 // ---- One to a few tokens: dot products against the unpacked weights --------------------------------------------
 // Decode (T == 1) and short prompts are bound by reading the weights: each row is converted in registers as it
 // streams past (the former body converted every row to f32 with the scalar loop first, then dotted it: a scalar
-// pass over every weight of a decode step). Tiles of TT tokens x 3 rows, 8 columns per step: 2 accumulators per
-// (token, row), at most 24 of the 32 vector registers, with 6 for the rows' weights and 2 for x.
+// pass over every weight of a decode step). Tiles of TT tokens x RR rows (4 rows for 1 token, 3 for 2, else 2), 8 columns
+// per step with 2 accumulators per (token, row): 8-16 independent chains, at most 24 of the 32 vector registers
+// (4 x 3 and 2 x 4 tiles spilled to the stack inside the loop: clang -mcpu=apple-m1).
 #define VK_NEON_SMALL_T 4  // up to this many tokens; the packed GEMM above
+#define VK_NEON_SMALL_RR(TT) ((TT) == 1 ? 4 : (TT) == 2 ? 3 : 2)
 static inline __attribute__((always_inline)) void small_tile_neon(const int TT, const int RR, const vk_dtype dt,
                                                                   const float *x, size_t ldx, size_t K,
                                                                   const void *w, size_t n, const float *bias,
                                                                   float *y, size_t ldy) {
-    float32x4_t acc[4][3][2];
+    float32x4_t acc[4][4][2];
     for (int t = 0; t < TT; t++)
         for (int r = 0; r < RR; r++) acc[t][r][0] = acc[t][r][1] = vdupq_n_f32(0);
     size_t K8 = K & ~(size_t)7;
     for (size_t k = 0; k < K8; k += 8) {
-        float32x4_t wl[3], wh[3];
+        float32x4_t wl[4], wh[4];
         for (int r = 0; r < RR; r++) load8_neon(w, dt, (n + (size_t)r) * K + k, &wl[r], &wh[r]);
         for (int t = 0; t < TT; t++) {
             float32x4_t xl = vld1q_f32(x + (size_t)t * ldx + k), xh = vld1q_f32(x + (size_t)t * ldx + k + 4);
@@ -3188,7 +3190,8 @@ static inline __attribute__((always_inline)) void gemm_small_neon_body(const vk_
                                                                        size_t n0, size_t n1, const float *bias,
                                                                        float *y, size_t ldy) {
 #define VK_NEON_SMALL_ROWS(TT)                                                                                         \
-    for (n = n0; n + 3 <= n1; n += 3) small_tile_neon(TT, 3, dt, xt, ldx, K, w, n, bias, yt, ldy);                  \
+    for (n = n0; n + VK_NEON_SMALL_RR(TT) <= n1; n += VK_NEON_SMALL_RR(TT))                                            \
+        small_tile_neon(TT, VK_NEON_SMALL_RR(TT), dt, xt, ldx, K, w, n, bias, yt, ldy);                                \
     for (; n < n1; n++) small_tile_neon(TT, 1, dt, xt, ldx, K, w, n, bias, yt, ldy);
     for (size_t t0 = 0; t0 < T; t0 += 4) {
         const float *xt = x + t0 * ldx;
