@@ -28,5 +28,7 @@ gcc_dir="$(dirname "$(ls /usr/lib/gcc-cross/aarch64-linux-gnu/*/libgcc.a | head 
 clang --target=aarch64-linux-gnu -fuse-ld=lld -static -isystem /usr/aarch64-linux-gnu/include \
     -B/usr/aarch64-linux-gnu/lib -L/usr/aarch64-linux-gnu/lib -B"$gcc_dir" -L"$gcc_dir" \
     "${srcs[@]}" "${flags[@]}" -o "$out/neon_check"
-# -cpu max: every arm64 extension qemu knows (the dot-product bodies need FEAT_DotProd, as on Apple M1 and later).
-qemu-aarch64 -cpu max "$out/neon_check"
+# Twice: a CPU with FEAT_DotProd (SDOT; -cpu max has every extension qemu knows, as Apple M1 and later have it) and
+# one without (Cortex-A57), so both decode bodies and the detection between them run.
+qemu-aarch64 -cpu max "$out/neon_check" neon-dotprod
+qemu-aarch64 -cpu cortex-a57 "$out/neon_check" neon

@@ -21,6 +21,12 @@
 #elif defined(__aarch64__)
 #define VK_ARM 1
 #include <arm_neon.h>
+#if defined(__linux__)
+#include <sys/auxv.h>
+#define VK_HWCAP_ASIMDDP (1UL << 20)  // HWCAP_ASIMDDP of <asm/hwcap.h>
+#elif defined(__APPLE__)
+#include <sys/sysctl.h>
+#endif
 #endif
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -67,6 +73,27 @@ void vk_force_scalar(int on) { g_force_scalar = on; }
 
 void vk_limit_level(int max_level) { g_max_level = max_level; }
 
+#if VK_ARM
+// FEAT_DotProd (SDOT: 16 int8 products into 4 int32 lanes per instruction), for the quantized decode.
+static int g_dotprod = -1;
+static inline int use_dotprod(void) {
+    if (g_dotprod < 0) {
+#if defined(__ARM_FEATURE_DOTPROD)
+        g_dotprod = 1;
+#elif defined(__linux__)
+        g_dotprod = (getauxval(AT_HWCAP) & VK_HWCAP_ASIMDDP) != 0;
+#elif defined(__APPLE__)
+        int v = 0;
+        size_t len = sizeof v;
+        g_dotprod = sysctlbyname("hw.optional.arm.FEAT_DotProd", &v, &len, NULL, 0) == 0 && v;
+#else
+        g_dotprod = 0;
+#endif
+    }
+    return vk_simd_level() == 2 && g_dotprod;
+}
+#endif
+
 #if VK_X86
 // The AVX2/FMA/F16C bodies run at level 1 and under the AVX-512 ones (level 3) wherever those have no body of their own.
 static inline int use_avx2(void) { return vk_simd_level() & 1; }
@@ -84,7 +111,9 @@ static inline int use_vnni(void) {
 const char *vk_simd_name(void) {
     switch (vk_simd_level()) {
     case 1: return "avx2";
-    case 2: return "neon";
+#if VK_ARM
+    case 2: return use_dotprod() ? "neon-dotprod" : "neon";
+#endif
 #if VK_X86
     case 3: return use_vnni() ? "avx512-vnni" : "avx512";
 #endif
@@ -3405,48 +3434,79 @@ static void gemm_neon(const float *x, size_t T, size_t K, size_t ldx, const void
     }
 }
 
-// Integer-dot decode (see qdot_applies): 16 columns at a time, vmull_s8 (products fit s16) and vpadalq_s16 into s32
-// lanes per group; int4 blocks split into low nibbles (even columns) and high nibbles (odd columns), with `qx`
-// permuted to that order once per call. buf: groups floats (dx), then K + K bytes.
-static void gemv_qdot_neon(const float *x, size_t K, const vk_qmatrix *w, size_t n0, size_t n1, const float *bias,
-                           float *y, float *buf) {
-    size_t G = w->group_size, ng = qgroups(K, G), rb = vk_qrow_bytes(w->bits, K);
-    float *dx = buf;
-    int8_t *qx = (int8_t *)(dx + ng), *qp = qx + K;
-    qdot_quantize_x(x, K, G, qx, dx);
-    if (w->bits == 4) {
-        qdot_permute_int4(qx, K, qp);
-        qx = qp;
+// Integer-dot decode (see qdot_applies): x quantized to int8 per group as for every body, then per 32 columns of a
+// group the int8 products summed into int32 lanes, four rows at a time (8 independent accumulators: the former body
+// took one row with a single chain of 4 dependent vpadalq per 32 columns, about 3 products per cycle), each group's
+// four row sums scaled in one vector: y[n] += (float)sum * scale[n, g] * dx[g]. int4 blocks split into low nibbles
+// (even columns) and high nibbles (odd columns), with `qx` permuted to that order once per call. DOT adds the
+// products of 16 int8 pairs into an int32x4: SDOT (vdotq_s32, FEAT_DotProd: Apple M1 and later, Cortex-A55/A76 and
+// later, Graviton 2+) or, without it, vmull_s8 and vpadalq_s16. buf: groups floats (dx), then K + K bytes.
+#define VK_DOT_SDOT(acc, w, x) vdotq_s32(acc, w, x)
+#define VK_DOT_MULL(acc, w, x)                                                                                        \
+    vpadalq_s16(vpadalq_s16(acc, vmull_s8(vget_low_s8(w), vget_low_s8(x))), vmull_high_s8(w, x))
+#define VK_QDOT_NEON(NAME, ATTR, DOT)                                                                                  \
+    ATTR static inline __attribute__((always_inline)) void NAME##_rows(const int RR, const int BITS, size_t K,        \
+                                                                       const vk_qmatrix *w, const int8_t *qx,          \
+                                                                       const float *dx, size_t n, const float *bias,   \
+                                                                       float *y) {                                     \
+        size_t G = w->group_size, ng = qgroups(K, G), rb = vk_qrow_bytes(BITS, K);                                   \
+        const uint8x16_t m4 = vdupq_n_u8(0x0f);                                                                      \
+        const int8x16_t eight = vdupq_n_s8(8);                                                                       \
+        float32x4_t acc = vdupq_n_f32(0);                                                                             \
+        for (size_t g = 0; g < ng; g++) {                                                                             \
+            size_t k0 = g * G, k1 = k0 + G < K ? k0 + G : K;                                                          \
+            int32x4_t s[4][2];                                                                                        \
+            for (int r = 0; r < RR; r++) s[r][0] = s[r][1] = vdupq_n_s32(0);                                          \
+            for (size_t k = k0; k < k1; k += 32) {                                                                    \
+                int8x16_t x0 = vld1q_s8(qx + k), x1 = vld1q_s8(qx + k + 16);                                          \
+                for (int r = 0; r < RR; r++) {                                                                        \
+                    const uint8_t *row = (const uint8_t *)w->data + (n + (size_t)r) * rb;                             \
+                    int8x16_t w0, w1;                                                                                 \
+                    if (BITS == 8) {                                                                                  \
+                        w0 = vld1q_s8((const int8_t *)row + k);                                                       \
+                        w1 = vld1q_s8((const int8_t *)row + k + 16);                                                  \
+                    } else {                                                                                          \
+                        uint8x16_t b = vld1q_u8(row + k / 2);                                                         \
+                        w0 = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(b, m4)), eight);                                   \
+                        w1 = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(b, 4)), eight);                                  \
+                    }                                                                                                 \
+                    s[r][0] = DOT(s[r][0], w0, x0);                                                                   \
+                    s[r][1] = DOT(s[r][1], w1, x1);                                                                   \
+                }                                                                                                     \
+            }                                                                                                         \
+            float sc[4] = {0, 0, 0, 0};                                                                               \
+            int32_t tot[4] = {0, 0, 0, 0};                                                                            \
+            for (int r = 0; r < RR; r++) {                                                                            \
+                sc[r] = f16_to_f32(w->scales[(n + (size_t)r) * ng + g]);                                              \
+                tot[r] = vaddvq_s32(vaddq_s32(s[r][0], s[r][1]));                                                     \
+            }                                                                                                         \
+            acc = vfmaq_f32(acc, vmulq_n_f32(vld1q_f32(sc), dx[g]), vcvtq_f32_s32(vld1q_s32(tot)));                   \
+        }                                                                                                             \
+        float out[4];                                                                                                 \
+        vst1q_f32(out, acc);                                                                                          \
+        for (int r = 0; r < RR; r++) y[n + (size_t)r] = bias ? out[r] + bias[n + (size_t)r] : out[r];                \
+    }                                                                                                                 \
+    ATTR static void NAME(const float *x, size_t K, const vk_qmatrix *w, size_t n0, size_t n1, const float *bias,     \
+                          float *y, float *buf) {                                                                     \
+        size_t G = w->group_size, ng = qgroups(K, G);                                                                 \
+        float *dx = buf;                                                                                              \
+        int8_t *qx = (int8_t *)(dx + ng), *qp = qx + K;                                                               \
+        qdot_quantize_x(x, K, G, qx, dx);                                                                             \
+        size_t n = n0;                                                                                                \
+        if (w->bits == 4) {                                                                                           \
+            qdot_permute_int4(qx, K, qp);                                                                             \
+            for (; n + 4 <= n1; n += 4) NAME##_rows(4, 4, K, w, qp, dx, n, bias, y);                                  \
+            for (; n < n1; n++) NAME##_rows(1, 4, K, w, qp, dx, n, bias, y);                                          \
+        } else {                                                                                                      \
+            for (; n + 4 <= n1; n += 4) NAME##_rows(4, 8, K, w, qx, dx, n, bias, y);                                  \
+            for (; n < n1; n++) NAME##_rows(1, 8, K, w, qx, dx, n, bias, y);                                          \
+        }                                                                                                             \
     }
-    const uint8x16_t m4 = vdupq_n_u8(0x0f);
-    const int8x16_t eight = vdupq_n_s8(8);
-    for (size_t n = n0; n < n1; n++) {
-        const uint8_t *row = (const uint8_t *)w->data + n * rb;
-        float acc = 0.0f;
-        for (size_t g = 0; g < ng; g++) {
-            size_t k0 = g * G, k1 = k0 + G < K ? k0 + G : K;
-            int32x4_t s = vdupq_n_s32(0);
-            for (size_t k = k0; k < k1; k += 32) {
-                int8x16_t w0, w1;
-                if (w->bits == 8) {
-                    w0 = vld1q_s8((const int8_t *)row + k);
-                    w1 = vld1q_s8((const int8_t *)row + k + 16);
-                } else {
-                    uint8x16_t b = vld1q_u8(row + k / 2);
-                    w0 = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(b, m4)), eight);
-                    w1 = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(b, 4)), eight);
-                }
-                int8x16_t x0 = vld1q_s8(qx + k), x1 = vld1q_s8(qx + k + 16);
-                s = vpadalq_s16(s, vmull_s8(vget_low_s8(w0), vget_low_s8(x0)));
-                s = vpadalq_s16(s, vmull_s8(vget_high_s8(w0), vget_high_s8(x0)));
-                s = vpadalq_s16(s, vmull_s8(vget_low_s8(w1), vget_low_s8(x1)));
-                s = vpadalq_s16(s, vmull_s8(vget_high_s8(w1), vget_high_s8(x1)));
-            }
-            acc += f16_to_f32(w->scales[n * ng + g]) * dx[g] * (float)vaddvq_s32(s);
-        }
-        y[n] = bias ? acc + bias[n] : acc;
-    }
-}
+VK_QDOT_NEON(gemv_qdot_neon, , VK_DOT_MULL)
+VK_QDOT_NEON(gemv_qdot_sdot, __attribute__((target("dotprod"))), VK_DOT_SDOT)
+#undef VK_QDOT_NEON
+#undef VK_DOT_SDOT
+#undef VK_DOT_MULL
 
 // Quantized weights, a few tokens (or a decode step whose groups are not whole 32-column blocks): each row
 // dequantized once into scratch (K floats, vectorized), then dotted with every token.
@@ -3596,7 +3656,8 @@ void vk_matmul_q_ws(const float *x, size_t T, size_t K, size_t ldx, const vk_qma
     }
 #elif VK_ARM
     if (vk_simd_level() == 2) {
-        if (qdot_applies(T, K, w)) gemv_qdot_neon(x, K, w, n0, n1, bias, y, buf);
+        if (qdot_applies(T, K, w) && use_dotprod()) gemv_qdot_sdot(x, K, w, n0, n1, bias, y, buf);
+        else if (qdot_applies(T, K, w)) gemv_qdot_neon(x, K, w, n0, n1, bias, y, buf);
         else if (T <= VK_NEON_SMALL_T) matmul_q_neon(x, T, K, ldx, w, n0, n1, bias, y, ldy, buf);
         else gemm_neon(x, T, K, ldx, NULL, VK_F32, w, n0, n1, bias, y, ldy, buf);
         return;

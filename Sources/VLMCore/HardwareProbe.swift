@@ -3,7 +3,7 @@ import Foundation
 
 /// Measures what bounds our speed on this machine, so benchmarks can print figures next to their limits.
 public enum HardwareProbe {
-    /// The kernel bodies in use ("avx512-vnni", "avx512", "avx2", "neon", "scalar"); VLM_SIMD=avx2 caps it.
+    /// The kernel bodies in use ("avx512-vnni", "avx512", "avx2", "neon-dotprod", "neon", "scalar"); VLM_SIMD=avx2 caps it.
     public static var simd: String { String(cString: vk_simd_name()) }
 
     /// Whether `QuantizationOptions.bf16Products` takes effect here (AVX-512 BF16 and the AVX-512 bodies in use).

@@ -23,8 +23,9 @@ typedef enum {
 int vk_simd_level(void);
 /// Force the scalar fallback (1) or restore automatic choice (0); used by the kernel tests.
 void vk_force_scalar(int on);
-/// The bodies in use, for reports: "avx512-vnni", "avx512", "avx2", "neon" or "scalar". The environment variable
-/// VLM_SIMD=avx2 (or scalar), read once, keeps a process below AVX-512 (or on the scalar bodies).
+/// The bodies in use, for reports: "avx512-vnni", "avx512", "avx2", "neon-dotprod" (NEON with SDOT), "neon" or
+/// "scalar". The environment variable VLM_SIMD=avx2 (or scalar), read once, keeps a process below AVX-512 (or on
+/// the scalar bodies).
 const char *vk_simd_name(void);
 /// Use no body above `max_level` (3: all, 1: AVX2 even where AVX-512 is present); for tests and A/B benchmarks.
 void vk_limit_level(int max_level);
