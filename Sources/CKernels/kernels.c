@@ -33,6 +33,10 @@
 // Feature detection
 // ---------------------------------------------------------------------------------------------------------------
 #define VK_LOG2E 1.44269504088896341f  // log2(e): exp(x) = 2^(x log2(e))
+// 2^r for r in [-0.5, 0.5], coefficients highest first (relative error 1.4e-7): the attention softmax's exponential
+// in every SIMD body (exp2_sum_avx2, exp2_512_nonpos, exp2_neon_nonpos).
+static const float vk_exp2_poly[6] = {1.3266970e-3f, 9.6754597e-3f, 5.5507426e-2f, 2.4022122e-1f, 6.9314695e-1f,
+                                      1.0000001f};
 
 static int g_force_scalar = 0;
 static int g_level = -1;
@@ -2785,8 +2789,6 @@ VK_AVX2 static float exp_sum_avx2(float *x, size_t n, float scale, float m) {
     return s;
 }
 
-static const float vk_exp2_poly[6] = {1.3266970e-3f, 9.6754597e-3f, 5.5507426e-2f, 2.4022122e-1f, 6.9314695e-1f,
-                                      1.0000001f};
 
 // The attention softmax's exponentials on AVX2: x[i] = 2^(x[i] c - m2), returning their sum, with c = scale log2(e)
 // and m2 = max log2(e) (the scaled scores' max), so one fmsub takes the place of a multiply and a subtraction.
@@ -3293,13 +3295,14 @@ static void pack_a_neon(const float *x, size_t ldx, size_t mc, size_t kc, float 
     }
 }
 
-// Columns [k0, k0 + kc) of weight row n as f32 into dst: dense rows of dt, or q's levels times their group's scale
-// (8 columns per step: groups are multiples of 8 columns and k0 is a multiple of 8, so a step never straddles two).
-static void row_f32_neon(const void *w, vk_dtype dt, const vk_qmatrix *q, size_t K, size_t n, size_t k0, size_t kc,
-                         float *dst) {
+// Columns [k0, k0 + kc) of weight row n as f32 into dst: dense rows of dt (row stride ldw), or q's levels times their
+// group's scale (K columns; 8 per step: groups are multiples of 8 columns and k0 is a multiple of 8, so a step never
+// straddles two).
+static void row_f32_neon(const void *w, vk_dtype dt, size_t ldw, const vk_qmatrix *q, size_t K, size_t n, size_t k0,
+                         size_t kc, float *dst) {
     size_t k = 0;
     if (!q) {
-        const size_t base = n * K + k0;
+        const size_t base = n * ldw + k0;
         float32x4_t lo, hi;
         switch (dt) {
         case VK_BF16: for (; k + 8 <= kc; k += 8) { load8_neon(w, VK_BF16, base + k, &lo, &hi); vst1q_f32(dst + k, lo); vst1q_f32(dst + k + 4, hi); } break;
@@ -3332,12 +3335,36 @@ static void row_f32_neon(const void *w, vk_dtype dt, const vk_qmatrix *q, size_t
     for (; k < kc; k++) dst[k] = qload(q, K, n, k0 + k);
 }
 
-// B panel: weight rows [n, n + nr) (nr <= 12) at columns [k0, k0 + kc) into bp[k * 12 + r], rows past nr 0. Each
-// row is converted once into tmp (kc x 12 floats), then 4 rows x 4 columns at a time transposed into the panel.
-static void pack_b_neon(const void *w, vk_dtype dt, const vk_qmatrix *q, size_t K, size_t n, size_t nr, size_t k0,
-                        size_t kc, float *bp, float *tmp) {
+// The B operand of gemm_neon, W [N, K]: W[n, k] = w[n * ldw + k] of dtype dt (a weight matrix: ldw = K), or
+// w[k * ldw + n] (f32) when `transposed` (attention's V, keys x dims), or q's levels times their scales when q is set.
+typedef struct {
+    const void *w;
+    vk_dtype dt;
+    size_t ldw;
+    int transposed;
+    const vk_qmatrix *q;
+} neon_b;
+
+// B panel: rows [n, n + nr) (nr <= 12) of W at columns [k0, k0 + kc) into bp[k * 12 + r], rows past nr 0. Each row
+// is converted once into tmp (kc x 12 floats), then 4 rows x 4 columns at a time transposed into the panel; a
+// transposed W is already k-major and is copied 12 floats per k.
+static void pack_b_neon(const neon_b *b, size_t K, size_t n, size_t nr, size_t k0, size_t kc, float *bp, float *tmp) {
+    if (b->transposed) {
+        const float *src = (const float *)b->w + k0 * b->ldw + n;
+        for (size_t k = 0; k < kc; k++, src += b->ldw) {
+            float *d = bp + k * VK_NEON_NR;
+            if (nr == VK_NEON_NR) {
+                vst1q_f32(d, vld1q_f32(src));
+                vst1q_f32(d + 4, vld1q_f32(src + 4));
+                vst1q_f32(d + 8, vld1q_f32(src + 8));
+            } else {
+                for (size_t r = 0; r < VK_NEON_NR; r++) d[r] = r < nr ? src[r] : 0.0f;
+            }
+        }
+        return;
+    }
     for (size_t r = 0; r < VK_NEON_NR; r++) {
-        if (r < nr) row_f32_neon(w, dt, q, K, n + r, k0, kc, tmp + r * kc);
+        if (r < nr) row_f32_neon(b->w, b->dt, b->ldw, b->q, K, n + r, k0, kc, tmp + r * kc);
         else memset(tmp + r * kc, 0, kc * sizeof(float));
     }
     size_t k = 0;
@@ -3409,10 +3436,10 @@ static void ukr_neon(size_t mr, size_t kc, const float *a, const float *b, float
     }
 }
 
-// y[t, n] for n in [n0, n1) with the weights dense (w, dt) or quantized (q, dequantized into the panels).
-// buf: gemm_neon_scratch_floats(T, K, n1 - n0) floats.
-static void gemm_neon(const float *x, size_t T, size_t K, size_t ldx, const void *w, vk_dtype dt,
-                      const vk_qmatrix *q, size_t n0, size_t n1, const float *bias, float *y, size_t ldy, float *buf) {
+// y[t, n] = sum_k x[t, k] W[n, k] (+ bias[n]) for n in [n0, n1), W as `b` says (dense, quantized: dequantized into
+// the panels, or transposed). buf: gemm_neon_scratch_floats(T, K, n1 - n0) floats.
+static void gemm_neon(const float *x, size_t T, size_t K, size_t ldx, const neon_b *b, size_t n0, size_t n1,
+                      const float *bias, float *y, size_t ldy, float *buf) {
     size_t npan = div_up(n1 - n0, VK_NEON_NR), kcb = gemm_neon_kc(K), mcb = VK_NEON_MC;
     int one_block = T <= mcb;  // each panel is used once: every panel reuses one slot, which stays in cache
     float *bp = buf, *ap = bp + (one_block ? kcb * VK_NEON_NR : kcb * npan * VK_NEON_NR);
@@ -3425,7 +3452,7 @@ static void gemm_neon(const float *x, size_t T, size_t K, size_t ldx, const void
             for (size_t j = 0; j < npan; j++) {
                 size_t n = n0 + j * VK_NEON_NR, nr = n1 - n < VK_NEON_NR ? n1 - n : VK_NEON_NR;
                 float *bj = bp + (one_block ? 0 : j * kc * VK_NEON_NR);
-                if (t0 == 0) pack_b_neon(w, dt, q, K, n, nr, k0, kc, bj, tmp);
+                if (t0 == 0) pack_b_neon(b, K, n, nr, k0, kc, bj, tmp);
                 for (size_t i = 0; i < mc; i += VK_NEON_MR)
                     ukr_neon(mc - i < VK_NEON_MR ? mc - i : VK_NEON_MR, kc, ap + (i / VK_NEON_MR) * kc * VK_NEON_MR, bj,
                              y + (t0 + i) * ldy + n, ldy, nr, k0 != 0, bias ? bias + n : NULL);
@@ -3508,12 +3535,75 @@ VK_QDOT_NEON(gemv_qdot_sdot, __attribute__((target("dotprod"))), VK_DOT_SDOT)
 #undef VK_DOT_SDOT
 #undef VK_DOT_MULL
 
+// ---- Attention over a block of queries ------------------------------------------------------------------------
+// As on x86 (attention_blocked), a block of queries goes through the GEMM instead of a 64-long dot product and an
+// axpy per key and query: S = Q Kᵀ (gemm_neon with K's rows as W), a row softmax in vectors, then O = P V (gemm_neon
+// with V as a transposed W). Causal: the block computes the scores of the keys its last query sees; each row's
+// invisible ones get weight 0.
+#define VK_NEON_ATT_MIN_Q 4  // fewer queries take the per-query loop
+#define VK_NEON_ATT_MQ 64    // queries per block: S of 1024 keys is 256 KB
+
+// 2^t for t <= 0 (or NaN): t = n + r, n = round(t), 2^r by vk_exp2_poly and 2^n built in the exponent field; t below
+// -126 is taken as -126 (2^-126 against a row sum of at least 1). NaN stays NaN.
+static inline float32x4_t exp2_neon_nonpos(float32x4_t t) {
+    t = vmaxq_f32(t, vdupq_n_f32(-126.0f));
+    float32x4_t n = vrndnq_f32(t), r = vsubq_f32(t, n), y = vdupq_n_f32(vk_exp2_poly[0]);
+    for (int j = 1; j < 6; j++) y = vfmaq_f32(vdupq_n_f32(vk_exp2_poly[j]), y, r);
+    int32x4_t e = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)), 23);
+    return vmulq_f32(y, vreinterpretq_f32_s32(e));
+}
+
+// x[0, n) = softmax(x scale), x[n, n_all) = 0.
+static void softmax_scaled_neon(float *x, size_t n, size_t n_all, float scale) {
+    float32x4_t mv = vdupq_n_f32(-INFINITY), sv = vdupq_n_f32(scale);
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) mv = vmaxq_f32(mv, vmulq_f32(vld1q_f32(x + i), sv));
+    float m = vmaxvq_f32(mv);
+    for (; i < n; i++) m = fmaxf(m, x[i] * scale);
+    // exp(s scale - m) = 2^(s c - m2), c = scale log2(e), m2 = m log2(e)
+    const float c = scale * VK_LOG2E, m2 = m * VK_LOG2E;
+    float32x4_t cv = vdupq_n_f32(c), m2v = vdupq_n_f32(m2), acc = vdupq_n_f32(0);
+    for (i = 0; i + 4 <= n; i += 4) {
+        float32x4_t e = exp2_neon_nonpos(vfmaq_f32(vnegq_f32(m2v), vld1q_f32(x + i), cv));
+        vst1q_f32(x + i, e);
+        acc = vaddq_f32(acc, e);
+    }
+    float sum = vaddvq_f32(acc);
+    for (; i < n; i++) { x[i] = exp2f(fmaf(x[i], c, -m2)); sum += x[i]; }
+    float32x4_t inv = vdupq_n_f32(1.0f / sum);
+    for (i = 0; i + 4 <= n; i += 4) vst1q_f32(x + i, vmulq_f32(vld1q_f32(x + i), inv));
+    for (; i < n; i++) x[i] *= 1.0f / sum;
+    for (; i < n_all; i++) x[i] = 0.0f;
+}
+
+// vk_attention_head for nq >= VK_NEON_ATT_MIN_Q and n_keys >= 1.
+static void attention_neon(const float *q, size_t nq, size_t q_stride, const float *k, const float *v,
+                           size_t kv_stride, size_t hd, size_t q_pos0, int causal, size_t n_keys, float scale,
+                           float *out, size_t out_stride) {
+    size_t mq = nq < VK_NEON_ATT_MQ ? nq : VK_NEON_ATT_MQ;
+    size_t nk_max = causal && q_pos0 + nq < n_keys ? q_pos0 + nq : n_keys;
+    size_t g1 = gemm_neon_scratch_floats(mq, hd, nk_max), g2 = gemm_neon_scratch_floats(mq, nk_max, hd);
+    float *st = tls_scratch(mq * nk_max + (g1 > g2 ? g1 : g2));
+    float *buf = st + mq * nk_max;
+    const neon_b keys = {k, VK_F32, kv_stride, 0, NULL}, values = {v, VK_F32, kv_stride, 1, NULL};
+    for (size_t i0 = 0; i0 < nq; i0 += mq) {
+        size_t m = nq - i0 < mq ? nq - i0 : mq;
+        size_t nk = causal && q_pos0 + i0 + m < n_keys ? q_pos0 + i0 + m : n_keys;
+        gemm_neon(q + i0 * q_stride, m, hd, q_stride, &keys, 0, nk, NULL, st, nk, buf);
+        for (size_t r = 0; r < m; r++) {
+            size_t visible = causal && q_pos0 + i0 + r + 1 < nk ? q_pos0 + i0 + r + 1 : nk;
+            softmax_scaled_neon(st + r * nk, visible, nk, scale);
+        }
+        gemm_neon(st, m, nk, nk, &values, 0, hd, NULL, out + i0 * out_stride, out_stride, buf);
+    }
+}
+
 // Quantized weights, a few tokens (or a decode step whose groups are not whole 32-column blocks): each row
 // dequantized once into scratch (K floats, vectorized), then dotted with every token.
 static void matmul_q_neon(const float *x, size_t T, size_t K, size_t ldx, const vk_qmatrix *w, size_t n0, size_t n1,
                           const float *bias, float *y, size_t ldy, float *scratch) {
     for (size_t n = n0; n < n1; n++) {
-        row_f32_neon(NULL, VK_F32, w, K, n, 0, K, scratch);
+        row_f32_neon(NULL, VK_F32, 0, w, K, n, 0, K, scratch);
         for (size_t t = 0; t < T; t++) {
             float s = dot_neon(x + t * ldx, scratch, K);
             y[t * ldy + n] = bias ? s + bias[n] : s;
@@ -3568,7 +3658,8 @@ void vk_matmul_ws(const float *x, size_t T, size_t K, size_t ldx, const void *w,
         } else {
             size_t need = gemm_neon_scratch_floats(T, K, n1 - n0);
             float *buf = scratch && scratch_floats >= need ? scratch : tls_scratch(need);
-            gemm_neon(x, T, K, ldx, w, dtype, NULL, n0, n1, bias, y, ldy, buf);
+            neon_b b = {w, dtype, K, 0, NULL};
+            gemm_neon(x, T, K, ldx, &b, n0, n1, bias, y, ldy, buf);
         }
         return;
     }
@@ -3659,7 +3750,10 @@ void vk_matmul_q_ws(const float *x, size_t T, size_t K, size_t ldx, const vk_qma
         if (qdot_applies(T, K, w) && use_dotprod()) gemv_qdot_sdot(x, K, w, n0, n1, bias, y, buf);
         else if (qdot_applies(T, K, w)) gemv_qdot_neon(x, K, w, n0, n1, bias, y, buf);
         else if (T <= VK_NEON_SMALL_T) matmul_q_neon(x, T, K, ldx, w, n0, n1, bias, y, ldy, buf);
-        else gemm_neon(x, T, K, ldx, NULL, VK_F32, w, n0, n1, bias, y, ldy, buf);
+        else {
+            neon_b b = {NULL, VK_F32, K, 0, w};
+            gemm_neon(x, T, K, ldx, &b, n0, n1, bias, y, ldy, buf);
+        }
         return;
     }
 #endif
@@ -4096,6 +4190,11 @@ void vk_attention_head(const float *q, size_t nq, size_t q_stride, const float *
 #if VK_X86
     if (use_avx2() && nq >= VK_ATT_BLOCKED_MIN_Q && head_dim > 0) {
         attention_blocked(q, nq, q_stride, k, v, kv_stride, head_dim, q_pos0, causal, n_keys, scale, out, out_stride);
+        return;
+    }
+#elif VK_ARM
+    if (vk_simd_level() == 2 && nq >= VK_NEON_ATT_MIN_Q && head_dim > 0 && n_keys > 0) {
+        attention_neon(q, nq, q_stride, k, v, kv_stride, head_dim, q_pos0, causal, n_keys, scale, out, out_stride);
         return;
     }
 #endif

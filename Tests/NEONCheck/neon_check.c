@@ -7,12 +7,23 @@
 #include "ckernels.h"
 
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 static int failures = 0, checks = 0;
+// The case running now, for the fault handler's report.
+static char current[160] = "start";
+static void on_fault(int sig) {
+    char line[220];
+    int n = snprintf(line, sizeof line, "FAIL: signal %d (an access past a buffer's end?) in: %s\n", sig, current);
+    if (write(1, line, (size_t)n) < 0) _exit(3);
+    _exit(1);
+}
 
 static uint64_t rng_state = 42;
 static float randf(void) {  // uniform in [-1, 1)
@@ -20,10 +31,27 @@ static float randf(void) {  // uniform in [-1, 1)
     return (float)((rng_state >> 40) & 0xffffff) / 8388608.0f - 1.0f;
 }
 static void fill(float *p, size_t n) { for (size_t i = 0; i < n; i++) p[i] = randf(); }
+// Every buffer (inputs, outputs, the scratch the kernels ask for) ends at an inaccessible page, so a body that reads or
+// writes past what it was given faults (qemu-user honours mprotect; there is no arm64 AddressSanitizer runtime here).
 static void *xmalloc(size_t bytes) {
-    void *p = malloc(bytes ? bytes : 1);
-    if (!p) { fprintf(stderr, "out of memory (%zu bytes)\n", bytes); exit(2); }
+    size_t page = (size_t)sysconf(_SC_PAGESIZE), len = (bytes + 16 + page - 1) / page * page + page;
+    uint8_t *base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED || mprotect(base + len - page, page, PROT_NONE) != 0) {
+        fprintf(stderr, "out of memory (%zu bytes)\n", bytes);
+        exit(2);
+    }
+    uint8_t *p = base + len - page - bytes;
+    memcpy(p - 16, &base, sizeof base);  // what xfree unmaps
+    memcpy(p - 8, &len, sizeof len);
     return p;
+}
+static void xfree(void *p) {
+    if (!p) return;
+    uint8_t *base;
+    size_t len;
+    memcpy(&base, (uint8_t *)p - 16, sizeof base);
+    memcpy(&len, (uint8_t *)p - 8, sizeof len);
+    munmap(base, len);
 }
 
 // Fails unless |fast - ref| <= tol everywhere and both agree on NaN-ness; `what` names the case.
@@ -58,6 +86,7 @@ static void check_matmul(void) {
                 for (size_t ni = 0; ni < COUNT(oddN); ni++) {
                     size_t T = oddT[ti], K = oddK[ki], N = oddN[ni];
                     if (T * K * N > 4000000) continue;  // qemu time; the larger shapes are covered by the others
+                    snprintf(current, sizeof current, "matmul %s T%zu K%zu N%zu", names[di], T, K, N);
                     float *x = xmalloc(T * K * 4), *wf = xmalloc(N * K * 4), *bias = xmalloc(N * 4);
                     fill(x, T * K); fill(wf, N * K); fill(bias, N);
                     void *w = wf;
@@ -76,7 +105,7 @@ static void check_matmul(void) {
                         vk_force_scalar(1);
                         vk_matmul_ws(x, T, K, K, w, dtypes[di], n0, n1, b ? bias : NULL, yr, N, NULL, 0);
                         vk_force_scalar(0);
-                        free(scratch);
+                        xfree(scratch);
                         char what[96];
                         snprintf(what, sizeof what, "matmul %s T%zu K%zu N%zu [%zu,%zu) bias %d", names[di], T, K, N, n0, n1, b);
                         expect_close(yf, yr, T * N, 1e-5f * sqrtf((float)K) + 1e-6f, what);
@@ -87,7 +116,7 @@ static void check_matmul(void) {
                     char what[96];
                     snprintf(what, sizeof what, "matmul %s T%zu K%zu N%zu without scratch", names[di], T, K, N);
                     expect_close(yf, yr, T * N, 1e-5f * sqrtf((float)K) + 1e-6f, what);
-                    free(x); free(wf); free(bias); free(wh); free(yf); free(yr);
+                    xfree(x); xfree(wf); xfree(bias); xfree(wh); xfree(yf); xfree(yr);
                 }
 }
 
@@ -114,6 +143,7 @@ static void check_quantized(void) {
                     vk_qmatrix q = {data, scales, G, bits};
                     for (size_t ti = 0; ti < COUNT(Ts); ti++) {
                         size_t T = Ts[ti];
+                        snprintf(current, sizeof current, "matmul q%d G%zu T%zu K%zu N%zu", bits, G, T, K, N);
                         float *x = xmalloc(T * K * 4), *yf = xmalloc(T * N * 4), *yr = xmalloc(T * N * 4);
                         fill(x, T * K);
                         if (ti == 0) x[K / 2] = 0.0f;  // a zero activation in a group
@@ -130,41 +160,47 @@ static void check_quantized(void) {
                         char what[96];
                         snprintf(what, sizeof what, "matmul q%d G%zu T%zu K%zu N%zu", bits, G, T, K, N);
                         expect_close(yf, yr, T * N, 2e-5f * sqrtf((float)K) + 1e-5f, what);
-                        free(scratch); free(x); free(yf); free(yr);
+                        xfree(scratch); xfree(x); xfree(yf); xfree(yr);
                     }
-                    free(wf); free(bias); free(data); free(scales);
+                    xfree(wf); xfree(bias); xfree(data); xfree(scales);
                 }
 }
 
 // ---- attention: causal and bidirectional, odd head sizes and key counts; decode groups --------------------------
 static void check_attention(void) {
     const size_t hds[] = {8, 37, 64};
-    const size_t nqs[] = {1, 3, 17, 70};
+    const size_t nqs[] = {1, 3, 4, 17, 70, 130};
     const size_t pos0s[] = {0, 5, 130};
     for (size_t hi = 0; hi < COUNT(hds); hi++)
         for (size_t qi = 0; qi < COUNT(nqs); qi++)
             for (size_t pi = 0; pi < COUNT(pos0s); pi++)
-                for (int causal = 0; causal < 2; causal++) {
+                for (int causal = 0; causal < 4; causal++) {
+                    // causal & 2: sharp scores (q x 40), so most weights underflow towards 0 (the exponential's
+                    // lower clamp) and the row's largest dominate
                     size_t hd = hds[hi], nq = nqs[qi], p0 = pos0s[pi], nk = p0 + nq, stride = hd + 3;
+                    snprintf(current, sizeof current, "attention hd%zu nq%zu p0 %zu mode %d", hd, nq, p0, causal);
                     float *q = xmalloc(nq * stride * 4), *k = xmalloc(nk * stride * 4), *v = xmalloc(nk * stride * 4);
                     float *of = xmalloc(nq * stride * 4), *orf = xmalloc(nq * stride * 4), *s = xmalloc((nk + 64) * 4 * 4);
                     fill(q, nq * stride); fill(k, nk * stride); fill(v, nk * stride);
+                    if (causal & 2)
+                        for (size_t i = 0; i < nq * stride; i++) q[i] *= 40.0f;
                     for (size_t i = 0; i < nq * stride; i++) of[i] = orf[i] = -777.0f;
                     float scale = 1.0f / sqrtf((float)hd);
                     vk_force_scalar(0);
-                    vk_attention_head(q, nq, stride, k, v, stride, hd, p0, causal, nk, scale, of, stride, s);
+                    vk_attention_head(q, nq, stride, k, v, stride, hd, p0, causal & 1, nk, scale, of, stride, s);
                     vk_force_scalar(1);
-                    vk_attention_head(q, nq, stride, k, v, stride, hd, p0, causal, nk, scale, orf, stride, s);
+                    vk_attention_head(q, nq, stride, k, v, stride, hd, p0, causal & 1, nk, scale, orf, stride, s);
                     vk_force_scalar(0);
                     char what[96];
-                    snprintf(what, sizeof what, "attention hd%zu nq%zu p0 %zu causal %d", hd, nq, p0, causal);
+                    snprintf(what, sizeof what, "attention hd%zu nq%zu p0 %zu causal %d sharp %d", hd, nq, p0, causal & 1, causal >> 1);
                     expect_close(of, orf, nq * stride, 2e-5f, what);
-                    free(q); free(k); free(v); free(of); free(orf); free(s);
+                    xfree(q); xfree(k); xfree(v); xfree(of); xfree(orf); xfree(s);
                 }
     // decode: 3 query heads on one KV head, against one vk_attention_head call per head (bit for bit by contract)
     const size_t nks[] = {1, 9, 200};
     for (size_t i = 0; i < COUNT(nks); i++) {
         size_t hd = 64, heads = 3, nk = nks[i];
+        snprintf(current, sizeof current, "decode group n_keys %zu", nk);
         float *q = xmalloc(heads * hd * 4), *k = xmalloc(nk * hd * 4), *v = xmalloc(nk * hd * 4);
         float *og = xmalloc(heads * hd * 4), *oh = xmalloc(heads * hd * 4), *s = xmalloc(heads * nk * 4 + 256);
         fill(q, heads * hd); fill(k, nk * hd); fill(v, nk * hd);
@@ -179,7 +215,7 @@ static void check_attention(void) {
         vk_force_scalar(0);
         snprintf(what, sizeof what, "decode group n_keys %zu vs scalar", nk);
         expect_close(og, oh, heads * hd, 2e-5f, what);
-        free(q); free(k); free(v); free(og); free(oh); free(s);
+        xfree(q); xfree(k); xfree(v); xfree(og); xfree(oh); xfree(s);
     }
 }
 
@@ -188,6 +224,7 @@ static void check_elementwise(void) {
     const size_t ns[] = {1, 3, 4, 15, 16, 17, 63, 960, 1031};
     for (size_t i = 0; i < COUNT(ns); i++) {
         size_t n = ns[i];
+        snprintf(current, sizeof current, "elementwise n%zu", n);
         float *a = xmalloc(n * 4), *b = xmalloc(n * 4), *f = xmalloc(n * 4), *r = xmalloc(n * 4), *w = xmalloc(n * 4);
         fill(a, n); fill(b, n); fill(w, n);
         for (size_t j = 0; j < n; j++) a[j] *= 6.0f;  // past the activations' interesting range
@@ -202,8 +239,9 @@ static void check_elementwise(void) {
         BOTH(vk_rmsnorm(a, w, n, 1e-5f, f), vk_rmsnorm(a, w, n, 1e-5f, r), 1e-5f, "rmsnorm")
         BOTH(vk_layernorm(a, w, b, n, 1e-6f, f), vk_layernorm(a, w, b, n, 1e-6f, r), 2e-5f, "layernorm")
         BOTH((memcpy(f, b, n * 4), vk_axpy(0.37f, a, f, n)), (memcpy(r, b, n * 4), vk_axpy(0.37f, a, r, n)), 1e-6f, "axpy")
-        BOTH(f[0] = vk_dot(a, b, n), r[0] = vk_dot(a, b, n); f[1] = r[1] = 0, 1e-5f * sqrtf((float)n) * 6, "dot")
 #undef BOTH
+        vk_force_scalar(0); float df = vk_dot(a, b, n); vk_force_scalar(1); float dr = vk_dot(a, b, n); vk_force_scalar(0);
+        snprintf(what, sizeof what, "dot n%zu", n); expect_close(&df, &dr, 1, 1e-5f * sqrtf((float)n) * 6, what);
         // conversions: exact bits
         uint16_t *hf = xmalloc(n * 2), *hr = xmalloc(n * 2);
         vk_force_scalar(0); vk_f32_to_bf16(a, n, hf); vk_force_scalar(1); vk_f32_to_bf16(a, n, hr); vk_force_scalar(0);
@@ -215,7 +253,7 @@ static void check_elementwise(void) {
             vk_force_scalar(0);
             snprintf(what, sizeof what, "to_f32 dtype %d n%zu", dt, n); expect_same_bytes(f, r, n * 4, what);
         }
-        free(a); free(b); free(f); free(r); free(w); free(hf); free(hr);
+        xfree(a); xfree(b); xfree(f); xfree(r); xfree(w); xfree(hf); xfree(hr);
     }
 }
 
@@ -225,6 +263,7 @@ static void check_resample(void) {
     for (size_t wi = 0; wi < COUNT(widths); wi++)
         for (size_t taps = 1; taps <= 9; taps += 4) {
             size_t n = widths[wi] * 3;
+            snprintf(current, sizeof current, "resample vertical n%zu taps %zu", n, taps);
             uint8_t *rows = xmalloc(taps * n), *of = xmalloc(n), *orr = xmalloc(n);
             int16_t wt[16];
             for (size_t i = 0; i < taps * n; i++) rows[i] = (uint8_t)(randf() * 127 + 128);
@@ -235,8 +274,9 @@ static void check_resample(void) {
             char what[64];
             snprintf(what, sizeof what, "resample vertical n%zu taps %zu", n, taps);
             expect_same_bytes(of, orr, n, what);
-            free(rows); free(of); free(orr);
+            xfree(rows); xfree(of); xfree(orr);
         }
+    snprintf(current, sizeof current, "resample horizontal");
     // horizontal: a 13-pixel-wide, 3-row image to 5 output pixels of up to 6 taps (stride 8, zero-padded)
     size_t in_w = 13, out_w = 5, ws = 8, rowsN = 3;
     uint8_t *in = xmalloc(in_w * rowsN * 3), *of = xmalloc(out_w * rowsN * 3), *orr = xmalloc(out_w * rowsN * 3);
@@ -256,7 +296,7 @@ static void check_resample(void) {
     vk_resample_horizontal_rgb8(in, in_w, 0, rowsN, orr, out_w, starts, counts, wt, ws, 14, rowsN);
     vk_force_scalar(0);
     expect_same_bytes(of, orr, out_w * rowsN * 3, "resample horizontal");
-    free(in); free(of); free(orr);
+    xfree(in); xfree(of); xfree(orr);
 }
 
 // argv[1]: the bodies the CPU should select ("neon-dotprod" or "neon", as vk_simd_name reports them; default: either).
@@ -267,6 +307,8 @@ int main(int argc, char **argv) {
                vk_simd_name());
         return 1;
     }
+    signal(SIGSEGV, on_fault);
+    signal(SIGBUS, on_fault);
     clock_t start = clock();
     check_elementwise();
     check_resample();
