@@ -3268,6 +3268,17 @@ static size_t gemm_neon_scratch_floats(size_t T, size_t K, size_t N) {
     return b + round_up(mc, VK_NEON_MR) * kc + kc * VK_NEON_NR + 16;
 }
 
+// The 4 x 4 block with rows r0..r3 stored transposed: column c at d + c * stride (vtrn in 32- then 64-bit lanes).
+static inline void store_transposed4(float32x4_t r0, float32x4_t r1, float32x4_t r2, float32x4_t r3, float *d,
+                                     size_t stride) {
+    float64x2_t t0 = vreinterpretq_f64_f32(vtrn1q_f32(r0, r1)), t1 = vreinterpretq_f64_f32(vtrn2q_f32(r0, r1));
+    float64x2_t t2 = vreinterpretq_f64_f32(vtrn1q_f32(r2, r3)), t3 = vreinterpretq_f64_f32(vtrn2q_f32(r2, r3));
+    vst1q_f32(d, vreinterpretq_f32_f64(vtrn1q_f64(t0, t2)));
+    vst1q_f32(d + stride, vreinterpretq_f32_f64(vtrn1q_f64(t1, t3)));
+    vst1q_f32(d + 2 * stride, vreinterpretq_f32_f64(vtrn2q_f64(t0, t2)));
+    vst1q_f32(d + 3 * stride, vreinterpretq_f32_f64(vtrn2q_f64(t1, t3)));
+}
+
 // A block: tokens [0, mc) of x (row stride ldx, columns [0, kc)) into tiles of 8 tokens, ap[p * kc * 8 + k * 8 + i]
 // = token 8p + i at column k, missing tokens 0. Whole groups of 4 tokens x 4 columns go through a 4 x 4 transpose.
 static void pack_a_neon(const float *x, size_t ldx, size_t mc, size_t kc, float *ap) {
@@ -3281,13 +3292,7 @@ static void pack_a_neon(const float *x, size_t ldx, size_t mc, size_t kc, float 
                     const float *s = x + (t + h) * ldx + k;
                     float32x4_t r0 = vld1q_f32(s), r1 = vld1q_f32(s + ldx);
                     float32x4_t r2 = vld1q_f32(s + 2 * ldx), r3 = vld1q_f32(s + 3 * ldx);
-                    float32x4_t t0 = vtrn1q_f32(r0, r1), t1 = vtrn2q_f32(r0, r1);
-                    float32x4_t t2 = vtrn1q_f32(r2, r3), t3 = vtrn2q_f32(r2, r3);
-                    float *d = dst + k * VK_NEON_MR + h;
-                    vst1q_f32(d, vreinterpretq_f32_f64(vtrn1q_f64(vreinterpretq_f64_f32(t0), vreinterpretq_f64_f32(t2))));
-                    vst1q_f32(d + VK_NEON_MR, vreinterpretq_f32_f64(vtrn1q_f64(vreinterpretq_f64_f32(t1), vreinterpretq_f64_f32(t3))));
-                    vst1q_f32(d + 2 * VK_NEON_MR, vreinterpretq_f32_f64(vtrn2q_f64(vreinterpretq_f64_f32(t0), vreinterpretq_f64_f32(t2))));
-                    vst1q_f32(d + 3 * VK_NEON_MR, vreinterpretq_f32_f64(vtrn2q_f64(vreinterpretq_f64_f32(t1), vreinterpretq_f64_f32(t3))));
+                    store_transposed4(r0, r1, r2, r3, dst + k * VK_NEON_MR + h, VK_NEON_MR);
                 }
             for (; k < kc; k++)
                 for (size_t i = h; i < h + 4; i++) dst[k * VK_NEON_MR + i] = i < rows ? x[(t + i) * ldx + k] : 0.0f;
@@ -3372,13 +3377,7 @@ static void pack_b_neon(const neon_b *b, size_t K, size_t n, size_t nr, size_t k
         for (size_t r = 0; r < VK_NEON_NR; r += 4) {
             const float *s = tmp + r * kc + k;
             float32x4_t r0 = vld1q_f32(s), r1 = vld1q_f32(s + kc), r2 = vld1q_f32(s + 2 * kc), r3 = vld1q_f32(s + 3 * kc);
-            float32x4_t t0 = vtrn1q_f32(r0, r1), t1 = vtrn2q_f32(r0, r1);
-            float32x4_t t2 = vtrn1q_f32(r2, r3), t3 = vtrn2q_f32(r2, r3);
-            float *d = bp + k * VK_NEON_NR + r;
-            vst1q_f32(d, vreinterpretq_f32_f64(vtrn1q_f64(vreinterpretq_f64_f32(t0), vreinterpretq_f64_f32(t2))));
-            vst1q_f32(d + VK_NEON_NR, vreinterpretq_f32_f64(vtrn1q_f64(vreinterpretq_f64_f32(t1), vreinterpretq_f64_f32(t3))));
-            vst1q_f32(d + 2 * VK_NEON_NR, vreinterpretq_f32_f64(vtrn2q_f64(vreinterpretq_f64_f32(t0), vreinterpretq_f64_f32(t2))));
-            vst1q_f32(d + 3 * VK_NEON_NR, vreinterpretq_f32_f64(vtrn2q_f64(vreinterpretq_f64_f32(t1), vreinterpretq_f64_f32(t3))));
+            store_transposed4(r0, r1, r2, r3, bp + k * VK_NEON_NR + r, VK_NEON_NR);
         }
     for (; k < kc; k++)
         for (size_t r = 0; r < VK_NEON_NR; r++) bp[k * VK_NEON_NR + r] = tmp[r * kc + k];
