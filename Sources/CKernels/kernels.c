@@ -3597,6 +3597,101 @@ static void attention_neon(const float *q, size_t nq, size_t q_stride, const flo
     }
 }
 
+// ---- Quantized prefill with SDOT: an int8 GEMM ------------------------------------------------------------------
+// Where the CPU has FEAT_DotProd and K and the group size are multiples of 32 (qdot_applies' condition for decode):
+// each token's x is quantized exactly as a decode step quantizes it (qdot_quantize_x), the weights' levels are laid
+// out per 12-row panel as [K / 4][12 rows][4 columns] int8 (int4 nibbles unpacked to levels), and a 4-token x 12-row
+// tile multiplies them with vdotq_laneq_s32 (16 int8 products per instruction against 4 for vfmaq_f32): 12 int32
+// accumulators per group, then scaled into 12 f32 ones as the SDOT decode scales them (acc + (scale dx) sum, fused),
+// so every token's row equals gemv_qdot_sdot's on it bit for bit. Scratch: qgemm_sdot_scratch_bytes.
+#define VK_SDOT_MR 4
+#define VK_SDOT_NR 12
+static inline int qgemm_sdot_applies(size_t T, size_t K, const vk_qmatrix *w) {
+    return T >= 2 && K % 32 == 0 && w->group_size % 32 == 0 && use_dotprod();
+}
+
+static size_t qgemm_sdot_scratch_bytes(size_t T, size_t K, size_t G) {
+    size_t Tp = round_up(T, VK_SDOT_MR), ng = qgroups(K, G);
+    // x levels (tiles of 4 tokens), their scales, one panel's levels and scales, one token's levels, alignment
+    return Tp * K + Tp * ng * 4 + K * VK_SDOT_NR + ng * VK_SDOT_NR * 4 + K + ng * 4 + 64;
+}
+
+__attribute__((target("dotprod"))) static void qgemm_sdot(const float *x, size_t T, size_t K, size_t ldx,
+                                                            const vk_qmatrix *w, size_t n0, size_t n1,
+                                                            const float *bias, float *y, size_t ldy, void *buf) {
+    const size_t G = w->group_size, ng = qgroups(K, G), Tp = round_up(T, VK_SDOT_MR), rb = vk_qrow_bytes(w->bits, K);
+    float *dx = (float *)buf;                        // [Tp][ng], padding tokens 0
+    float *sw = dx + Tp * ng;                        // [ng][12] the panel's row scales, missing rows 0
+    int8_t *ap = (int8_t *)(sw + ng * VK_SDOT_NR);   // [Tp / 4][K / 4][4 tokens][4]
+    int8_t *bp = ap + Tp * K;                        // [K / 4][12 rows][4]
+    int8_t *qt = bp + K * VK_SDOT_NR;                // one token's levels
+    memset(ap, 0, Tp * K);
+    memset(dx, 0, Tp * ng * sizeof(float));
+    for (size_t t = 0; t < T; t++) {
+        qdot_quantize_x(x + t * ldx, K, G, qt, dx + t * ng);
+        int8_t *tile = ap + (t / VK_SDOT_MR) * K * VK_SDOT_MR + (t % VK_SDOT_MR) * 4;
+        for (size_t k = 0; k < K; k += 4) memcpy(tile + k * VK_SDOT_MR, qt + k, 4);
+    }
+    const uint8x8_t m4 = vdup_n_u8(0x0f);
+    for (size_t n = n0; n < n1; n += VK_SDOT_NR) {
+        size_t nr = n1 - n < VK_SDOT_NR ? n1 - n : VK_SDOT_NR;
+        for (size_t r = 0; r < VK_SDOT_NR; r++) {
+            const uint8_t *row = (const uint8_t *)w->data + (n + r) * rb;
+            for (size_t g = 0; g < ng; g++) sw[g * VK_SDOT_NR + r] = r < nr ? f16_to_f32(w->scales[(n + r) * ng + g]) : 0.0f;
+            for (size_t k = 0; k < K; k += 8) {
+                int8x8_t lv = vdup_n_s8(0);
+                if (r < nr && w->bits == 8) {
+                    lv = vld1_s8((const int8_t *)row + k);
+                } else if (r < nr) {
+                    uint32_t four;
+                    memcpy(&four, row + k / 2, 4);
+                    uint8x8_t b = vreinterpret_u8_u32(vdup_n_u32(four));
+                    lv = vsub_s8(vreinterpret_s8_u8(vzip1_u8(vand_u8(b, m4), vshr_n_u8(b, 4))), vdup_n_s8(8));
+                }
+                int32x2_t words = vreinterpret_s32_s8(lv);  // columns k .. k + 3, k + 4 .. k + 7
+                vst1_lane_s32((int32_t *)(bp + (k / 4) * VK_SDOT_NR * 4 + r * 4), words, 0);
+                vst1_lane_s32((int32_t *)(bp + (k / 4 + 1) * VK_SDOT_NR * 4 + r * 4), words, 1);
+            }
+        }
+        for (size_t t0 = 0; t0 < T; t0 += VK_SDOT_MR) {
+            const int8_t *a = ap + (t0 / VK_SDOT_MR) * K * VK_SDOT_MR;
+            float32x4_t f[VK_SDOT_MR][3];
+            for (int t = 0; t < VK_SDOT_MR; t++) f[t][0] = f[t][1] = f[t][2] = vdupq_n_f32(0);
+            for (size_t g = 0; g < ng; g++) {
+                int32x4_t s[VK_SDOT_MR][3];
+                for (int t = 0; t < VK_SDOT_MR; t++) s[t][0] = s[t][1] = s[t][2] = vdupq_n_s32(0);
+                for (size_t k = g * G; k < (g + 1) * G && k < K; k += 4) {
+                    const int8_t *bk = bp + (k / 4) * VK_SDOT_NR * 4;
+                    int8x16_t b0 = vld1q_s8(bk), b1 = vld1q_s8(bk + 16), b2 = vld1q_s8(bk + 32);
+                    int8x16_t av = vld1q_s8(a + k * VK_SDOT_MR);
+#define VK_SDOT_TOKEN(T_)                                                                                             \
+    s[T_][0] = vdotq_laneq_s32(s[T_][0], b0, av, T_);                                                                 \
+    s[T_][1] = vdotq_laneq_s32(s[T_][1], b1, av, T_);                                                                 \
+    s[T_][2] = vdotq_laneq_s32(s[T_][2], b2, av, T_);
+                    VK_SDOT_TOKEN(0) VK_SDOT_TOKEN(1) VK_SDOT_TOKEN(2) VK_SDOT_TOKEN(3)
+#undef VK_SDOT_TOKEN
+                }
+                const float *sg = sw + g * VK_SDOT_NR;
+                float32x4_t w0 = vld1q_f32(sg), w1 = vld1q_f32(sg + 4), w2 = vld1q_f32(sg + 8);
+                for (int t = 0; t < VK_SDOT_MR; t++) {
+                    float d = dx[(t0 + (size_t)t) * ng + g];
+                    f[t][0] = vfmaq_f32(f[t][0], vmulq_n_f32(w0, d), vcvtq_f32_s32(s[t][0]));
+                    f[t][1] = vfmaq_f32(f[t][1], vmulq_n_f32(w1, d), vcvtq_f32_s32(s[t][1]));
+                    f[t][2] = vfmaq_f32(f[t][2], vmulq_n_f32(w2, d), vcvtq_f32_s32(s[t][2]));
+                }
+            }
+            for (size_t t = 0; t < VK_SDOT_MR && t0 + t < T; t++) {
+                float out[VK_SDOT_NR];
+                vst1q_f32(out, f[t][0]);
+                vst1q_f32(out + 4, f[t][1]);
+                vst1q_f32(out + 8, f[t][2]);
+                float *yt = y + (t0 + t) * ldy + n;
+                for (size_t r = 0; r < nr; r++) yt[r] = bias ? out[r] + bias[n + r] : out[r];
+            }
+        }
+    }
+}
+
 // Quantized weights, a few tokens (or a decode step whose groups are not whole 32-column blocks): each row
 // dequantized once into scratch (K floats, vectorized), then dotted with every token.
 static void matmul_q_neon(const float *x, size_t T, size_t K, size_t ldx, const vk_qmatrix *w, size_t n0, size_t n1,
@@ -3691,6 +3786,8 @@ int vk_quantized_prefill_is_integer(size_t T, size_t K, size_t group_size, int b
 #if VK_X86
     return group_size > 0 && (bits == 8 || bits == 4) &&
            (qgemm_applies(T, K, group_size, bits) || qgemm_avx2_applies(T, K, group_size, bits));
+#elif VK_ARM
+    return (bits == 8 || bits == 4) && T >= 2 && K % 32 == 0 && group_size > 0 && group_size % 32 == 0 && use_dotprod();
 #else
     (void)T; (void)K; (void)group_size; (void)bits;
     return 0;
@@ -3708,11 +3805,16 @@ size_t vk_matmul_q_scratch_floats(size_t T, size_t K, size_t group_size, size_t 
     size_t gemm = gemm_scratch_floats(T, K, n1 - n0), rows = VK_SMALL_ROWS * K / 4 + 1;  // gemm_small_q's q4 block
     return gemm > rows ? gemm : rows;
 #elif VK_ARM
+    size_t f = K + 64;
     if (T > VK_NEON_SMALL_T) {
         size_t g = gemm_neon_scratch_floats(T, K, n1 - n0);
-        return g > K + 64 ? g : K + 64;
+        f = g > f ? g : f;
     }
-    return K + 64;
+    if (T >= 2 && K % 32 == 0 && group_size % 32 == 0) {  // qgemm_sdot, where the CPU has it
+        size_t q = div_up(qgemm_sdot_scratch_bytes(T, K, group_size), 4);
+        f = q > f ? q : f;
+    }
+    return f;
 #else
     return K + 64;
 #endif
@@ -3748,6 +3850,7 @@ void vk_matmul_q_ws(const float *x, size_t T, size_t K, size_t ldx, const vk_qma
     if (vk_simd_level() == 2) {
         if (qdot_applies(T, K, w) && use_dotprod()) gemv_qdot_sdot(x, K, w, n0, n1, bias, y, buf);
         else if (qdot_applies(T, K, w)) gemv_qdot_neon(x, K, w, n0, n1, bias, y, buf);
+        else if (qgemm_sdot_applies(T, K, w)) qgemm_sdot(x, T, K, ldx, w, n0, n1, bias, y, ldy, buf);
         else if (T <= VK_NEON_SMALL_T) matmul_q_neon(x, T, K, ldx, w, n0, n1, bias, y, ldy, buf);
         else {
             neon_b b = {NULL, VK_F32, K, 0, w};

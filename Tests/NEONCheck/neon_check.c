@@ -153,8 +153,22 @@ static void check_quantized(void) {
                         float *scratch = xmalloc(sf * 4 + 64);
                         vk_force_scalar(0);
                         vk_matmul_q_ws(x, T, K, K, &q, n0, n1, bias, yf, N, scratch, sf);
+                        int integer = vk_quantized_prefill_is_integer(T, K, G, bits);
+                        if (integer) {
+                            // x quantized as decode does: each token's row equals the NEON decode on it bit for bit
+                            // and the scalar decode within f32 rounding
+                            float *yd = xmalloc(T * N * 4);
+                            for (size_t i = 0; i < T * N; i++) yd[i] = -777.0f;
+                            for (size_t t = 0; t < T; t++)
+                                vk_matmul_q_ws(x + t * K, 1, K, K, &q, n0, n1, bias, yd + t * N, N, NULL, 0);
+                            char what[96];
+                            snprintf(what, sizeof what, "integer prefill q%d G%zu T%zu K%zu N%zu vs decode", bits, G, T, K, N);
+                            expect_same_bytes(yf, yd, T * N * 4, what);
+                            xfree(yd);
+                        }
                         vk_force_scalar(1);
-                        vk_matmul_q_ws(x, T, K, K, &q, n0, n1, bias, yr, N, NULL, 0);
+                        for (size_t t = 0; t < (integer ? T : 1); t++)  // the scalar decode per token, or one call
+                            vk_matmul_q_ws(x + t * K, integer ? 1 : T, K, K, &q, n0, n1, bias, yr + t * N, N, NULL, 0);
                         vk_force_scalar(0);
                         // The same quantization of x on both sides (integer decode) or f32 sums: f32 rounding only.
                         char what[96];

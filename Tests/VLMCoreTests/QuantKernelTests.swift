@@ -122,16 +122,17 @@ final class QuantKernelTests: XCTestCase {
     /// groups or K off 32, it keeps f32 activations.
     func testPrefillTakesIntegerProductsWhereTheCPUHasThem() {
         let name = String(cString: vk_simd_name())
-        let vnni = name == "avx512-vnni", avx2 = name.hasPrefix("avx")
-        XCTAssertEqual(vk_quantized_prefill_is_integer(16, 960, 32, 8) != 0, vnni)
-        XCTAssertEqual(vk_quantized_prefill_is_integer(2, 960, 64, 4) != 0, avx2)
-        XCTAssertEqual(vk_quantized_prefill_is_integer(6, 960, 32, 8), 0, "int8 from 7 tokens")
+        // x86: VNNI from 7 tokens for int8 and 2 for int4, AVX2 int4 from 2; arm64 with SDOT: both from 2 tokens
+        let vnni = name == "avx512-vnni", avx2 = name.hasPrefix("avx"), sdot = name == "neon-dotprod"
+        XCTAssertEqual(vk_quantized_prefill_is_integer(16, 960, 32, 8) != 0, vnni || sdot)
+        XCTAssertEqual(vk_quantized_prefill_is_integer(2, 960, 64, 4) != 0, avx2 || sdot)
+        XCTAssertEqual(vk_quantized_prefill_is_integer(6, 960, 32, 8) != 0, sdot, "int8 from 7 tokens (SDOT: from 2)")
         XCTAssertEqual(vk_quantized_prefill_is_integer(1, 960, 32, 4), 0, "decode is not prefill")
         XCTAssertEqual(vk_quantized_prefill_is_integer(16, 100, 32, 4), 0, "K off 32")
         XCTAssertEqual(vk_quantized_prefill_is_integer(16, 960, 40, 4), 0, "group off 32")
-        vk_limit_level(1)
-        XCTAssertEqual(vk_quantized_prefill_is_integer(16, 960, 32, 8), 0, "AVX2, int8")
-        XCTAssertEqual(vk_quantized_prefill_is_integer(16, 960, 32, 4) != 0, avx2, "AVX2, int4")
+        vk_limit_level(1)  // x86: the AVX2 bodies; no effect on arm64
+        XCTAssertEqual(vk_quantized_prefill_is_integer(16, 960, 32, 8) != 0, sdot, "AVX2, int8")
+        XCTAssertEqual(vk_quantized_prefill_is_integer(16, 960, 32, 4) != 0, avx2 || sdot, "AVX2, int4")
         vk_limit_level(3)
         vk_force_scalar(1)
         XCTAssertEqual(vk_quantized_prefill_is_integer(16, 960, 32, 4), 0, "scalar")

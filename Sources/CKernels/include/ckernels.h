@@ -110,8 +110,8 @@ int vk_quantize_rows(const void *w, vk_dtype dtype, size_t K, int bits, size_t g
 void vk_dequantize_row(const vk_qmatrix *w, size_t K, size_t n, float *dst);
 
 /// 1 when vk_matmul_q_ws with T >= 2 tokens quantizes x to int8 (K and group_size multiples of 32; AVX-512 VNNI hosts
-/// from 2 tokens for int4 and 7 for int8, AVX2 hosts for int4 from 2): then each token's row equals a T == 1 call on
-/// it (decode always quantizes x given whole 32-column groups).
+/// from 2 tokens for int4 and 7 for int8, AVX2 hosts for int4 from 2, arm64 with SDOT for both from 2): then each
+/// token's row equals a T == 1 call on it (decode always quantizes x given whole 32-column groups).
 int vk_quantized_prefill_is_integer(size_t T, size_t K, size_t group_size, int bits);
 
 /// Floats of scratch vk_matmul_q_ws wants for one call over output rows [n0, n1).
@@ -119,8 +119,8 @@ size_t vk_matmul_q_scratch_floats(size_t T, size_t K, size_t group_size, size_t 
 
 /// vk_matmul_ws over quantized weights: y[t, n] = sum_k x[t, k] * w[n, k] (+ bias[n]), x f32.
 /// T == 1: streaming GEMV; each weight byte and scale is read once, converted in registers.
-/// T >= 2 where vk_quantized_prefill_is_integer (AVX-512 VNNI, or int4 on AVX2; whole 32-column groups): each token's x is
-/// quantized to int8 as for decode and the product is an int8 GEMM, so every token equals a T == 1 call on its row.
+/// T >= 2 where vk_quantized_prefill_is_integer (AVX-512 VNNI, int4 on AVX2, arm64 SDOT; whole 32-column groups):
+/// each token's x is quantized to int8 as for decode and the product is an int8 GEMM, so every token equals a T == 1 call on its row.
 /// Otherwise the blocked f32 GEMM (or a few-token dot-product kernel), weights dequantized to f32 once per call.
 /// Invalid bits/group_size (the loader rejects them first) write NaN to the output rather than read out of bounds.
 void vk_matmul_q_ws(const float *x, size_t T, size_t K, size_t ldx, const vk_qmatrix *w,
