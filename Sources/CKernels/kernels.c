@@ -37,6 +37,10 @@
 // in every SIMD body (exp2_sum_avx2, exp2_512_nonpos, exp2_neon_nonpos).
 static const float vk_exp2_poly[6] = {1.3266970e-3f, 9.6754597e-3f, 5.5507426e-2f, 2.4022122e-1f, 6.9314695e-1f,
                                       1.0000001f};
+// r^2 P(r), P's coefficients highest first. One table for the AVX2, AVX-512 and NEON bodies, which evaluate it in the same
+// order, so their floats agree lane for lane.
+static const float vk_exp_poly[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                                     4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
 
 static int g_force_scalar = 0;
 static int g_level = -1;
@@ -2677,10 +2681,6 @@ VK_AVX2 static void qgemm_avx2(const float *x, size_t T, size_t K, size_t ldx, c
 // two factors 2^(n/2) so results overflow to +inf and underflow gradually through the subnormals like expf;
 // NaN stays NaN.
 // Cephes expf: exp(x) = 2^fx e^r with fx = floor(x log2e + 0.5), r = x - fx ln2 (ln2 in two parts), e^r = 1 + r +
-// r^2 P(r), P's coefficients highest first. One table for the AVX2 and AVX-512 bodies, which evaluate it in the same
-// order, so their floats agree lane for lane.
-static const float vk_exp_poly[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
-                                     4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
 // erfc(z) ~ t exp(-z^2 + Q(t)), t = 1 / (1 + z / 2) (Numerical Recipes' erfcc), Q's coefficients highest first.
 static const float vk_erfc_poly[10] = {0.17087277f, -0.82215223f, 1.48851587f, -1.13520398f, 0.27886807f,
                                        -0.18628806f, 0.09678418f,  0.37409196f, 1.00002368f,  -1.26551223f};
@@ -3692,6 +3692,72 @@ __attribute__((target("dotprod"))) static void qgemm_sdot(const float *x, size_t
     }
 }
 
+// ---- Activations and softmax ------------------------------------------------------------------------------------
+// exp256's steps in four lanes (same polynomial, same clamps; the float operations in the same order).
+static inline float32x4_t exp_neon(float32x4_t x) {
+    uint32x4_t nan = vmvnq_u32(vceqq_f32(x, x));
+    float32x4_t v = vmaxq_f32(vminq_f32(x, vdupq_n_f32(89.0f)), vdupq_n_f32(-104.0f));
+    float32x4_t fx = vrndmq_f32(vfmaq_f32(vdupq_n_f32(0.5f), v, vdupq_n_f32(VK_LOG2E)));
+    v = vfmsq_f32(v, fx, vdupq_n_f32(0.693359375f));
+    v = vfmsq_f32(v, fx, vdupq_n_f32(-2.12194440e-4f));
+    float32x4_t z = vmulq_f32(v, v), y = vdupq_n_f32(vk_exp_poly[0]);
+    for (int j = 1; j < 6; j++) y = vfmaq_f32(vdupq_n_f32(vk_exp_poly[j]), y, v);
+    y = vaddq_f32(vfmaq_f32(v, y, z), vdupq_n_f32(1.0f));
+    int32x4_t n = vcvtq_s32_f32(fx), n1 = vshrq_n_s32(n, 1), n2 = vsubq_s32(n, n1);
+    const int32x4_t bias = vdupq_n_s32(127);
+    y = vmulq_f32(y, vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(n1, bias), 23)));
+    y = vmulq_f32(y, vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(n2, bias), 23)));
+    return vbslq_f32(nan, x, y);
+}
+
+// silu(g) * x = g / (1 + exp(-g)) * x.
+static void silu_mul_neon(const float *gate, float *x, size_t n) {
+    const float32x4_t one = vdupq_n_f32(1.0f);
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        float32x4_t g = vld1q_f32(gate + i);
+        float32x4_t sg = vdivq_f32(g, vaddq_f32(one, exp_neon(vnegq_f32(g))));
+        vst1q_f32(x + i, vmulq_f32(sg, vld1q_f32(x + i)));
+    }
+    for (; i < n; i++) x[i] = (gate[i] / (1.0f + expf(-gate[i]))) * x[i];
+}
+
+// 0.5 v (1 + tanh(u)) = v / (1 + exp(-2u)), u = sqrt(2/pi) (v + 0.044715 v^3).
+static void gelu_tanh_neon(float *x, size_t n) {
+    const float32x4_t one = vdupq_n_f32(1.0f), c = vdupq_n_f32(0.044715f), m2k = vdupq_n_f32(-2.0f * 0.7978845608028654f);
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        float32x4_t v = vld1q_f32(x + i);
+        float32x4_t u = vfmaq_f32(v, vmulq_f32(c, v), vmulq_f32(v, v));
+        vst1q_f32(x + i, vdivq_f32(v, vaddq_f32(one, exp_neon(vmulq_f32(m2k, u)))));
+    }
+    for (; i < n; i++) {
+        float v = x[i];
+        x[i] = 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+    }
+}
+
+// Stable softmax: the max, exp(x - max) with exp_neon and their sum, then a scale by 1 / sum.
+static void softmax_neon(float *x, size_t n) {
+    float32x4_t mv = vdupq_n_f32(-INFINITY);
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) mv = vmaxq_f32(mv, vld1q_f32(x + i));
+    float m = vmaxvq_f32(mv);
+    for (; i < n; i++) m = x[i] > m ? x[i] : m;
+    float32x4_t m4 = vdupq_n_f32(m), acc = vdupq_n_f32(0);
+    for (i = 0; i + 4 <= n; i += 4) {
+        float32x4_t e = exp_neon(vsubq_f32(vld1q_f32(x + i), m4));
+        vst1q_f32(x + i, e);
+        acc = vaddq_f32(acc, e);
+    }
+    float sum = vaddvq_f32(acc);
+    for (; i < n; i++) { x[i] = expf(x[i] - m); sum += x[i]; }
+    float inv = 1.0f / sum;
+    float32x4_t iv = vdupq_n_f32(inv);
+    for (i = 0; i + 4 <= n; i += 4) vst1q_f32(x + i, vmulq_f32(vld1q_f32(x + i), iv));
+    for (; i < n; i++) x[i] *= inv;
+}
+
 // Quantized weights, a few tokens (or a decode step whose groups are not whole 32-column blocks): each row
 // dequantized once into scratch (K floats, vectorized), then dotted with every token.
 static void matmul_q_neon(const float *x, size_t T, size_t K, size_t ldx, const vk_qmatrix *w, size_t n0, size_t n1,
@@ -3920,6 +3986,8 @@ void vk_gelu_tanh(float *x, size_t n) {
 #if VK_X86
     if (use_avx512()) { gelu_tanh_avx512(x, n); return; }
     if (use_avx2()) { gelu_tanh_avx2(x, n); return; }
+#elif VK_ARM
+    if (vk_simd_level() == 2) { gelu_tanh_neon(x, n); return; }
 #endif
     const float k = 0.7978845608028654f;  // sqrt(2/pi)
     for (size_t i = 0; i < n; i++) {
@@ -3939,6 +4007,8 @@ void vk_gelu_erf(float *x, size_t n) {
 void vk_silu_mul(const float *gate, float *x, size_t n) {
 #if VK_X86
     if (use_avx2()) { silu_mul_avx2(gate, x, n); return; }
+#elif VK_ARM
+    if (vk_simd_level() == 2) { silu_mul_neon(gate, x, n); return; }
 #endif
     for (size_t i = 0; i < n; i++) {
         float g = gate[i];
@@ -3950,6 +4020,8 @@ void vk_softmax(float *x, size_t n) {
     if (n == 0) return;
 #if VK_X86
     if (use_avx2()) { softmax_avx2(x, n); return; }
+#elif VK_ARM
+    if (vk_simd_level() == 2) { softmax_neon(x, n); return; }
 #endif
     float m = x[0];
     for (size_t i = 1; i < n; i++) m = x[i] > m ? x[i] : m;
