@@ -21,6 +21,13 @@
 #elif defined(__aarch64__)
 #define VK_ARM 1
 #include <arm_neon.h>
+// SDOT bodies: compiled for FEAT_DotProd where the build does not already target it (Apple's arm64 default does),
+// and run only where use_dotprod() finds it.
+#if defined(__ARM_FEATURE_DOTPROD)
+#define VK_DOTPROD
+#else
+#define VK_DOTPROD __attribute__((target("dotprod")))
+#endif
 #if defined(__linux__)
 #include <sys/auxv.h>
 #define VK_HWCAP_ASIMDDP (1UL << 20)  // HWCAP_ASIMDDP of <asm/hwcap.h>
@@ -3529,7 +3536,7 @@ static void gemm_neon(const float *x, size_t T, size_t K, size_t ldx, const neon
         }                                                                                                             \
     }
 VK_QDOT_NEON(gemv_qdot_neon, , VK_DOT_MULL)
-VK_QDOT_NEON(gemv_qdot_sdot, __attribute__((target("dotprod"))), VK_DOT_SDOT)
+VK_QDOT_NEON(gemv_qdot_sdot, VK_DOTPROD, VK_DOT_SDOT)
 #undef VK_QDOT_NEON
 #undef VK_DOT_SDOT
 #undef VK_DOT_MULL
@@ -3616,7 +3623,7 @@ static size_t qgemm_sdot_scratch_bytes(size_t T, size_t K, size_t G) {
     return Tp * K + Tp * ng * 4 + K * VK_SDOT_NR + ng * VK_SDOT_NR * 4 + K + ng * 4 + 64;
 }
 
-__attribute__((target("dotprod"))) static void qgemm_sdot(const float *x, size_t T, size_t K, size_t ldx,
+VK_DOTPROD static void qgemm_sdot(const float *x, size_t T, size_t K, size_t ldx,
                                                             const vk_qmatrix *w, size_t n0, size_t n1,
                                                             const float *bias, float *y, size_t ldy, void *buf) {
     const size_t G = w->group_size, ng = qgroups(K, G), Tp = round_up(T, VK_SDOT_MR), rb = vk_qrow_bytes(w->bits, K);
