@@ -3307,6 +3307,30 @@ static void pack_a_neon(const float *x, size_t ldx, size_t mc, size_t kc, float 
     }
 }
 
+// Whole 8-column steps of a dense row from element `base` as f32 into dst; returns the columns done.
+static inline __attribute__((always_inline)) size_t row_dense8_neon(const void *w, const vk_dtype dt, size_t base,
+                                                                    size_t kc, float *dst) {
+    size_t k = 0;
+    float32x4_t lo, hi;
+    for (; k + 8 <= kc; k += 8) {
+        load8_neon(w, dt, base + k, &lo, &hi);
+        vst1q_f32(dst + k, lo);
+        vst1q_f32(dst + k + 4, hi);
+    }
+    return k;
+}
+
+// The int8 levels of columns col .. col + 7 (col a multiple of 8) of a quantized row: int8 as stored, int4 nibbles
+// (bytes col / 2 .. col / 2 + 3, low nibble the even column) minus 8.
+static inline int8x8_t q_levels8_neon(const uint8_t *row, int bits, size_t col) {
+    if (bits == 8) return vld1_s8((const int8_t *)row + col);
+    uint32_t four;
+    memcpy(&four, row + col / 2, 4);
+    uint8x8_t b = vreinterpret_u8_u32(vdup_n_u32(four));
+    uint8x8_t nib = vzip1_u8(vand_u8(b, vdup_n_u8(0x0f)), vshr_n_u8(b, 4));
+    return vsub_s8(vreinterpret_s8_u8(nib), vdup_n_s8(8));
+}
+
 // Columns [k0, k0 + kc) of weight row n as f32 into dst: dense rows of dt (row stride ldw), or q's levels times their
 // group's scale (K columns; 8 per step: groups are multiples of 8 columns and k0 is a multiple of 8, so a step never
 // straddles two).
@@ -3315,31 +3339,19 @@ static void row_f32_neon(const void *w, vk_dtype dt, size_t ldw, const vk_qmatri
     size_t k = 0;
     if (!q) {
         const size_t base = n * ldw + k0;
-        float32x4_t lo, hi;
-        switch (dt) {
-        case VK_BF16: for (; k + 8 <= kc; k += 8) { load8_neon(w, VK_BF16, base + k, &lo, &hi); vst1q_f32(dst + k, lo); vst1q_f32(dst + k + 4, hi); } break;
-        case VK_F16: for (; k + 8 <= kc; k += 8) { load8_neon(w, VK_F16, base + k, &lo, &hi); vst1q_f32(dst + k, lo); vst1q_f32(dst + k + 4, hi); } break;
-        default: for (; k + 8 <= kc; k += 8) { load8_neon(w, VK_F32, base + k, &lo, &hi); vst1q_f32(dst + k, lo); vst1q_f32(dst + k + 4, hi); } break;
+        switch (dt) {  // dt a constant of each loop
+        case VK_BF16: k = row_dense8_neon(w, VK_BF16, base, kc, dst); break;
+        case VK_F16: k = row_dense8_neon(w, VK_F16, base, kc, dst); break;
+        default: k = row_dense8_neon(w, VK_F32, base, kc, dst); break;
         }
         for (; k < kc; k++) dst[k] = load_w(w, dt, base + k);
         return;
     }
     const size_t ng = qgroups(K, q->group_size), rb = vk_qrow_bytes(q->bits, K);
     const uint8_t *row = (const uint8_t *)q->data + n * rb;
-    const uint8x8_t m4 = vdup_n_u8(0x0f);
     for (; k + 8 <= kc; k += 8) {
         size_t col = k0 + k;
-        int8x8_t lv;
-        if (q->bits == 8) {
-            lv = vld1_s8((const int8_t *)row + col);
-        } else {
-            uint32_t four;
-            memcpy(&four, row + col / 2, 4);  // columns col .. col + 7: bytes col / 2 .. col / 2 + 3
-            uint8x8_t b = vreinterpret_u8_u32(vdup_n_u32(four));
-            uint8x8_t nib = vzip1_u8(vand_u8(b, m4), vshr_n_u8(b, 4));  // low nibble = even column
-            lv = vsub_s8(vreinterpret_s8_u8(nib), vdup_n_s8(8));
-        }
-        int16x8_t l16 = vmovl_s8(lv);
+        int16x8_t l16 = vmovl_s8(q_levels8_neon(row, q->bits, col));
         float32x4_t s = vdupq_n_f32(f16_to_f32(q->scales[n * ng + col / q->group_size]));
         vst1q_f32(dst + k, vmulq_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(l16))), s));
         vst1q_f32(dst + k + 4, vmulq_f32(vcvtq_f32_s32(vmovl_high_s16(l16)), s));
@@ -3639,22 +3651,13 @@ VK_DOTPROD static void qgemm_sdot(const float *x, size_t T, size_t K, size_t ldx
         int8_t *tile = ap + (t / VK_SDOT_MR) * K * VK_SDOT_MR + (t % VK_SDOT_MR) * 4;
         for (size_t k = 0; k < K; k += 4) memcpy(tile + k * VK_SDOT_MR, qt + k, 4);
     }
-    const uint8x8_t m4 = vdup_n_u8(0x0f);
     for (size_t n = n0; n < n1; n += VK_SDOT_NR) {
         size_t nr = n1 - n < VK_SDOT_NR ? n1 - n : VK_SDOT_NR;
         for (size_t r = 0; r < VK_SDOT_NR; r++) {
             const uint8_t *row = (const uint8_t *)w->data + (n + r) * rb;
             for (size_t g = 0; g < ng; g++) sw[g * VK_SDOT_NR + r] = r < nr ? f16_to_f32(w->scales[(n + r) * ng + g]) : 0.0f;
             for (size_t k = 0; k < K; k += 8) {
-                int8x8_t lv = vdup_n_s8(0);
-                if (r < nr && w->bits == 8) {
-                    lv = vld1_s8((const int8_t *)row + k);
-                } else if (r < nr) {
-                    uint32_t four;
-                    memcpy(&four, row + k / 2, 4);
-                    uint8x8_t b = vreinterpret_u8_u32(vdup_n_u32(four));
-                    lv = vsub_s8(vreinterpret_s8_u8(vzip1_u8(vand_u8(b, m4), vshr_n_u8(b, 4))), vdup_n_s8(8));
-                }
+                int8x8_t lv = r < nr ? q_levels8_neon(row, w->bits, k) : vdup_n_s8(0);
                 int32x2_t words = vreinterpret_s32_s8(lv);  // columns k .. k + 3, k + 4 .. k + 7
                 vst1_lane_s32((int32_t *)(bp + (k / 4) * VK_SDOT_NR * 4 + r * 4), words, 0);
                 vst1_lane_s32((int32_t *)(bp + (k / 4 + 1) * VK_SDOT_NR * 4 + r * 4), words, 1);
