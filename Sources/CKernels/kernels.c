@@ -1932,16 +1932,34 @@ VK_AVX2 static inline __attribute__((always_inline)) void gemv_qdot_rows(const i
     }
 }
 
-// The row pointers of rows n .. n + RR - 1 and their scales times x's group scales (sc + r * ng: scale_w * d_x per
-// group), for the bodies that fold d_x into the row scales once per block (pair4, zmm).
+// Floats between the row scales of consecutive rows in the decode bodies' `sc` (qdot_rows_setup, qdot_rows_setup512):
+// the groups rounded up to whole 16-float vectors, so every store there is a whole vector. A load that reads part of a
+// masked store (or of several narrower ones) cannot take its data from the store queue and waits until the store
+// retires: on Zen 4 that stall at the start of every row was most of int4 decode's per-row cost (one 960-column int4
+// row 25.6 -> 20.1 ns with the data in L2; Benchmarks/README.md, session 27).
+static inline size_t qdot_sc_stride(size_t ng) { return (ng + 15) & ~(size_t)15; }
+
+// The row pointers of rows n .. n + RR - 1 and their scales times x's group scales (sc + r * qdot_sc_stride(ng):
+// scale_w * d_x per group), for the bodies that fold d_x into the row scales once per block (pair4, zmm). The last
+// vector reads up to 7 floats past dx's groups (the scratch's next bytes; their products land past ng, never read).
 VK_AVX2 static inline __attribute__((always_inline)) void qdot_rows_setup(const int RR, const vk_qmatrix *w, size_t rb,
                                                                           size_t ng, size_t n, const float *dx,
                                                                           const uint8_t **row, float *sc) {
+    size_t ns = qdot_sc_stride(ng);
     for (int r = 0; r < RR; r++) {
         row[r] = (const uint8_t *)w->data + (n + r) * rb;
-        float *scr = sc + r * ng;
-        to_f32_avx2(w->scales + (n + r) * ng, VK_F16, ng, scr);
-        for (size_t g = 0; g < ng; g++) scr[g] *= dx[g];
+        const uint16_t *s16 = w->scales + (n + r) * ng;
+        float *scr = sc + r * ns;
+        size_t g = 0;
+        for (; g + 8 <= ng; g += 8)
+            _mm256_storeu_ps(scr + g, _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s16 + g))),
+                                                    _mm256_loadu_ps(dx + g)));
+        if (g < ng) {  // the last scales through a zeroed copy (a row's scales may end at the end of the array)
+            uint16_t t[8] = {0};
+            memcpy(t, s16 + g, (ng - g) * sizeof(uint16_t));
+            _mm256_storeu_ps(scr + g, _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)t)),
+                                                    _mm256_loadu_ps(dx + g)));
+        }
     }
 }
 
@@ -1987,7 +2005,7 @@ VK_AVX2 static inline __attribute__((always_inline)) void gemv_qdot_rows_pair4(c
             __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xlo), _mm256_maddubs_epi16(hi, xhi));
             __m256i si = _mm256_add_epi32(s0, _mm256_madd_epi16(p, ones));
             __m256 d = _mm256_permutevar8x32_ps(
-                _mm256_castps128_ps256(_mm_castpd_ps(_mm_load_sd((const double *)(sc + r * ng + g)))), pair);
+                _mm256_castps128_ps256(_mm_castpd_ps(_mm_load_sd((const double *)(sc + r * qdot_sc_stride(ng) + g)))), pair);
             acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(si), acc[r]);
         }
     }
@@ -2029,7 +2047,7 @@ VK_AVX2 static void qdot_quantize_x256(const float *x, size_t K, size_t G, int8_
 VK_AVX2 static void gemv_qdot_avx2(const float *x, size_t K, const vk_qmatrix *w, size_t n0, size_t n1,
                                    const float *bias, float *y, float *buf) {
     size_t ng = qgroups(K, w->group_size), n = n0;
-    float *sc = buf, *dx = buf + 4 * ng;
+    float *sc = buf, *dx = buf + 4 * qdot_sc_stride(ng);
     int8_t *qx = (int8_t *)(dx + ng), *qp = qx + K;
     qdot_quantize_x256(x, K, w->group_size, qx, dx);
     if (w->bits == 8) {
@@ -2124,13 +2142,14 @@ VK_VNNI static inline __attribute__((always_inline)) void qdot_rows_setup512(con
                                                                                size_t rb, size_t ng, size_t n,
                                                                                const float *dx, const uint8_t **row,
                                                                                float *sc) {
+    size_t ns = qdot_sc_stride(ng);
     for (int r = 0; r < RR; r++) {
         row[r] = (const uint8_t *)w->data + (n + r) * rb;
         const uint16_t *s16 = w->scales + (n + r) * ng;
-        for (size_t g = 0; g < ng; g += 16) {
+        for (size_t g = 0; g < ng; g += 16) {  // whole-vector stores (see qdot_sc_stride); zeros past ng
             __mmask16 m = ng - g >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (ng - g)) - 1);
             __m512 v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, s16 + g));
-            _mm512_mask_storeu_ps(sc + r * ng + g, m, _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, dx + g)));
+            _mm512_storeu_ps(sc + r * ns + g, _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, dx + g)));
         }
     }
 }
@@ -2155,6 +2174,7 @@ VK_VNNI static inline __attribute__((always_inline)) void gemv_qdot_rows_zmm(con
     size_t ng = K / 32, rb = vk_qrow_bytes(BITS, K);
     const uint8_t *row[4];
     qdot_rows_setup512(RR, w, rb, ng, n, dx, row, sc);
+    const size_t ns = qdot_sc_stride(ng);
     const __m256i m4 = _mm256_set1_epi8(0x0f);
     const __m512i halves = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
     const __m512i pair = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
@@ -2174,7 +2194,7 @@ VK_VNNI static inline __attribute__((always_inline)) void gemv_qdot_rows_zmm(con
                 __m512i b = _mm512_loadu_si512((const void *)(row[r] + off));
                 __m512i s = _mm512_dpbusd_epi32(s0, _mm512_and_si512(b, m4z), xlo);
                 s = _mm512_dpbusd_epi32(s, _mm512_and_si512(_mm512_srli_epi16(b, 4), m4z), xhi);
-                __m512 d = _mm512_permutexvar_ps(quad, _mm512_castps128_ps512(_mm_loadu_ps(sc + r * ng + g)));
+                __m512 d = _mm512_permutexvar_ps(quad, _mm512_castps128_ps512(_mm_loadu_ps(sc + r * ns + g)));
                 acc[r] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(s), acc[r]);
             }
         }
@@ -2199,7 +2219,7 @@ VK_VNNI static inline __attribute__((always_inline)) void gemv_qdot_rows_zmm(con
                 s = _mm512_dpbusd_epi32(s0, u, xv);
             }
             __m512 d = _mm512_permutexvar_ps(pair, _mm512_castps128_ps512(_mm_castpd_ps(
-                _mm_load_sd((const double *)(sc + r * ng + g)))));
+                _mm_load_sd((const double *)(sc + r * ns + g)))));
             acc[r] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(s), acc[r]);
         }
     }
@@ -2230,12 +2250,89 @@ VK_VNNI static void qdot_quantize_x512(const float *x, size_t K, size_t G, int8_
     }
 }
 
+// int4 decode of rows up to 1024 columns (32-column groups, K a multiple of 64: SmolVLM's and InternVL3's hidden
+// sizes, the q / k / v / o / gate / up products) with x in registers: its levels (in gemv_qdot_vnni's qq order) take
+// 2 zmm per 128 columns, at most 17, loaded once per call, and the row's scale_w * d_x stay in registers too (at most
+// two vectors of 16 groups, each 4-group step's four picked by one vpermps), so a row's loop loads only its 64-byte
+// weight vectors, the sums' starts and its scales. The products, sums and their order are gemv_qdot_rows_zmm's with
+// RR = 1, so the result is the same bit for bit. Zen 4, one 960 x 960 int4 matrix, one thread: 20.1 -> 14.1 ns per
+// row with the data in L2; 200000 rows from memory 21.7 -> 17.2 ns (Benchmarks/README.md, session 27).
+#define VK_Q4_XREG_BLOCKS 8  // whole 128-column blocks held; K <= 8 * 128 + 64
+VK_VNNI static inline __attribute__((always_inline)) void gemv_q4_xreg_body(const int NQ, const int PAIR,
+                                                                            const int8_t *qq, const float *dx,
+                                                                            const int32_t *x4, const int32_t *xi,
+                                                                            size_t K, const vk_qmatrix *w, size_t n0,
+                                                                            size_t n1, const float *bias, float *y) {
+    const size_t ng = 4 * (size_t)NQ + 2 * (size_t)PAIR, rb = vk_qrow_bytes(4, K);
+    const __m512i m4z = _mm512_set1_epi8(0x0f);
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    const __m512i quad = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    const __m512i halves = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
+    const __m512i pair = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    __m512i xr[2 * VK_Q4_XREG_BLOCKS + 1];
+    for (int j = 0; j < NQ; j++) {
+        xr[2 * j] = _mm512_loadu_si512((const void *)(qq + 128 * j));
+        xr[2 * j + 1] = _mm512_loadu_si512((const void *)(qq + 128 * j + 64));
+    }
+    if (PAIR) xr[2 * NQ] = _mm512_loadu_si512((const void *)(qq + 128 * NQ));
+    for (size_t n = n0; n < n1; n++) {
+        if ((n - n0) % 4 == 0) prefetch_scales(w, ng, n, n1);
+        const uint8_t *row = (const uint8_t *)w->data + n * rb;
+        const uint16_t *s16 = w->scales + n * ng;
+        __m512 sv[(4 * VK_Q4_XREG_BLOCKS + 2 + 15) / 16];
+        for (int c = 0; c * 16 < (int)ng; c++) {
+            size_t g = 16 * (size_t)c;
+            __mmask16 m = ng - g >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (ng - g)) - 1);
+            sv[c] = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, s16 + g)), _mm512_maskz_loadu_ps(m, dx + g));
+        }
+        __m512 acc = _mm512_setzero_ps();
+        for (int j = 0; j < NQ; j++) {  // four groups per step
+            VK_STREAM_PREFETCH(row + 64 * j);
+            __m512i b = _mm512_loadu_si512((const void *)(row + 64 * j));
+            __m512i s = _mm512_dpbusd_epi32(_mm512_loadu_si512((const void *)(x4 + 16 * j)), _mm512_and_si512(b, m4z),
+                                            xr[2 * j]);
+            s = _mm512_dpbusd_epi32(s, _mm512_and_si512(_mm512_srli_epi16(b, 4), m4z), xr[2 * j + 1]);
+            __m512 d = _mm512_permutexvar_ps(_mm512_add_epi32(quad, _mm512_set1_epi32(4 * (j % 4))), sv[j / 4]);
+            acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(s), acc);
+        }
+        if (PAIR) {  // the last two groups, as gemv_qdot_rows_zmm's pair step
+            const size_t g = 4 * (size_t)NQ, off = g * 16;
+            VK_STREAM_PREFETCH(row + off);
+            __m256i b = _mm256_loadu_si256((const __m256i *)(row + off));
+            __m256i lo = _mm256_and_si256(b, m4), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), m4);
+            __m512i u = _mm512_permutex2var_epi64(_mm512_castsi256_si512(lo), halves, _mm512_castsi256_si512(hi));
+            __m512i s = _mm512_dpbusd_epi32(_mm512_loadu_si512((const void *)(xi + g * 8)), u, xr[2 * NQ]);
+            __m512 d = _mm512_permutexvar_ps(_mm512_add_epi32(pair, _mm512_set1_epi32((int)(g % 16))), sv[g / 16]);
+            acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(s), acc);
+        }
+        float v = _mm512_reduce_add_ps(acc);
+        y[n] = bias ? v + bias[n] : v;
+    }
+}
+
+// gemv_q4_xreg_body for K's block count; 0 when K is past what it holds (then gemv_qdot_rows_zmm).
+VK_VNNI static int gemv_q4_xreg(const int8_t *qq, const float *dx, const int32_t *x4, const int32_t *xi, size_t K,
+                                const vk_qmatrix *w, size_t n0, size_t n1, const float *bias, float *y) {
+    const int pr = K % 128 != 0;
+#define VK_Q4_XREG_CASE(Q)                                                                                             \
+    case Q:                                                                                                           \
+        if (pr) gemv_q4_xreg_body(Q, 1, qq, dx, x4, xi, K, w, n0, n1, bias, y);                                       \
+        else gemv_q4_xreg_body(Q, 0, qq, dx, x4, xi, K, w, n0, n1, bias, y);                                          \
+        return 1;
+    switch (K / 128) {
+        VK_Q4_XREG_CASE(1) VK_Q4_XREG_CASE(2) VK_Q4_XREG_CASE(3) VK_Q4_XREG_CASE(4)
+        VK_Q4_XREG_CASE(5) VK_Q4_XREG_CASE(6) VK_Q4_XREG_CASE(7) VK_Q4_XREG_CASE(8)
+        default: return 0;
+    }
+#undef VK_Q4_XREG_CASE
+}
+
 // buf as gemv_qdot_avx2's, then groups int32 (xs), then 8 int32 per group (xi, gemv_qdot_rows_zmm's int4 starts),
 // then K bytes (qq, int4's x in the four-group order), then 4 int32 per group (x4, the four-group step's starts).
 VK_VNNI static void gemv_qdot_vnni(const float *x, size_t K, const vk_qmatrix *w, size_t n0, size_t n1,
                                    const float *bias, float *y, float *buf) {
     size_t G = w->group_size, ng = qgroups(K, G), n = n0;
-    float *sc = buf, *dx = buf + 4 * ng;
+    float *sc = buf, *dx = buf + 4 * qdot_sc_stride(ng);
     int8_t *qx = (int8_t *)(dx + ng), *qp = qx + K;
     int32_t *xs = (int32_t *)(qp + K), *xi = xs + ng;
     qdot_quantize_x512(x, K, G, qx, dx);
@@ -2274,6 +2371,7 @@ VK_VNNI static void gemv_qdot_vnni(const float *x, size_t K, const vk_qmatrix *w
             memset(x4, 0, 4 * ng * sizeof(int32_t));
             for (size_t g = 0; g + 4 <= ng; g += 4)
                 for (int j = 0; j < 4; j++) x4[g * 4 + 4 * j] = xs[g + j];
+            if (gemv_q4_xreg(qq, dx, x4, xi, K, w, n, n1, bias, y)) return;
             for (; n < n1; n++) {
                 if ((n - n0) % 4 == 0) prefetch_scales(w, ng, n, n1);
                 gemv_qdot_rows_zmm(4, 1, qq, dx, x4, xi, K, w, n, bias, y, sc);
@@ -3891,7 +3989,7 @@ int vk_quantized_prefill_is_integer(size_t T, size_t K, size_t group_size, int b
 size_t vk_matmul_q_scratch_floats(size_t T, size_t K, size_t group_size, size_t n0, size_t n1) {
     if (n1 <= n0 || T == 0 || K == 0 || group_size == 0) return 0;
 #if VK_X86
-    if (T == 1) return 18 * qgroups(K, group_size) + K + 16;  // scales, dx, qx, its int4 copies qp and qq, xs, xi, x4 (gemv_qdot_vnni)
+    if (T == 1) return 18 * qgroups(K, group_size) + K + 16 + 64;  // scales (qdot_sc_stride), dx, qx, its int4 copies qp and qq, xs, xi, x4 (gemv_qdot_vnni)
     if (qgemm_applies(T, K, group_size, 4) || qgemm_avx2_applies(T, K, group_size, 4)) {  // int4's threshold is the lower
         size_t q = div_up(qgemm_scratch_bytes(T, K, group_size), 4), f = gemm_scratch_floats(T, K, n1 - n0);
         return q > f ? q : f;

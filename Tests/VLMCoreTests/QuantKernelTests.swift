@@ -82,8 +82,10 @@ final class QuantKernelTests: XCTestCase {
     // 4 / 5, 8 / 9 and 16 / 17: either side of the few-token quantized kernels (small_q_applies: AVX2 4, any group;
     // AVX-512 q4 8, q8 16, groups a multiple of 16, so 32 and 128); 6 / 7 either side of the int8 GEMM's int8 limit.
     // K 96 and 960 take the int8 GEMM with groups 32 and 128 (960: a shorter last group; 96: a 32-column tail).
+    // Decode of int4 at groups of 32 on AVX-512 holds x in registers up to 1088 columns: 960 ends on a 64-column
+    // pair, 896 on a whole 128-column block, 1152 is past it (the general body).
     static let oddT = [1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 16, 17, 130]
-    static let oddK = [1, 7, 9, 63, 96, 100, 257, 960]
+    static let oddK = [1, 7, 9, 63, 96, 100, 257, 896, 960, 1152]
     static let oddN = [1, 5, 17, 100]
     static let groups = [8, 24, 32, 40, 128]
 
