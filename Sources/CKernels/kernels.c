@@ -1987,6 +1987,7 @@ VK_AVX2 static inline __attribute__((always_inline)) void gemv_qdot_rows_pair4(c
     size_t ng = K / 32, rb = vk_qrow_bytes(4, K);
     const uint8_t *row[4];
     qdot_rows_setup(RR, w, rb, ng, n, dx, row, sc);
+    const size_t ns = qdot_sc_stride(ng);
     size_t lead = gemv_lead((size_t)RR * rb);
     const __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
     const __m256i pair = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
@@ -2005,7 +2006,7 @@ VK_AVX2 static inline __attribute__((always_inline)) void gemv_qdot_rows_pair4(c
             __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xlo), _mm256_maddubs_epi16(hi, xhi));
             __m256i si = _mm256_add_epi32(s0, _mm256_madd_epi16(p, ones));
             __m256 d = _mm256_permutevar8x32_ps(
-                _mm256_castps128_ps256(_mm_castpd_ps(_mm_load_sd((const double *)(sc + r * qdot_sc_stride(ng) + g)))), pair);
+                _mm256_castps128_ps256(_mm_castpd_ps(_mm_load_sd((const double *)(sc + r * ns + g)))), pair);
             acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(si), acc[r]);
         }
     }
@@ -2135,6 +2136,12 @@ VK_VNNI static inline __attribute__((always_inline)) void gemv_qdot_rows_vnni(co
     }
 }
 
+// scale_w * d_x of groups g .. g + 15 of a row (its f16 scales s16), zeros past the row's ng groups.
+VK_VNNI static inline __m512 qdot_scales16_512(const uint16_t *s16, const float *dx, size_t ng, size_t g) {
+    __mmask16 m = ng - g >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (ng - g)) - 1);
+    return _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, s16 + g)), _mm512_maskz_loadu_ps(m, dx + g));
+}
+
 // qdot_rows_setup with 512-bit vectors: 16 scales per step, the group tail under a mask (the scalar tail of
 // to_f32_avx2 converts f16 in software, and per row of a 960-column matrix that setup cost more than the row's dot
 // product). The same products scale_w * d_x, bit for bit.
@@ -2146,12 +2153,26 @@ VK_VNNI static inline __attribute__((always_inline)) void qdot_rows_setup512(con
     for (int r = 0; r < RR; r++) {
         row[r] = (const uint8_t *)w->data + (n + r) * rb;
         const uint16_t *s16 = w->scales + (n + r) * ng;
-        for (size_t g = 0; g < ng; g += 16) {  // whole-vector stores (see qdot_sc_stride); zeros past ng
-            __mmask16 m = ng - g >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (ng - g)) - 1);
-            __m512 v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, s16 + g));
-            _mm512_storeu_ps(sc + r * ns + g, _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, dx + g)));
-        }
+        for (size_t g = 0; g < ng; g += 16)  // whole-vector stores (see qdot_sc_stride)
+            _mm512_storeu_ps(sc + r * ns + g, qdot_scales16_512(s16, dx, ng, g));
     }
+}
+
+// int4 sums of four groups (64 weight bytes b, as stored) against x's levels in qq order (xlo: the even columns'
+// part, xhi: the odd), started from s0 (-8 sum(x) of group j at lane 4j): s32 lane 4j .. 4j + 3 belong to group j.
+VK_VNNI static inline __m512i q4_sums4_512(__m512i b, __m512i s0, __m512i xlo, __m512i xhi) {
+    const __m512i m4z = _mm512_set1_epi8(0x0f);
+    __m512i s = _mm512_dpbusd_epi32(s0, _mm512_and_si512(b, m4z), xlo);
+    return _mm512_dpbusd_epi32(s, _mm512_and_si512(_mm512_srli_epi16(b, 4), m4z), xhi);
+}
+
+// The nibbles of two groups (32 weight bytes at p) as u8 levels in qp order: each group's low nibbles, then its high.
+VK_VNNI static inline __m512i q4_levels2_512(const uint8_t *p) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    const __m512i halves = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
+    __m256i b = _mm256_loadu_si256((const __m256i *)p);
+    __m256i lo = _mm256_and_si256(b, m4), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), m4);
+    return _mm512_permutex2var_epi64(_mm512_castsi256_si512(lo), halves, _mm512_castsi256_si512(hi));
 }
 
 // Groups of exactly 32 columns (the default scheme, llama.cpp's block) with K a multiple of 64: two groups per zmm.
@@ -2175,14 +2196,11 @@ VK_VNNI static inline __attribute__((always_inline)) void gemv_qdot_rows_zmm(con
     const uint8_t *row[4];
     qdot_rows_setup512(RR, w, rb, ng, n, dx, row, sc);
     const size_t ns = qdot_sc_stride(ng);
-    const __m256i m4 = _mm256_set1_epi8(0x0f);
-    const __m512i halves = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
     const __m512i pair = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
     __m512 acc[4];
     for (int r = 0; r < RR; r++) acc[r] = _mm512_setzero_ps();
     size_t g = 0;
     if (BITS == 4) {  // four groups per 64-byte load (qx: gemv_qdot_vnni's qq order), while four remain
-        const __m512i m4z = _mm512_set1_epi8(0x0f);
         const __m512i quad = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
         for (; g + 4 <= ng; g += 4) {
             size_t k = g * 32, off = k / 2;
@@ -2191,9 +2209,7 @@ VK_VNNI static inline __attribute__((always_inline)) void gemv_qdot_rows_zmm(con
             __m512i xhi = _mm512_loadu_si512((const void *)(qx + k + 64));
             __m512i s0 = _mm512_loadu_si512((const void *)(x4 + g * 4));  // -8 sum(x) of group g + j at lane 4j
             for (int r = 0; r < RR; r++) {
-                __m512i b = _mm512_loadu_si512((const void *)(row[r] + off));
-                __m512i s = _mm512_dpbusd_epi32(s0, _mm512_and_si512(b, m4z), xlo);
-                s = _mm512_dpbusd_epi32(s, _mm512_and_si512(_mm512_srli_epi16(b, 4), m4z), xhi);
+                __m512i s = q4_sums4_512(_mm512_loadu_si512((const void *)(row[r] + off)), s0, xlo, xhi);
                 __m512 d = _mm512_permutexvar_ps(quad, _mm512_castps128_ps512(_mm_loadu_ps(sc + r * ns + g)));
                 acc[r] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(s), acc[r]);
             }
@@ -2213,10 +2229,7 @@ VK_VNNI static inline __attribute__((always_inline)) void gemv_qdot_rows_zmm(con
                 __m512i xs = _mm512_mask_sub_epi8(xv, neg, _mm512_setzero_si512(), xv);
                 s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(wv), xs);
             } else {
-                __m256i b = _mm256_loadu_si256((const __m256i *)(row[r] + off));
-                __m256i lo = _mm256_and_si256(b, m4), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), m4);
-                __m512i u = _mm512_permutex2var_epi64(_mm512_castsi256_si512(lo), halves, _mm512_castsi256_si512(hi));
-                s = _mm512_dpbusd_epi32(s0, u, xv);
+                s = _mm512_dpbusd_epi32(s0, q4_levels2_512(row[r] + off), xv);
             }
             __m512 d = _mm512_permutexvar_ps(pair, _mm512_castps128_ps512(_mm_castpd_ps(
                 _mm_load_sd((const double *)(sc + r * ns + g)))));
@@ -2264,10 +2277,7 @@ VK_VNNI static inline __attribute__((always_inline)) void gemv_q4_xreg_body(cons
                                                                             size_t K, const vk_qmatrix *w, size_t n0,
                                                                             size_t n1, const float *bias, float *y) {
     const size_t ng = 4 * (size_t)NQ + 2 * (size_t)PAIR, rb = vk_qrow_bytes(4, K);
-    const __m512i m4z = _mm512_set1_epi8(0x0f);
-    const __m256i m4 = _mm256_set1_epi8(0x0f);
     const __m512i quad = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-    const __m512i halves = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
     const __m512i pair = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
     __m512i xr[2 * VK_Q4_XREG_BLOCKS + 1];
     for (int j = 0; j < NQ; j++) {
@@ -2280,28 +2290,20 @@ VK_VNNI static inline __attribute__((always_inline)) void gemv_q4_xreg_body(cons
         const uint8_t *row = (const uint8_t *)w->data + n * rb;
         const uint16_t *s16 = w->scales + n * ng;
         __m512 sv[(4 * VK_Q4_XREG_BLOCKS + 2 + 15) / 16];
-        for (int c = 0; c * 16 < (int)ng; c++) {
-            size_t g = 16 * (size_t)c;
-            __mmask16 m = ng - g >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (ng - g)) - 1);
-            sv[c] = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, s16 + g)), _mm512_maskz_loadu_ps(m, dx + g));
-        }
+        for (int c = 0; c * 16 < (int)ng; c++) sv[c] = qdot_scales16_512(s16, dx, ng, 16 * (size_t)c);
         __m512 acc = _mm512_setzero_ps();
         for (int j = 0; j < NQ; j++) {  // four groups per step
             VK_STREAM_PREFETCH(row + 64 * j);
-            __m512i b = _mm512_loadu_si512((const void *)(row + 64 * j));
-            __m512i s = _mm512_dpbusd_epi32(_mm512_loadu_si512((const void *)(x4 + 16 * j)), _mm512_and_si512(b, m4z),
-                                            xr[2 * j]);
-            s = _mm512_dpbusd_epi32(s, _mm512_and_si512(_mm512_srli_epi16(b, 4), m4z), xr[2 * j + 1]);
+            __m512i s = q4_sums4_512(_mm512_loadu_si512((const void *)(row + 64 * j)),
+                                     _mm512_loadu_si512((const void *)(x4 + 16 * j)), xr[2 * j], xr[2 * j + 1]);
             __m512 d = _mm512_permutexvar_ps(_mm512_add_epi32(quad, _mm512_set1_epi32(4 * (j % 4))), sv[j / 4]);
             acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(s), acc);
         }
         if (PAIR) {  // the last two groups, as gemv_qdot_rows_zmm's pair step
             const size_t g = 4 * (size_t)NQ, off = g * 16;
             VK_STREAM_PREFETCH(row + off);
-            __m256i b = _mm256_loadu_si256((const __m256i *)(row + off));
-            __m256i lo = _mm256_and_si256(b, m4), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), m4);
-            __m512i u = _mm512_permutex2var_epi64(_mm512_castsi256_si512(lo), halves, _mm512_castsi256_si512(hi));
-            __m512i s = _mm512_dpbusd_epi32(_mm512_loadu_si512((const void *)(xi + g * 8)), u, xr[2 * NQ]);
+            __m512i s = _mm512_dpbusd_epi32(_mm512_loadu_si512((const void *)(xi + g * 8)), q4_levels2_512(row + off),
+                                            xr[2 * NQ]);
             __m512 d = _mm512_permutexvar_ps(_mm512_add_epi32(pair, _mm512_set1_epi32((int)(g % 16))), sv[g / 16]);
             acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(s), acc);
         }
