@@ -168,6 +168,22 @@ void vk_attention_head(const float *q, size_t nq, size_t q_stride,
                        size_t q_pos0, int causal, size_t n_keys, float scale,
                        float *out, size_t out_stride, float *scores);
 
+/// Decode attention over a long cache, split by positions rather than heads (flash-decoding): one call covers cache
+/// positions [key0, key1) for all `heads` query heads (head h reads KV head h / (heads / kv_heads), at k + j *
+/// kv_stride + (h / groups) * head_dim, likewise v), reading those rows whole and in order. It leaves each head's
+/// softmax unnormalised: m[h] the chunk's largest scaled score, l[h] the sum of exp(s - m[h]), o[h * head_dim ...] the
+/// sum of exp(s - m[h]) v. An empty range gives m = -inf, l = 0, o = 0. scores: at least heads * (key1 - key0) floats.
+void vk_attention_decode_chunk(const float *q, size_t heads, size_t q_head_stride, size_t kv_heads,
+                               const float *k, const float *v, size_t kv_stride, size_t head_dim,
+                               size_t key0, size_t key1, float scale, float *o, float *m, float *l, float *scores);
+/// The attention output of `chunks` vk_attention_decode_chunk results (chunk c's o at o + c * heads * head_dim, its m
+/// and l at m + c * heads, l + c * heads), combined in chunk order: out[h] = sum_c e^(m_c - M) o_c / sum_c e^(m_c - M) l_c.
+void vk_attention_decode_merge(size_t chunks, size_t heads, size_t head_dim, const float *o, const float *m,
+                               const float *l, float *out, size_t out_head_stride);
+/// 1 where vk_attention_decode_chunk has a vector body for head_dim (AVX-512 hosts); elsewhere the head-split
+/// vk_attention_decode_group is the faster choice.
+int vk_attention_decode_chunks_preferred(size_t head_dim);
+
 /// Decode attention of `heads` query heads that share one key/value head (grouped-query attention), one query row
 /// each, seeing all n_keys keys (the newest is the query's own): head h's query at q + h * q_head_stride, its output
 /// at out + h * out_head_stride. Equals one vk_attention_head call per head (nq 1, q_pos0 n_keys - 1, causal) bit
