@@ -342,6 +342,97 @@ final class KernelTests: XCTestCase {
         }
     }
 
+    /// Decode attention split by positions (vk_attention_decode_chunk for each range, vk_attention_decode_merge in
+    /// order) against softmax(q k / sqrt(d)) v in double, head by head: KV groups of 1, 3 and 7 query heads, head
+    /// sizes on the AVX-512 body (64, 128) and off it (72: the scalar loop), key counts around the 16-row blocks, and
+    /// three splits: the decoder's 16 chunks on 16-position boundaries (some empty under 256 keys), uneven ranges with
+    /// empty ones between them, and one range. Each chunk must leave its output rows' neighbours alone. With every
+    /// range empty the merge gives zeros.
+    func testDecodeAttentionByChunksMatchesSoftmaxInDouble() {
+        forEachSIMDLevel { level in
+            var seed: UInt64 = 41
+            for scalar in [false, true] {
+                vk_force_scalar(scalar ? 1 : 0)
+                defer { vk_force_scalar(0) }
+                for hd in [64, 72, 128] {
+                    for (kvHeads, groups) in [(1, 1), (2, 3), (1, 7), (5, 3)] {
+                        for nKeys in [1, 17, 191, 192, 255, 257, 531] {
+                            let heads = kvHeads * groups, qs = hd + 3, kvs = kvHeads * hd + 5, os = hd + 2
+                            let q = randoms(heads * qs, seed: &seed).map { 3 * $0 }
+                            let k = randoms(nKeys * kvs, seed: &seed).map { 3 * $0 }
+                            let v = randoms(nKeys * kvs, seed: &seed)
+                            let scale = 1 / Float(hd).squareRoot()
+                            var expected = [Float](repeating: 0, count: heads * hd)
+                            for h in 0..<heads {
+                                let kv = (h / groups) * hd
+                                var s = (0..<nKeys).map { j in
+                                    (0..<hd).reduce(0.0) { $0 + Double(q[h * qs + $1]) * Double(k[j * kvs + kv + $1]) } * Double(scale)
+                                }
+                                let top = s.max() ?? 0
+                                s = s.map { Foundation.exp($0 - top) }
+                                let sum = s.reduce(0, +)
+                                for c in 0..<hd {
+                                    let o = (0..<nKeys).reduce(0.0) { $0 + s[$1] * Double(v[$1 * kvs + kv + c]) }
+                                    expected[h * hd + c] = Float(o / sum)
+                                }
+                            }
+                            let sixteen = (0...16).map { c in c == 16 ? nKeys : nKeys * c / 16 / 16 * 16 }
+                            let uneven = [0, 0, min(5, nKeys), min(5, nKeys), nKeys / 2, nKeys / 2, nKeys, nKeys]
+                            for (split, bounds) in [("16 chunks", sixteen), ("uneven", uneven), ("one", [0, nKeys])] {
+                                let chunks = bounds.count - 1
+                                let pad = 3  // sentinels after each chunk's output rows
+                                var o = [Float](repeating: -777, count: chunks * heads * hd + pad)
+                                var m = [Float](repeating: -777, count: chunks * heads + pad)
+                                var l = [Float](repeating: -777, count: chunks * heads + pad)
+                                var scores = [Float](repeating: 0, count: heads * nKeys)
+                                for c in 0..<chunks {
+                                    o.withUnsafeMutableBufferPointer { ob in
+                                        m.withUnsafeMutableBufferPointer { mb in
+                                            l.withUnsafeMutableBufferPointer { lb in
+                                                vk_attention_decode_chunk(q, heads, qs, kvHeads, k, v, kvs, hd, bounds[c], bounds[c + 1],
+                                                                          scale, ob.baseAddress! + c * heads * hd,
+                                                                          mb.baseAddress! + c * heads, lb.baseAddress! + c * heads,
+                                                                          &scores)
+                                            }
+                                        }
+                                    }
+                                }
+                                let what = "\(level)\(scalar ? " scalar" : "") hd\(hd) kv\(kvHeads)x\(groups) keys\(nKeys) \(split)"
+                                XCTAssertEqual(Array(o.suffix(pad)) + m.suffix(pad) + l.suffix(pad), [Float](repeating: -777, count: 3 * pad), what)
+                                var out = [Float](repeating: -777, count: heads * os)
+                                vk_attention_decode_merge(chunks, heads, hd, o, m, l, &out, os)
+                                let got = (0..<heads).flatMap { h in out[h * os..<(h * os + hd)] }
+                                let (ratio, i) = worst(got, expected) { _ in 2e-6 + 4e-9 * Float(nKeys) }  // f32 sums in order
+                                XCTAssertLessThanOrEqual(ratio, 1, "\(what): out[\(i)] \(got[i]) vs \(expected[i])")
+                                XCTAssertEqual((0..<heads).flatMap { h in out[(h * os + hd)..<(h * os + os)] },
+                                               [Float](repeating: -777, count: heads * (os - hd)), "\(what): row padding")
+                            }
+                        }
+                    }
+                }
+                // no positions at all: every chunk empty, the output zeros
+                let heads = 3, hd = 64
+                var o = [Float](repeating: -777, count: 2 * heads * hd), m = [Float](repeating: -777, count: 2 * heads)
+                var l = m, scores = [Float](repeating: 0, count: heads)
+                let q = randoms(heads * hd, seed: &seed), kv = randoms(hd, seed: &seed)
+                for c in 0..<2 {
+                    o.withUnsafeMutableBufferPointer { ob in
+                        m.withUnsafeMutableBufferPointer { mb in
+                            l.withUnsafeMutableBufferPointer { lb in
+                                vk_attention_decode_chunk(q, heads, hd, 1, kv, kv, hd, hd, 1, 1, 0.125,
+                                                          ob.baseAddress! + c * heads * hd, mb.baseAddress! + c * heads,
+                                                          lb.baseAddress! + c * heads, &scores)
+                            }
+                        }
+                    }
+                }
+                var out = [Float](repeating: -777, count: heads * hd)
+                vk_attention_decode_merge(2, heads, hd, o, m, l, &out, hd)
+                XCTAssertEqual(out, [Float](repeating: 0, count: heads * hd), "\(level): no positions")
+            }
+        }
+    }
+
     /// vk_attention_head_bf16 against its definition, in double: q, k, v rounded to bf16; scores exact; weights
     /// e_j = exp(scale s_j - max) over the visible keys, rounded to bf16 for the product with v and summed unrounded
     /// for the divisor. The tolerance covers f32 sums (1e-5 of the sum of |e v|) and the weights that lie so near a
