@@ -180,7 +180,7 @@ void vk_attention_decode_chunk(const float *q, size_t heads, size_t q_head_strid
 /// and l at m + c * heads, l + c * heads), combined in chunk order: out[h] = sum_c e^(m_c - M) o_c / sum_c e^(m_c - M) l_c.
 void vk_attention_decode_merge(size_t chunks, size_t heads, size_t head_dim, const float *o, const float *m,
                                const float *l, float *out, size_t out_head_stride);
-/// 1 where vk_attention_decode_chunk has a vector body for head_dim (AVX-512 hosts); elsewhere the head-split
+/// 1 where vk_attention_decode_chunk has a vector body for head_dim (AVX-512 or AVX2 hosts); elsewhere the head-split
 /// vk_attention_decode_group is the faster choice.
 int vk_attention_decode_chunks_preferred(size_t head_dim);
 
