@@ -344,10 +344,10 @@ final class KernelTests: XCTestCase {
 
     /// Decode attention split by positions (vk_attention_decode_chunk for each range, vk_attention_decode_merge in
     /// order) against softmax(q k / sqrt(d)) v in double, head by head: KV groups of 1, 3 and 7 query heads, head
-    /// sizes on the AVX-512 body (64, 128) and off it (72: the scalar loop), key counts around the 16-row blocks, and
-    /// three splits: the decoder's 16 chunks on 16-position boundaries (some empty under 256 keys), uneven ranges with
-    /// empty ones between them, and one range. Each chunk must leave its output rows' neighbours alone. With every
-    /// range empty the merge gives zeros.
+    /// sizes on the AVX-512 body (64, 128) and off it (72: the AVX2 body), each level and the scalar loop, key counts
+    /// around the 16-row blocks, and three splits: the decoder's 16 chunks on 16-position boundaries (some empty
+    /// under 256 keys), uneven ranges with empty ones between them, and one range. Each chunk must leave its output
+    /// rows' neighbours alone. With every range empty the merge gives zeros.
     func testDecodeAttentionByChunksMatchesSoftmaxInDouble() {
         forEachSIMDLevel { level in
             var seed: UInt64 = 41
