@@ -4585,6 +4585,23 @@ void vk_attention_decode_group(const float *q, size_t heads, size_t q_head_strid
 // the softmax unnormalised (flash-decoding): its max m, the sum l of exp(s - m) and o = sum exp(s - m) v per head.
 // vk_attention_decode_merge combines the chunks in order. Head h reads KV head h / (heads / kv_heads).
 #if VK_X86
+// Head h's share of the `lines` 64-byte lines at `ahead` (the block of rows two ahead), requested into L2: spread
+// over the heads' steps (see attention_chunk_body).
+static inline __attribute__((always_inline)) void prefetch_share(const char *ahead, size_t lines, size_t h,
+                                                                 size_t heads) {
+    for (size_t b = lines * h / heads; b < lines * (h + 1) / heads; b++) _mm_prefetch(ahead + 64 * b, _MM_HINT_T1);
+}
+
+// The chunk's unnormalised softmax, head by head: m the largest score, the scores replaced by exp(s - m), l their
+// sum; the head's output row zeroed for P V.
+VK_AVX2 static void chunk_softmax_avx2(float *scores, size_t heads, size_t n, size_t hd, float *o, float *m, float *l) {
+    for (size_t h = 0; h < heads; h++) {
+        m[h] = max_avx2(scores + h * n, n);
+        l[h] = exp_sum_avx2(scores + h * n, n, 1.0f, m[h]);
+        memset(o + h * hd, 0, hd * sizeof(float));
+    }
+}
+
 VK_AVX512 static inline __attribute__((always_inline)) void attention_chunk_body(
     const size_t NV, const float *q, size_t heads, size_t qhs, size_t kv_heads, const float *k, const float *v,
     size_t kv_stride, size_t key0, size_t key1, float scale, float *o, float *m, float *l, float *scores) {
@@ -4600,7 +4617,7 @@ VK_AVX512 static inline __attribute__((always_inline)) void attention_chunk_body
     for (; j + 16 <= key1; j += 16) {
         const char *ahead = (const char *)(k + (j + 32) * kv_stride);
         for (size_t h = 0; h < heads; h++) {
-            for (size_t b = lines * h / heads; b < lines * (h + 1) / heads; b++) _mm_prefetch(ahead + 64 * b, _MM_HINT_T1);
+            prefetch_share(ahead, lines, h, heads);
             const float *kh = k + (h / groups) * hd;
             _mm512_storeu_ps(scores + h * n + (j - key0), scores16_512(NV, q + h * qhs, kh + j * kv_stride, kv_stride, sv));
         }
@@ -4608,19 +4625,13 @@ VK_AVX512 static inline __attribute__((always_inline)) void attention_chunk_body
     for (; j < key1; j++)
         for (size_t h = 0; h < heads; h++)
             scores[h * n + (j - key0)] = score1_512(NV, q + h * qhs, k + j * kv_stride + (h / groups) * hd, scale);
-    // the chunk's unnormalised softmax, head by head
-    for (size_t h = 0; h < heads; h++) {
-        float mh = max_avx2(scores + h * n, n);
-        m[h] = mh;
-        l[h] = exp_sum_avx2(scores + h * n, n, 1.0f, mh);
-        memset(o + h * hd, 0, hd * sizeof(float));
-    }
+    chunk_softmax_avx2(scores, heads, n, hd, o, m, l);
     // O += P V for 16 positions at a time, every head (its output row loaded and stored once per block)
     for (j = key0; j < key1; j += 16) {
         size_t jn = key1 - j < 16 ? key1 - j : 16;
         const char *ahead = (const char *)(v + (j + 32) * kv_stride);
         for (size_t h = 0; h < heads; h++) {
-            for (size_t b = lines * h / heads; b < lines * (h + 1) / heads; b++) _mm_prefetch(ahead + 64 * b, _MM_HINT_T1);
+            prefetch_share(ahead, lines, h, heads);
             __m512 o0[VK_ATT_ROW_MAX_HD / 16], o1[VK_ATT_ROW_MAX_HD / 16];
 #pragma GCC unroll 8
             for (size_t c = 0; c < NV; c++) { o0[c] = _mm512_loadu_ps(o + h * hd + 16 * c); o1[c] = _mm512_setzero_ps(); }
@@ -4655,7 +4666,7 @@ VK_AVX2 static inline __attribute__((always_inline)) void attention_chunk_avx2_b
     for (; j + 16 <= key1; j += 16) {
         const char *ahead = (const char *)(k + (j + 32) * kv_stride);
         for (size_t h = 0; h < heads; h++) {
-            for (size_t b = lines * h / heads; b < lines * (h + 1) / heads; b++) _mm_prefetch(ahead + 64 * b, _MM_HINT_T1);
+            prefetch_share(ahead, lines, h, heads);
             const float *qh = q + h * qhs, *kh = k + (h / groups) * hd + j * kv_stride;
             for (size_t t0 = 0; t0 < 16; t0 += 8) {
                 __m256 p[8];
@@ -4678,17 +4689,12 @@ VK_AVX2 static inline __attribute__((always_inline)) void attention_chunk_avx2_b
             for (size_t c = 1; c < NV8; c++) a = _mm256_fmadd_ps(_mm256_loadu_ps(qh + 8 * c), _mm256_loadu_ps(kr + 8 * c), a);
             scores[h * n + (j - key0)] = hsum256(a) * scale;
         }
-    for (size_t h = 0; h < heads; h++) {
-        float mh = max_avx2(scores + h * n, n);
-        m[h] = mh;
-        l[h] = exp_sum_avx2(scores + h * n, n, 1.0f, mh);
-        memset(o + h * hd, 0, hd * sizeof(float));
-    }
+    chunk_softmax_avx2(scores, heads, n, hd, o, m, l);
     for (j = key0; j < key1; j += 16) {
         size_t jn = key1 - j < 16 ? key1 - j : 16;
         const char *ahead = (const char *)(v + (j + 32) * kv_stride);
         for (size_t h = 0; h < heads; h++) {
-            for (size_t b = lines * h / heads; b < lines * (h + 1) / heads; b++) _mm_prefetch(ahead + 64 * b, _MM_HINT_T1);
+            prefetch_share(ahead, lines, h, heads);
             const float *sh = scores + h * n + (j - key0), *vh = v + (h / groups) * hd + j * kv_stride;
             for (size_t c0 = 0; c0 < NV8; c0 += 8) {
                 const size_t w = NV8 - c0 < 8 ? NV8 - c0 : 8;
