@@ -4453,29 +4453,38 @@ VK_AVX2 static inline __m256 reduce8_avx2(const __m256 p[8]) {
     return _mm256_add_ps(_mm256_permute2f128_ps(r[0], r[1], 0x20), _mm256_permute2f128_ps(r[0], r[1], 0x31));
 }
 
-// head_dim a multiple of 8, at most VK_ATT_ROW_MAX_HD. With 16 ymm registers the query is read from L1 (a second
-// load per FMA) rather than kept in registers.
+// The 8 scaled scores q . k_t (key t at kr + t * kv_stride) and one score, nv = head_dim / 8; with 16 ymm registers
+// the query is read from L1 (a second load per FMA) rather than kept in registers.
+VK_AVX2 static inline __attribute__((always_inline)) __m256 scores8_avx2(const size_t nv, const float *qh,
+                                                                         const float *kr, size_t kv_stride,
+                                                                         __m256 sv) {
+    __m256 p[8];
+#pragma GCC unroll 8
+    for (size_t t = 0; t < 8; t++) {
+        const float *r = kr + t * kv_stride;
+        __m256 a = _mm256_mul_ps(_mm256_loadu_ps(qh), _mm256_loadu_ps(r));
+#pragma GCC unroll 16
+        for (size_t c = 1; c < nv; c++) a = _mm256_fmadd_ps(_mm256_loadu_ps(qh + 8 * c), _mm256_loadu_ps(r + 8 * c), a);
+        p[t] = a;
+    }
+    return _mm256_mul_ps(reduce8_avx2(p), sv);
+}
+
+VK_AVX2 static inline __attribute__((always_inline)) float score1_avx2(const size_t nv, const float *qh,
+                                                                       const float *kr, float scale) {
+    __m256 a = _mm256_mul_ps(_mm256_loadu_ps(qh), _mm256_loadu_ps(kr));
+    for (size_t c = 1; c < nv; c++) a = _mm256_fmadd_ps(_mm256_loadu_ps(qh + 8 * c), _mm256_loadu_ps(kr + 8 * c), a);
+    return hsum256(a) * scale;
+}
+
+// head_dim a multiple of 8, at most VK_ATT_ROW_MAX_HD.
 VK_AVX2 static void attention_row_avx2(const float *qi, const float *k, const float *v, size_t kv_stride, size_t hd,
                                        size_t nk, float scale, float *oi, float *scores) {
     const size_t nv = hd / 8;
     const __m256 sv = _mm256_set1_ps(scale);
     size_t j = 0;
-    for (; j + 8 <= nk; j += 8) {
-        __m256 p[8];
-        for (int t = 0; t < 8; t++) {
-            const float *kr = k + (j + t) * kv_stride;
-            __m256 a = _mm256_mul_ps(_mm256_loadu_ps(qi), _mm256_loadu_ps(kr));
-            for (size_t c = 1; c < nv; c++) a = _mm256_fmadd_ps(_mm256_loadu_ps(qi + 8 * c), _mm256_loadu_ps(kr + 8 * c), a);
-            p[t] = a;
-        }
-        _mm256_storeu_ps(scores + j, _mm256_mul_ps(reduce8_avx2(p), sv));
-    }
-    for (; j < nk; j++) {
-        const float *kr = k + j * kv_stride;
-        __m256 a = _mm256_mul_ps(_mm256_loadu_ps(qi), _mm256_loadu_ps(kr));
-        for (size_t c = 1; c < nv; c++) a = _mm256_fmadd_ps(_mm256_loadu_ps(qi + 8 * c), _mm256_loadu_ps(kr + 8 * c), a);
-        scores[j] = hsum256(a) * scale;
-    }
+    for (; j + 8 <= nk; j += 8) _mm256_storeu_ps(scores + j, scores8_avx2(nv, qi, k + j * kv_stride, kv_stride, sv));
+    for (; j < nk; j++) scores[j] = score1_avx2(nv, qi, k + j * kv_stride, scale);
     vk_softmax(scores, nk);
     // P V: the output in registers while it fits (64 columns: 8 ymm), else 64-column strips one after another
     for (size_t c0 = 0; c0 < nv; c0 += 8) {
@@ -4668,27 +4677,13 @@ VK_AVX2 static inline __attribute__((always_inline)) void attention_chunk_avx2_b
         for (size_t h = 0; h < heads; h++) {
             prefetch_share(ahead, lines, h, heads);
             const float *qh = q + h * qhs, *kh = k + (h / groups) * hd + j * kv_stride;
-            for (size_t t0 = 0; t0 < 16; t0 += 8) {
-                __m256 p[8];
-#pragma GCC unroll 8
-                for (size_t t = 0; t < 8; t++) {
-                    const float *kr = kh + (t0 + t) * kv_stride;
-                    __m256 a = _mm256_mul_ps(_mm256_loadu_ps(qh), _mm256_loadu_ps(kr));
-#pragma GCC unroll 16
-                    for (size_t c = 1; c < NV8; c++) a = _mm256_fmadd_ps(_mm256_loadu_ps(qh + 8 * c), _mm256_loadu_ps(kr + 8 * c), a);
-                    p[t] = a;
-                }
-                _mm256_storeu_ps(scores + h * n + (j - key0) + t0, _mm256_mul_ps(reduce8_avx2(p), sv));
-            }
+            for (size_t t0 = 0; t0 < 16; t0 += 8)
+                _mm256_storeu_ps(scores + h * n + (j - key0) + t0, scores8_avx2(NV8, qh, kh + t0 * kv_stride, kv_stride, sv));
         }
     }
     for (; j < key1; j++)
-        for (size_t h = 0; h < heads; h++) {
-            const float *qh = q + h * qhs, *kr = k + j * kv_stride + (h / groups) * hd;
-            __m256 a = _mm256_mul_ps(_mm256_loadu_ps(qh), _mm256_loadu_ps(kr));
-            for (size_t c = 1; c < NV8; c++) a = _mm256_fmadd_ps(_mm256_loadu_ps(qh + 8 * c), _mm256_loadu_ps(kr + 8 * c), a);
-            scores[h * n + (j - key0)] = hsum256(a) * scale;
-        }
+        for (size_t h = 0; h < heads; h++)
+            scores[h * n + (j - key0)] = score1_avx2(NV8, q + h * qhs, k + j * kv_stride + (h / groups) * hd, scale);
     chunk_softmax_avx2(scores, heads, n, hd, o, m, l);
     for (j = key0; j < key1; j += 16) {
         size_t jn = key1 - j < 16 ? key1 - j : 16;
